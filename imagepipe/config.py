@@ -1,0 +1,147 @@
+"""One Settings object for every role, read from ``IMAGEPIPE_*`` (and ``AWS_*``) once.
+
+The CLI builds it and passes it down; tests build their own. Nothing reads the
+environment at import time.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEV_CALLBACK_SECRET = "dev-only-callback-secret-change-me"  # noqa: S105 (refused outside dev)
+DEFAULT_SIZES = "sq:75:crop,t:100,s:240,m:500,l:1024,xl:2048"
+_SIZE_NAME = re.compile(r"^[a-z0-9]{1,8}$")
+
+
+class SizeSpec(BaseModel, frozen=True):
+    """One rung of the derivative ladder: long edge in pixels, or a centred square crop."""
+
+    name: str
+    edge: int = Field(gt=0, le=8192)
+    crop: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> SizeSpec:
+        """Parse ``name:edge`` or ``name:edge:crop``."""
+        parts = text.strip().split(":")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "crop"):
+            raise ValueError(f"size {text!r} is not name:edge[:crop]")
+        if not _SIZE_NAME.match(parts[0]):
+            raise ValueError(f"size name {parts[0]!r} must be 1-8 lowercase letters or digits")
+        return cls(name=parts[0], edge=int(parts[1]), crop=len(parts) == 3)
+
+
+def parse_sizes(text: str) -> tuple[SizeSpec, ...]:
+    """Parse a comma-separated ladder, largest first, with unique names."""
+    sizes = sorted((SizeSpec.parse(p) for p in text.split(",") if p.strip()),
+                   key=lambda s: s.edge, reverse=True)
+    if not sizes:
+        raise ValueError("the size ladder is empty")
+    if len({s.name for s in sizes}) != len(sizes):
+        raise ValueError("size names must be unique")
+    return tuple(sizes)
+
+
+class Settings(BaseSettings):
+    """Every knob of every role. Env names are ``IMAGEPIPE_<FIELD>`` unless aliased."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGEPIPE_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path("storage")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str = ""  # base for links in tickets; empty = relative links
+
+    # -- Redis / Valkey ------------------------------------------------------------
+    redis_url: str | None = None  # unset: `imagepipe dev` starts the embedded Valkey
+    redis_max_connections: int = Field(default=64, gt=0)
+    redis_timeout_ms: int = Field(default=5000, gt=0)
+
+    # -- storage -------------------------------------------------------------------
+    primary_dir: Path | None = None  # default: <data_dir>/primary
+    backup_s3_endpoint: str | None = None  # unset: `imagepipe dev` starts `rclone serve s3`
+    backup_s3_bucket: str = "imagepipe-backup"
+    backup_s3_region: str = "us-east-1"
+    s3_access_key_id: str = Field(
+        default="imagepipe", validation_alias=AliasChoices("AWS_ACCESS_KEY_ID")
+    )
+    s3_secret_access_key: SecretStr = Field(
+        default=SecretStr("imagepipe-secret"),
+        validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY"),
+    )
+    s3_connect_timeout_ms: int = Field(default=3000, gt=0)
+    s3_read_timeout_ms: int = Field(default=30000, gt=0)
+
+    # -- uploads -------------------------------------------------------------------
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    max_pixels: int = Field(default=50_000_000, gt=0)
+    formats: Annotated[tuple[str, ...], NoDecode] = ("JPEG", "PNG", "WEBP", "GIF")
+    max_queue_depth: int = Field(default=10_000, gt=0)  # shed load past this many queued jobs
+    min_free_disk_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    ticket_retention_s: int = Field(default=7 * 24 * 3600, gt=0)
+    idempotency_retention_s: int = Field(default=24 * 3600, gt=0)
+
+    # -- processing ----------------------------------------------------------------
+    sizes: Annotated[tuple[SizeSpec, ...], NoDecode] = parse_sizes(DEFAULT_SIZES)
+    jpeg_quality: int = Field(default=85, ge=1, le=95)
+    worker_concurrency: int = Field(default=0, ge=0)  # 0 = one per core
+    decode_memory_mb: int = Field(default=1024, gt=0)
+    decode_timeout_s: float = Field(default=30.0, gt=0)
+    job_max_tries: int = Field(default=5, gt=0)
+
+    # -- callbacks -----------------------------------------------------------------
+    callback_url: str = "http://127.0.0.1:8000/internal/callbacks"
+    callback_secret: SecretStr = SecretStr(DEV_CALLBACK_SECRET)
+    callback_previous_secret: SecretStr | None = None  # still accepted during rotation
+    callback_timeout_ms: int = Field(default=5000, gt=0)
+    callback_max_tries: int = Field(default=30, gt=0)
+    callback_backoff_cap_s: float = Field(default=30.0, gt=0)
+
+    # -- replication ---------------------------------------------------------------
+    replication_concurrency: int = Field(default=8, gt=0)
+    replication_claim_idle_ms: int = Field(default=60_000, gt=0)
+    replication_backoff_cap_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("sizes", mode="before")
+    @classmethod
+    def _parse_sizes(cls, value: object) -> object:
+        return parse_sizes(value) if isinstance(value, str) else value
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _parse_formats(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(f.strip().upper() for f in value.split(",") if f.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_dev_secret_in_production(self) -> Settings:
+        if (
+            self.environment == "production"
+            and self.callback_secret.get_secret_value() == DEV_CALLBACK_SECRET
+        ):
+            raise ValueError("IMAGEPIPE_CALLBACK_SECRET must be set in production")
+        return self
+
+    @property
+    def primary_root(self) -> Path:
+        """Folder of the filesystem primary store."""
+        return self.primary_dir or self.data_dir / "primary"
+
+    @property
+    def callback_secrets(self) -> list[str]:
+        """Secrets whose signatures the web tier accepts, current first."""
+        secrets = [self.callback_secret.get_secret_value()]
+        if self.callback_previous_secret is not None:
+            secrets.append(self.callback_previous_secret.get_secret_value())
+        return secrets
+
+    def size(self, name: str) -> SizeSpec | None:
+        """The configured size called ``name``, if any."""
+        return next((s for s in self.sizes if s.name == name), None)

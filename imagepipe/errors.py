@@ -1,0 +1,81 @@
+"""The error tree. Each error knows its HTTP status and public title.
+
+    ImagepipeError                      500  (never raised bare)
+    ├── BadRequest                      400  malformed request
+    │   └── MissingFile                 400  multipart body without a `file` field
+    ├── Unauthorized                    401  callback signature missing, forged or stale
+    ├── NotFound                        404  unknown/expired/malformed ticket or photo
+    ├── RequestTimeout                  408  body arrived too slowly
+    ├── Conflict                        409  idempotency key in flight / backwards transition
+    ├── PayloadTooLarge                 413  too many bytes
+    │   └── TooManyPixels               413  width × height × frames over the limit
+    ├── UnsupportedMediaType            415  not an image of an allowed format
+    ├── IdempotencyMismatch             422  same key, different content
+    ├── ServiceOverloaded               503  queue too deep: shed load (with Retry-After)
+    └── InsufficientStorage             507  primary store full
+
+Routes raise these; `api.problems` renders them as RFC 9457 problem+json. Storage errors
+(`storage.base.StorageError`) are translated at the boundary.
+"""
+
+from __future__ import annotations
+
+
+class ImagepipeError(Exception):
+    """Base of every error imagepipe raises on purpose."""
+
+    status: int = 500
+    title: str = "Internal error"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int | None = None) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.retry_after = retry_after
+
+
+class BadRequest(ImagepipeError):
+    status, title = 400, "Malformed request"
+
+
+class MissingFile(BadRequest):
+    title = "No file in the upload"
+
+
+class Unauthorized(ImagepipeError):
+    status, title = 401, "Invalid signature"
+
+
+class NotFound(ImagepipeError):
+    status, title = 404, "Not found"
+
+
+class RequestTimeout(ImagepipeError):
+    status, title = 408, "Upload too slow"
+
+
+class Conflict(ImagepipeError):
+    status, title = 409, "Conflict"
+
+
+class PayloadTooLarge(ImagepipeError):
+    status, title = 413, "Upload too large"
+
+
+class TooManyPixels(PayloadTooLarge):
+    title = "Image has too many pixels"
+
+
+class UnsupportedMediaType(ImagepipeError):
+    status, title = 415, "Not a supported image"
+
+
+class IdempotencyMismatch(ImagepipeError):
+    status, title = 422, "Idempotency key reused with different content"
+
+
+class ServiceOverloaded(ImagepipeError):
+    status, title = 503, "Service overloaded"
+
+
+class InsufficientStorage(ImagepipeError):
+    status, title = 507, "Insufficient storage"

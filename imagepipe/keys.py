@@ -1,0 +1,71 @@
+"""Every Redis key, queue and stream name, and every storage key, in one place."""
+
+from __future__ import annotations
+
+PREFIX = "imagepipe:"
+
+# -- arq queues (one lane per kind of work, so a backfill never starves new uploads) ----
+UPLOADS_QUEUE = PREFIX + "queue:uploads"
+BACKFILL_QUEUE = PREFIX + "queue:backfill"
+
+# -- replication log -------------------------------------------------------------------
+REPLICATION_STREAM = PREFIX + "replication:log"
+REPLICATION_GROUP = "replicators"
+REPLICATION_STATE = PREFIX + "replication:state"  # hash: storage key -> ReplicaState json
+REPLICATION_PENDING = PREFIX + "replication:pending"  # zset: storage key -> first enqueued at
+
+
+def ticket(ticket_id: str) -> str:
+    """The ticket record (JSON)."""
+    return f"{PREFIX}ticket:{ticket_id}"
+
+
+def ticket_channel(ticket_id: str) -> str:
+    """Pub/sub channel announcing a ticket's changes (for the event stream)."""
+    return f"{PREFIX}ticket-events:{ticket_id}"
+
+
+def photo_ticket(photo_id: str) -> str:
+    """Photo id -> ticket id, so a photo found on primary leads back to its ticket."""
+    return f"{PREFIX}photo:{photo_id}:ticket"
+
+
+def idempotency(key_digest: str) -> str:
+    """An Idempotency-Key's reservation (by digest: keys are client-chosen text)."""
+    return f"{PREFIX}idempotency:{key_digest}"
+
+
+def webhook_seen(webhook_id: str) -> str:
+    """Marks a callback's webhook-id as applied, so a replay is acknowledged, not reapplied."""
+    return f"{PREFIX}webhook-seen:{webhook_id}"
+
+
+def process_job_id(ticket_id: str, attempt: int = 0) -> str:
+    """Deterministic arq job id: the queue cannot hold one ticket's processing twice."""
+    return f"process:{ticket_id}" if attempt == 0 else f"process:{ticket_id}:{attempt}"
+
+
+def callback_job_id(webhook_id: str) -> str:
+    """Deterministic arq job id for one callback delivery."""
+    return f"callback:{webhook_id}"
+
+
+# -- storage keys (always made by the server, never from a client's file name) ------------
+ORIGINALS = "originals/"
+DERIVATIVES = "derivatives/"
+MANIFESTS = "manifests/"
+
+
+def original(photo_id: str, ext: str) -> str:
+    """Where an upload's original lives, as uploaded."""
+    return f"{ORIGINALS}{photo_id}.{ext}"
+
+
+def derivative(photo_id: str, size: str, ext: str = "jpg") -> str:
+    """One resized copy of a photo."""
+    return f"{DERIVATIVES}{photo_id}/{size}.{ext}"
+
+
+def manifest(photo_id: str) -> str:
+    """The photo's record, written by the web tier when the photo is indexed."""
+    return f"{MANIFESTS}{photo_id}.json"

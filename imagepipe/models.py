@@ -1,0 +1,111 @@
+"""The records that travel between roles: tickets, manifests, callback events, replicas."""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+def now() -> float:
+    """Wall-clock seconds; one place so every record agrees on the unit."""
+    return time.time()
+
+
+class TicketStatus(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def rank(self) -> int:
+        """Order of the forward-only state machine; terminal states share the top rank."""
+        return {"queued": 0, "processing": 1, "completed": 2, "failed": 2}[self.value]
+
+    @property
+    def terminal(self) -> bool:
+        return self.rank == 2
+
+
+class BackupState(StrEnum):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class Derivative(BaseModel):
+    """One resized copy, as the worker wrote it."""
+
+    key: str
+    width: int
+    height: int
+    bytes: int
+    sha256: str
+    content_type: str = "image/jpeg"
+
+
+class PhotoManifest(BaseModel):
+    """The photo's record on primary storage (``manifests/{photo_id}.json``)."""
+
+    photo_id: str
+    ticket_id: str
+    original_key: str
+    sha256: str
+    format: str
+    width: int
+    height: int
+    bytes: int
+    created_at: float
+    sizes: dict[str, Derivative]
+
+
+class Ticket(BaseModel):
+    """The server's record of one upload's progress (kept in Redis for the retention period)."""
+
+    id: str
+    status: TicketStatus = TicketStatus.QUEUED
+    photo_id: str
+    original_key: str
+    sha256: str
+    format: str
+    width: int
+    height: int
+    bytes: int
+    created_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now)
+    attempts: int = 0
+    error: str | None = None
+    version: int = 1  # bumped on every change: the SSE event id and part of the ETag
+    sizes: dict[str, Derivative] = Field(default_factory=dict)
+
+    def object_keys(self) -> list[str]:
+        """Every storage object this photo owns (the ones backup must hold)."""
+        return [self.original_key, *(d.key for d in self.sizes.values())]
+
+
+EventType = Literal["processing.started", "processing.completed", "processing.failed"]
+
+
+class CallbackEvent(BaseModel):
+    """What a worker tells the web tier (the body of a signed callback)."""
+
+    type: EventType
+    ticket_id: str
+    photo_id: str
+    attempt: int = 1
+    sizes: dict[str, Derivative] = Field(default_factory=dict)
+    error: str | None = None
+    timestamp: float = Field(default_factory=now)
+
+
+class ReplicaState(BaseModel):
+    """Per-object replication state: ``pending -> completed | failed(reason)``."""
+
+    state: BackupState = BackupState.PENDING
+    reason: str | None = None
+    attempts: int = 0
+    enqueued_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now)
