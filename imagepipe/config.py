@@ -38,8 +38,11 @@ class SizeSpec(BaseModel, frozen=True):
 
 def parse_sizes(text: str) -> tuple[SizeSpec, ...]:
     """Parse a comma-separated ladder, largest first, with unique names."""
-    sizes = sorted((SizeSpec.parse(p) for p in text.split(",") if p.strip()),
-                   key=lambda s: s.edge, reverse=True)
+    sizes = sorted(
+        (SizeSpec.parse(p) for p in text.split(",") if p.strip()),
+        key=lambda s: s.edge,
+        reverse=True,
+    )
     if not sizes:
         raise ValueError("the size ladder is empty")
     if len({s.name for s in sizes}) != len(sizes):
@@ -57,6 +60,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str = ""  # base for links in tickets; empty = relative links
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
 
     # -- Redis / Valkey ------------------------------------------------------------
     redis_url: str | None = None  # unset: `imagepipe dev` starts the embedded Valkey

@@ -12,6 +12,7 @@
     ├── UnsupportedMediaType            415  not an image of an allowed format
     ├── IdempotencyMismatch             422  same key, different content
     ├── ServiceOverloaded               503  queue too deep: shed load (with Retry-After)
+    │   └── ServiceUnavailable          503  Redis or primary storage unreachable
     └── InsufficientStorage             507  primary store full
 
 Routes raise these; `api.problems` renders them as RFC 9457 problem+json. Storage errors
@@ -75,6 +76,10 @@ class IdempotencyMismatch(ImagepipeError):
 
 class ServiceOverloaded(ImagepipeError):
     status, title = 503, "Service overloaded"
+
+
+class ServiceUnavailable(ServiceOverloaded):
+    title = "Service unavailable"
 
 
 class InsufficientStorage(ImagepipeError):

@@ -1,0 +1,1 @@
+"""The web tier: uploads, tickets, callbacks, photo serving, health."""

@@ -1,0 +1,101 @@
+"""Request bodies as a stream of the uploaded file's bytes: raw ``image/*`` or multipart.
+
+Multipart is parsed incrementally (python-multipart's push parser) so the file streams
+straight through to storage: never held whole in memory, never spooled to a temp file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from imagepipe.errors import BadRequest, MissingFile, RequestTimeout, UnsupportedMediaType
+
+FILE_FIELD = b"file"
+
+
+async def with_deadline(stream: AsyncIterator[bytes], idle_s: float) -> AsyncIterator[bytes]:
+    """Fail with 408 when the client sends nothing for ``idle_s`` (a slow-body client)."""
+    while True:
+        try:
+            async with asyncio.timeout(idle_s):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise RequestTimeout(f"no body bytes received for {idle_s:g} s") from None
+        yield chunk
+
+
+def file_stream(content_type: str, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The uploaded file's bytes, whichever way the client sent them."""
+    media_type, options = parse_options_header(content_type)
+    if media_type == b"multipart/form-data":
+        boundary = options.get(b"boundary")
+        if not boundary:
+            raise BadRequest("multipart body without a boundary")
+        return _multipart_file(boundary, body)
+    if media_type.startswith(b"image/") or media_type == b"application/octet-stream":
+        return body
+    raise UnsupportedMediaType(
+        "send multipart/form-data with a `file` field, or the image itself as image/*"
+    )
+
+
+class _FilePart:
+    """Collects the data of the `file` field as the push parser finds it."""
+
+    def __init__(self) -> None:
+        self.header_field = b""
+        self.in_file = False
+        self.seen_file = False
+        self.finished = False
+        self.pending: list[bytes] = []
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_field = data[start:end].lower()
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        if self.header_field == b"content-disposition" and not self.seen_file:
+            _, options = parse_options_header(data[start:end])
+            self.in_file = options.get(b"name") == FILE_FIELD
+            self.seen_file = self.in_file
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.in_file:
+            self.pending.append(data[start:end])
+
+    def on_part_end(self) -> None:
+        if self.in_file:
+            self.in_file, self.finished = False, True
+
+    def take(self) -> list[bytes]:
+        chunks, self.pending = self.pending, []
+        return chunks
+
+
+async def _multipart_file(boundary: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    part = _FilePart()
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_header_field": part.on_header_field,
+            "on_header_value": part.on_header_value,
+            "on_part_data": part.on_part_data,
+            "on_part_end": part.on_part_end,
+        },
+    )
+    async for chunk in body:
+        try:
+            parser.write(chunk)
+        except MultipartParseError as exc:
+            raise BadRequest(f"malformed multipart body: {exc}") from None
+        for data in part.take():
+            yield data
+        if part.finished:
+            return  # the rest of the body (other fields) is of no interest
+    if not part.finished:
+        raise MissingFile("the multipart body has no complete `file` field")

@@ -1,0 +1,99 @@
+"""`POST /internal/callbacks`: the worker reports; the web tier verifies, indexes, completes.
+
+Signed per Standard Webhooks. Each event is applied once: the ticket only moves forward, and
+a replayed webhook-id is acknowledged without being applied again. When a ticket completes,
+the photo's manifest is written to primary and its derivatives go onto the replication log
+in the same transaction that completes the ticket.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from redis.asyncio.client import Pipeline
+
+from imagepipe import keys, replication, webhooks
+from imagepipe.api.deps import ServicesDep
+from imagepipe.api.services import Services
+from imagepipe.errors import BadRequest, Conflict, PayloadTooLarge
+from imagepipe.models import CallbackEvent, PhotoManifest, Ticket, TicketStatus
+
+router = APIRouter(tags=["internal"])
+log = logging.getLogger(__name__)
+MAX_CALLBACK_BYTES = 256 * 1024
+SEEN_TTL_S = 15 * 60  # longer than the ±5 min signature window: older replays fail the signature
+
+
+async def _read_body(request: Request) -> bytes:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_CALLBACK_BYTES:
+            raise PayloadTooLarge("callback body too large")
+    return body
+
+
+def _parse(body: bytes) -> CallbackEvent:
+    try:
+        return CallbackEvent.model_validate_json(body)
+    except ValidationError as exc:
+        raise BadRequest(f"not a callback event: {exc.error_count()} error(s)") from None
+
+
+def _manifest(ticket: Ticket, event: CallbackEvent) -> PhotoManifest:
+    return PhotoManifest(
+        photo_id=ticket.photo_id,
+        ticket_id=ticket.id,
+        original_key=ticket.original_key,
+        sha256=ticket.sha256,
+        format=ticket.format,
+        width=ticket.width,
+        height=ticket.height,
+        bytes=ticket.bytes,
+        created_at=ticket.created_at,
+        sizes=event.sizes,
+    )
+
+
+async def index_event(services: Services, event: CallbackEvent) -> Ticket | None:
+    """Apply one event to its ticket; on completion index the photo and log it for backup."""
+    ticket = await services.tickets.get(event.ticket_id)
+    if ticket.photo_id != event.photo_id:
+        raise Conflict("the event's photo is not this ticket's photo")
+    extra = None
+    if event.type == "processing.completed" and not ticket.status.terminal:
+        manifest_key = keys.manifest(ticket.photo_id)
+        # written before the ticket completes, so a completed ticket always has its manifest
+        await services.primary.put_bytes(
+            manifest_key, _manifest(ticket, event).model_dump_json(indent=1).encode()
+        )
+        new_keys = [d.key for d in event.sizes.values()] + [manifest_key]
+
+        def extra(pipe: Pipeline, updated: Ticket) -> None:
+            if updated.status is TicketStatus.COMPLETED:
+                replication.append(pipe, new_keys)
+
+    return await services.tickets.apply(event, extra)
+
+
+@router.post("/internal/callbacks")
+async def receive_callback(request: Request, services: ServicesDep) -> dict[str, Any]:
+    """A worker's signed report (processing.started | processing.completed | processing.failed)."""
+    body = await _read_body(request)
+    webhook_id = webhooks.verify(services.settings.callback_secrets, request.headers, body)
+    if await services.redis.exists(keys.webhook_seen(webhook_id)):
+        return {"status": "duplicate", "webhook_id": webhook_id}
+    event = _parse(body)
+    updated = await index_event(services, event)
+    await services.redis.set(keys.webhook_seen(webhook_id), "1", ex=SEEN_TTL_S)
+    outcome = "applied" if updated else "unchanged"
+    log.info(
+        "callback %s %s",
+        event.type,
+        outcome,
+        extra={"ticket_id": event.ticket_id, "photo_id": event.photo_id},
+    )
+    return {"status": outcome, "webhook_id": webhook_id}

@@ -1,0 +1,76 @@
+"""The clients the web tier uses, made once in the app's lifespan and injected into routes."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+
+from arq.connections import ArqRedis
+
+from imagepipe import keys
+from imagepipe.api.events import TicketEvents
+from imagepipe.config import Settings
+from imagepipe.connections import connect
+from imagepipe.errors import ServiceOverloaded
+from imagepipe.idempotency import IdempotencyKeys
+from imagepipe.replication import ReplicationLog
+from imagepipe.storage import Storage
+from imagepipe.storage.factory import primary_storage
+from imagepipe.tickets import TicketStore
+
+UPLOAD_IDLE_S = 30.0  # a client silent this long mid-body gets a 408
+
+
+@dataclass
+class Services:
+    """Everything a request handler needs, built from one Settings."""
+
+    settings: Settings
+    redis: ArqRedis
+    primary: Storage
+    tickets: TicketStore
+    replication: ReplicationLog
+    idempotency: IdempotencyKeys
+    events: TicketEvents
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Services:
+        """Connect to Redis and primary storage; start the per-process event fan-out."""
+        redis = await connect(settings)
+        events = TicketEvents(redis)
+        await events.start()
+        return cls(
+            settings=settings,
+            redis=redis,
+            primary=primary_storage(settings),
+            tickets=TicketStore(redis, settings.ticket_retention_s),
+            replication=ReplicationLog(redis),
+            idempotency=IdempotencyKeys(
+                redis, settings.idempotency_retention_s, lease_s=int(UPLOAD_IDLE_S * 4)
+            ),
+            events=events,
+        )
+
+    async def stop(self) -> None:
+        """Close every client."""
+        await self.events.stop()
+        await self.primary.close()
+        await self.redis.aclose()
+
+    async def queue_depth(self) -> int:
+        """Jobs waiting on the uploads lane."""
+        return int(await self.redis.zcard(keys.UPLOADS_QUEUE))
+
+    async def retry_after(self) -> int:
+        """Seconds a poller should wait: grows with the queue, 1 when it is empty."""
+        return min(30, 1 + math.ceil(await self.queue_depth() / 8))
+
+    async def refuse_if_overloaded(self) -> None:
+        """Shed load rather than accept work that cannot finish (503 + Retry-After)."""
+        depth = await self.queue_depth()
+        if depth >= self.settings.max_queue_depth:
+            raise ServiceOverloaded(f"{depth} photos are waiting; try later", retry_after=30)
+        root = self.settings.primary_root
+        if root.exists() and shutil.disk_usage(root).free < self.settings.min_free_disk_bytes:
+            raise ServiceOverloaded("primary storage is nearly full", retry_after=60)

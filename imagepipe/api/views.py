@@ -1,0 +1,80 @@
+"""The JSON shapes clients see: tickets and photos, with links and ETags."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request, Response
+
+from imagepipe.models import BackupState, Derivative, Ticket
+
+
+def iso(seconds: float) -> str:
+    """RFC 3339 UTC timestamp."""
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def sizes_view(photo_id: str, sizes: dict[str, Derivative]) -> dict[str, Any]:
+    """Each derivative's URL and dimensions."""
+    return {
+        name: {
+            "url": f"/photos/{photo_id}/{name}",
+            "width": d.width,
+            "height": d.height,
+            "bytes": d.bytes,
+        }
+        for name, d in sizes.items()
+    }
+
+
+def ticket_view(ticket: Ticket, backup: BackupState) -> dict[str, Any]:
+    """The public ticket (internal fields such as storage keys stay inside)."""
+    photo = {"sizes": sizes_view(ticket.photo_id, ticket.sizes)} if ticket.sizes else None
+    return {
+        "id": ticket.id,
+        "status": ticket.status.value,
+        "photo_id": ticket.photo_id,
+        "created_at": iso(ticket.created_at),
+        "updated_at": iso(ticket.updated_at),
+        "attempts": ticket.attempts,
+        "error": ticket.error,
+        "photo": photo,
+        "backup": backup.value,
+        "version": ticket.version,
+        "links": {
+            "self": f"/tickets/{ticket.id}",
+            "events": f"/tickets/{ticket.id}/events",
+            "photo": f"/photos/{ticket.photo_id}",
+        },
+    }
+
+
+def json_bytes(body: Any) -> bytes:
+    """Compact, stable JSON (stable so equal bodies get equal ETags)."""
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+def etag_of(content: bytes) -> str:
+    """A strong validator from the representation's bytes."""
+    return '"' + hashlib.blake2b(content, digest_size=12).hexdigest() + '"'
+
+
+def not_modified(request: Request, etag: str) -> bool:
+    """Whether the client already holds this representation (If-None-Match)."""
+    header = request.headers.get("if-none-match", "")
+    return header.strip() == "*" or etag in [tag.strip() for tag in header.split(",")]
+
+
+def cached_json(
+    request: Request, body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON response with an ETag, or 304 when the client's copy is current."""
+    content = json_bytes(body)
+    etag = etag_of(content)
+    all_headers = {"ETag": etag, "Cache-Control": "no-cache", **(headers or {})}
+    if status == 200 and not_modified(request, etag):
+        return Response(status_code=304, headers=all_headers)
+    return Response(content, status, headers=all_headers, media_type="application/json")

@@ -1,0 +1,82 @@
+"""`imagepipe api|worker|replicator|dev`: parse, build Settings once, dispatch to a role."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from pydantic import ValidationError
+
+from imagepipe import keys
+from imagepipe.config import Settings
+from imagepipe.logs import setup_logging
+
+
+def _api(settings: Settings, args: argparse.Namespace) -> int:
+    from imagepipe.api.app import serve
+
+    serve(settings, host=args.host or settings.host, port=args.port or settings.port)
+    return 0
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from imagepipe.worker import run_worker
+
+    queue = keys.BACKFILL_QUEUE if args.lane == "backfill" else keys.UPLOADS_QUEUE
+    run_worker(settings, queue_name=queue, burst=args.burst)
+    return 0
+
+
+def _replicator(settings: Settings, args: argparse.Namespace) -> int:
+    from imagepipe.replicator import run_replicator
+
+    run_replicator(settings)
+    return 0
+
+
+def _dev(settings: Settings, args: argparse.Namespace) -> int:
+    from imagepipe.dev import run_dev
+
+    return run_dev(settings, host=args.host or settings.host, port=args.port or settings.port)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagepipe", description=__doc__)
+    roles = parser.add_subparsers(dest="role", required=True)
+    for name, helptext in (("api", "run the web tier"), ("dev", "run the whole local stack")):
+        role = roles.add_parser(name, help=helptext)
+        role.add_argument("--host", default=None, help="bind address (IMAGEPIPE_HOST)")
+        role.add_argument("--port", type=int, default=None, help="port (IMAGEPIPE_PORT)")
+    worker = roles.add_parser("worker", help="run an arq worker: resize, then call back")
+    worker.add_argument("--lane", choices=("uploads", "backfill"), default="uploads")
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    roles.add_parser("replicator", help="copy primary to backup S3, forever")
+    return parser
+
+
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "api": _api,
+    "worker": _worker,
+    "replicator": _replicator,
+    "dev": _dev,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `imagepipe` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"imagepipe: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings, role=args.role)
+    try:
+        return COMMANDS[args.role](settings, args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Idempotency keys: the same key again returns the same ticket and starts no new work.
+
+    reserve  SET NX with a lease  -> fresh (go ahead) | in flight (409) | done (compare)
+    commit   inside the ticket's own transaction: key -> ticket id + sha256, kept 24 h
+    release  after a refused upload, so the client may try again
+
+A reservation is a lease, not a lock held forever: if the API dies mid-upload the key frees
+itself when the lease runs out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from imagepipe import keys
+from imagepipe.errors import BadRequest, Conflict
+
+MAX_KEY_LENGTH = 255
+RELEASE_IF_OURS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The outcome of reserving a key: ours to use, or an earlier upload's result."""
+
+    redis_key: str
+    token: str
+    ticket_id: str | None = None  # set when an earlier request with this key completed
+    sha256: str | None = None
+
+
+class IdempotencyKeys:
+    """Reservations and results of Idempotency-Key headers."""
+
+    def __init__(self, redis: Redis, retention_s: int, lease_s: int) -> None:
+        self.redis, self.retention_s, self.lease_s = redis, retention_s, lease_s
+
+    async def reserve(self, header: str) -> Reservation:
+        """Claim the key for this request, or report what an earlier request made of it."""
+        if not 0 < len(header) <= MAX_KEY_LENGTH:
+            raise BadRequest(f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} characters")
+        redis_key = keys.idempotency(hashlib.sha256(header.encode()).hexdigest()[:40])
+        token = "inflight:" + secrets.token_hex(8)
+        if await self.redis.set(redis_key, token, nx=True, ex=self.lease_s):
+            return Reservation(redis_key, token)
+        raw = await self.redis.get(redis_key)
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        if text is None:
+            return await self.reserve(header)  # the other lease ended just now
+        if text.startswith("inflight:"):
+            raise Conflict("a request with this Idempotency-Key is still in flight", retry_after=1)
+        done = json.loads(text)
+        return Reservation(redis_key, token, ticket_id=done["ticket_id"], sha256=done["sha256"])
+
+    def commit(self, pipe: Pipeline, reservation: Reservation, ticket_id: str, sha256: str) -> None:
+        """Record the result inside the caller's transaction (with the ticket it names)."""
+        record = json.dumps({"ticket_id": ticket_id, "sha256": sha256})
+        pipe.set(reservation.redis_key, record, ex=self.retention_s)
+
+    async def release(self, reservation: Reservation) -> None:
+        """Free a key whose request was refused (only if the lease is still ours)."""
+        await self.redis.eval(RELEASE_IF_OURS, 1, reservation.redis_key, reservation.token)

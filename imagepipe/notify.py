@@ -1,0 +1,88 @@
+"""The signed callback POST (worker -> web tier), as its own small retried arq job.
+
+Because delivery is a separate job, a callback that fails is retried with backoff and
+jitter without ever redoing the resize that produced it. The webhook-id is fixed when the
+event is made, so the web tier can recognise a redelivery and apply the event once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+from arq import Retry
+from arq.connections import ArqRedis
+
+from imagepipe import backoff, jobs, webhooks
+from imagepipe.config import Settings
+from imagepipe.models import CallbackEvent, Derivative, EventType, Ticket
+
+log = logging.getLogger(__name__)
+RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
+
+
+async def report(
+    redis: ArqRedis,
+    ticket: Ticket,
+    kind: EventType,
+    attempt: int,
+    *,
+    sizes: dict[str, Derivative] | None = None,
+    error: str | None = None,
+) -> None:
+    """Queue a callback event about this ticket for delivery."""
+    event = CallbackEvent(
+        type=kind,
+        ticket_id=ticket.id,
+        photo_id=ticket.photo_id,
+        attempt=attempt,
+        sizes=sizes or {},
+        error=error,
+    )
+    await jobs.enqueue_callback(redis, event, webhook_id=f"{ticket.id}.{kind}.{attempt}")
+
+
+async def send_callback(ctx: dict[str, Any], webhook_id: str, body: str) -> str:
+    """arq job: POST one signed event; retry transient failures, drop permanent refusals."""
+    settings: Settings = ctx["settings"]
+    http: httpx.AsyncClient = ctx["http"]
+    payload = body.encode()
+    # signed at each attempt: the timestamp must be fresh even after a long outage
+    headers = webhooks.sign(settings.callback_secret.get_secret_value(), webhook_id, payload)
+    headers["content-type"] = "application/json"
+    try:
+        response = await http.post(settings.callback_url, content=payload, headers=headers)
+    except httpx.HTTPError as exc:
+        return _retry_or_give_up(ctx, webhook_id, f"{type(exc).__name__}: {exc}")
+    if response.is_success:
+        return "delivered"
+    if response.status_code in RETRYABLE:
+        return _retry_or_give_up(ctx, webhook_id, f"HTTP {response.status_code}")
+    log.error(
+        "callback refused with %s: %s",
+        response.status_code,
+        response.text[:300],
+        extra={"job_id": webhook_id},
+    )
+    return f"refused {response.status_code}"
+
+
+def _retry_or_give_up(ctx: dict[str, Any], webhook_id: str, reason: str) -> str:
+    settings: Settings = ctx["settings"]
+    attempt: int = ctx["job_try"]
+    if attempt >= settings.callback_max_tries:
+        # the audit finds the ticket stuck and re-enqueues it; nothing is lost, only late
+        log.error(
+            "callback given up after %d tries: %s", attempt, reason, extra={"job_id": webhook_id}
+        )
+        return f"gave up: {reason}"
+    wait = backoff.delay(attempt, cap_s=settings.callback_backoff_cap_s)
+    log.warning(
+        "callback failed (%s); retry %d in %.1f s",
+        reason,
+        attempt,
+        wait,
+        extra={"job_id": webhook_id},
+    )
+    raise Retry(defer=wait)

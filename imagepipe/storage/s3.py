@@ -1,0 +1,204 @@
+"""The S3 backend (boto3; AWS, MinIO, rclone serve s3, moto).
+
+boto3 is blocking, so every call runs in a thread. botocore errors are translated into the
+storage error tree here and only here (`translate_error`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import tempfile
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from typing import IO, Any, ParamSpec, TypeVar
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from imagepipe.storage.base import (
+    CHUNK_SIZE,
+    ObjectInfo,
+    ObjectNotFound,
+    Storage,
+    StorageError,
+    StoragePermissionDenied,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+SPOOL_MEMORY = 8 * 1024 * 1024  # bodies up to this stay in memory while spooling
+MULTIPART_THRESHOLD = 64 * 1024 * 1024  # above this, a multipart upload instead of one PUT
+_TRANSFER = TransferConfig(
+    multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=16 * 1024 * 1024
+)
+
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+_DENIED = {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+_BUCKET_IS_OURS = {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}
+
+
+class S3Storage(Storage):
+    """Objects in one bucket of any S3-compatible endpoint; sha256 kept in object metadata."""
+
+    def __init__(
+        self,
+        bucket: str,
+        endpoint_url: str | None,
+        region: str,
+        access_key: str,
+        secret_key: str,
+        connect_timeout_ms: int = 3000,
+        read_timeout_ms: int = 30000,
+    ) -> None:
+        self.bucket = bucket
+        self.region = region
+        config = Config(
+            connect_timeout=connect_timeout_ms / 1000,
+            read_timeout=read_timeout_ms / 1000,
+            retries={"mode": "standard"},
+            signature_version="s3v4",
+            # Path-style (http://host/bucket/key): moto, rclone and MinIO need no DNS per bucket.
+            s3={"addressing_style": "path"},
+        )
+        # One client for the store's lifetime: botocore clients are thread-safe and pool
+        # their connections.
+        self._client: Any = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=config,
+        )
+
+    def __repr__(self) -> str:
+        return f"S3Storage(bucket={self.bucket!r})"
+
+    async def put(self, key: str, chunks: AsyncIterable[bytes]) -> ObjectInfo:
+        """Spool the chunks while hashing, then upload with Content-MD5 and sha256 metadata."""
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) as spool:
+            sha256, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
+            async for chunk in chunks:
+                sha256.update(chunk)
+                md5.update(chunk)
+                size += len(chunk)
+                await _spool_write(key, spool, chunk)
+            digest = sha256.hexdigest()
+            await self._call(key, self._upload, key, spool, size, digest, md5.digest())
+        return ObjectInfo(key=key, size=size, sha256=digest)
+
+    async def open(self, key: str) -> AsyncIterator[bytes]:
+        """Stream a GET in CHUNK_SIZE pieces, one thread hop per piece."""
+        response = await self._call(key, self._client.get_object, Bucket=self.bucket, Key=key)
+        body = response["Body"]
+        try:
+            while chunk := await self._call(key, body.read, CHUNK_SIZE):
+                yield chunk
+        finally:
+            body.close()
+
+    async def head(self, key: str) -> ObjectInfo:
+        """Size, mtime and the sha256 we stored as metadata (None for objects put by others)."""
+        response = await self._call(key, self._client.head_object, Bucket=self.bucket, Key=key)
+        return ObjectInfo(
+            key=key,
+            size=int(response["ContentLength"]),
+            sha256=response.get("Metadata", {}).get("sha256"),
+            modified=response["LastModified"].timestamp(),
+        )
+
+    async def delete(self, key: str) -> None:
+        """DELETE the key (S3 answers 204 for a missing one too)."""
+        await self._call(key, self._client.delete_object, Bucket=self.bucket, Key=key)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Page through ListObjectsV2 (S3 returns keys in UTF-8 order, which is key order)."""
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = iter(paginator.paginate(Bucket=self.bucket, Prefix=prefix))
+        while page := await self._call(prefix, next, pages, None):
+            for item in page.get("Contents", []):
+                yield ObjectInfo(
+                    key=item["Key"],
+                    size=int(item["Size"]),
+                    modified=item["LastModified"].timestamp(),
+                )
+
+    async def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist yet (for the local stack and tests)."""
+        await self._call(self.bucket, self._ensure_bucket)
+
+    async def close(self) -> None:
+        """Close the client's connection pool."""
+        await asyncio.to_thread(self._client.close)
+
+    async def _call(self, key: str, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a blocking boto3 call in a thread, translating its errors at this boundary."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_error(exc, key) from exc
+
+    def _upload(self, key: str, body: IO[bytes], size: int, sha256: str, md5: bytes) -> None:
+        body.seek(0)
+        metadata = {"sha256": sha256}
+        if size > MULTIPART_THRESHOLD:
+            # Each part carries its own checksum; the sha256 metadata is checked on verify.
+            extra = {"Metadata": metadata}
+            self._client.upload_fileobj(body, self.bucket, key, ExtraArgs=extra, Config=_TRANSFER)
+            return
+        self._client.put_object(
+            Bucket=self.bucket,
+            Key=key,
+            Body=body,
+            ContentLength=size,
+            # The server recomputes the MD5 and refuses the PUT if a byte changed on the way.
+            ContentMD5=base64.b64encode(md5).decode("ascii"),
+            Metadata=metadata,
+        )
+
+    def _ensure_bucket(self) -> None:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+            return
+        except ClientError as exc:
+            if _code(exc) not in _NOT_FOUND and _code(exc) != "NoSuchBucket":
+                raise
+        # us-east-1 is the one region that refuses an explicit LocationConstraint.
+        extra = {}
+        if self.region != "us-east-1":
+            extra = {"CreateBucketConfiguration": {"LocationConstraint": self.region}}
+        try:
+            self._client.create_bucket(Bucket=self.bucket, **extra)
+        except ClientError as exc:
+            if _code(exc) not in _BUCKET_IS_OURS:  # someone made it between head and create
+                raise
+
+
+def translate_error(exc: Exception, key: str) -> StorageError:
+    """Map a botocore error onto the storage error tree (the only place that knows botocore)."""
+    if not isinstance(exc, ClientError):
+        # EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ...: transient.
+        return StorageError(f"{key}: S3 unreachable ({type(exc).__name__}: {exc})")
+    code = _code(exc)
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    message = exc.response.get("Error", {}).get("Message", "")
+    if code in _NOT_FOUND:
+        return ObjectNotFound(key)
+    if code in _DENIED or status == 403:
+        return StoragePermissionDenied(f"{key}: S3 refused our credentials ({code}) {message}")
+    return StorageError(f"{key}: S3 error {code} (HTTP {status}) {message}".rstrip())
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+async def _spool_write(key: str, spool: IO[bytes], chunk: bytes) -> None:
+    try:
+        await asyncio.to_thread(spool.write, chunk)
+    except OSError as exc:  # the local temp disk, not S3: still a storage failure
+        raise StorageError(f"{key}: cannot spool the upload: {exc}") from exc

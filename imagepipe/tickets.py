@@ -1,0 +1,131 @@
+"""(2) Tickets: the record of one upload's progress, with forward-only status transitions.
+
+    queued -> processing -> completed | failed
+
+A ticket only moves forward; a terminal ticket never changes. Every change bumps `version`
+(the ETag and the SSE event id) and is announced on the ticket's pub/sub channel.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable, Sequence
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
+
+from imagepipe import keys
+from imagepipe.errors import Conflict, NotFound
+from imagepipe.models import CallbackEvent, Ticket, TicketStatus, now
+
+TICKET_ID = re.compile(r"^[A-Za-z0-9_-]{24}$")
+EVENT_STATUS = {
+    "processing.started": TicketStatus.PROCESSING,
+    "processing.completed": TicketStatus.COMPLETED,
+    "processing.failed": TicketStatus.FAILED,
+}
+
+Extra = Callable[[Pipeline, Ticket], None]
+
+
+def new_ticket_id() -> str:
+    """144 random bits, URL-safe: unguessable, so knowing an id is the right to read it."""
+    return secrets.token_urlsafe(18)
+
+
+def new_photo_id() -> str:
+    """80 random bits as hex (used in storage keys and URLs)."""
+    return secrets.token_hex(10)
+
+
+def advance(ticket: Ticket, event: CallbackEvent) -> Ticket | None:
+    """The ticket after ``event``, or None when the event is already reflected in it."""
+    target = EVENT_STATUS[event.type]
+    if ticket.status.terminal:
+        if target is ticket.status:
+            return None
+        raise Conflict(f"ticket is already {ticket.status.value}")
+    if target.rank < ticket.status.rank:
+        raise Conflict(f"ticket is {ticket.status.value}; {event.type} would move it backwards")
+    if target is ticket.status and event.attempt <= ticket.attempts:
+        return None
+    return ticket.model_copy(
+        update={
+            "status": target,
+            "attempts": max(ticket.attempts, event.attempt),
+            "error": event.error if target is TicketStatus.FAILED else None,
+            "sizes": event.sizes if target is TicketStatus.COMPLETED else ticket.sizes,
+            "updated_at": now(),
+            "version": ticket.version + 1,
+        }
+    )
+
+
+class TicketStore:
+    """Tickets in Redis, kept for the published retention."""
+
+    def __init__(self, redis: Redis, retention_s: int) -> None:
+        self.redis = redis
+        self.retention_s = retention_s
+
+    def create(self, pipe: Pipeline, ticket: Ticket) -> None:
+        """Write a new ticket (and the photo -> ticket link) inside the caller's transaction."""
+        pipe.set(keys.ticket(ticket.id), ticket.model_dump_json(), ex=self.retention_s)
+        pipe.set(keys.photo_ticket(ticket.photo_id), ticket.id, ex=self.retention_s)
+
+    async def get(self, ticket_id: str) -> Ticket:
+        """The ticket, or NotFound for unknown, expired or malformed ids."""
+        if not TICKET_ID.match(ticket_id):
+            raise NotFound("no such ticket")
+        raw = await self.redis.get(keys.ticket(ticket_id))
+        if raw is None:
+            raise NotFound("no such ticket (unknown or expired)")
+        return Ticket.model_validate_json(raw)
+
+    async def get_many(self, ticket_ids: Sequence[str]) -> list[Ticket | None]:
+        """Tickets in the order asked (None where unknown), in one round trip."""
+        wellformed = [t if TICKET_ID.match(t) else None for t in ticket_ids]
+        lookups = [keys.ticket(t) for t in wellformed if t]
+        raws = iter(await self.redis.mget(lookups) if lookups else [])
+        found = [next(raws) if t else None for t in wellformed]
+        return [Ticket.model_validate_json(r) if r else None for r in found]
+
+    async def ticket_for_photo(self, photo_id: str) -> str | None:
+        """The id of the ticket that made this photo, while it is retained."""
+        raw = await self.redis.get(keys.photo_ticket(photo_id))
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    async def apply(self, event: CallbackEvent, extra: Extra | None = None) -> Ticket | None:
+        """Apply a callback event atomically; returns the new ticket, or None if a no-op.
+
+        ``extra`` adds commands to the same transaction, so (for example) the derivatives go on
+        the replication log exactly when the ticket completes, never twice.
+        """
+        key = keys.ticket(event.ticket_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    return await self._apply_once(pipe, key, event, extra)
+                except WatchError:
+                    continue  # someone else changed it first: re-read and decide again
+
+    async def _apply_once(
+        self, pipe: Pipeline, key: str, event: CallbackEvent, extra: Extra | None
+    ) -> Ticket | None:
+        await pipe.watch(key)
+        raw = await pipe.get(key)
+        if raw is None:
+            raise NotFound("no such ticket")
+        updated = advance(Ticket.model_validate_json(raw), event)
+        if updated is None:
+            await pipe.unwatch()
+            return None
+        pipe.multi()
+        pipe.set(key, updated.model_dump_json(), keepttl=True)
+        if extra is not None:
+            extra(pipe, updated)
+        pipe.publish(keys.ticket_channel(updated.id), str(updated.version))
+        await pipe.execute()
+        return updated

@@ -1,0 +1,193 @@
+"""The worker role: arq jobs that resize each photo, then report back over a signed callback.
+
+    process_photo(ticket_id)
+      original (primary) -> render in the decode sandbox -> derivatives (primary, atomic)
+      -> callback event queued (processing.completed | processing.failed)
+
+A permanent fault (an image the decoder refuses, a decode past its deadline) fails the
+ticket at once with a reason. A transient one (storage, Redis, a crashed or out-of-memory
+child) is retried with backoff, a bounded number of times, then fails the ticket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+from typing import Any
+
+import httpx
+from arq import Retry
+from arq.connections import ArqRedis
+from arq.worker import Worker, func
+from redis.exceptions import RedisError
+
+from imagepipe import backoff, imaging, keys, notify
+from imagepipe.config import Settings
+from imagepipe.connections import redis_settings
+from imagepipe.errors import NotFound
+from imagepipe.models import Derivative, Ticket
+from imagepipe.sandbox import DecodeCrashed, DecodeOutOfMemory, DecodePool, DecodeTimeout
+from imagepipe.storage import ObjectNotFound, Storage, StorageError
+from imagepipe.storage.factory import primary_storage
+from imagepipe.tickets import TicketStore
+
+log = logging.getLogger(__name__)
+STORAGE_SLACK_S = 40  # reading the original + writing every size, on top of the decode deadline
+
+
+class PermanentFailure(Exception):
+    """The photo can never be processed; the ticket fails with this reason."""
+
+
+class TransientFailure(Exception):
+    """Worth another try later."""
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    """Build the clients one worker process uses (arq on_startup)."""
+    settings: Settings = ctx["settings"]
+    ctx["primary"] = primary_storage(settings)
+    ctx["tickets"] = TicketStore(ctx["redis"], settings.ticket_retention_s)
+    ctx["pool"] = DecodePool(
+        concurrency(settings), settings.decode_memory_mb, settings.decode_timeout_s
+    )
+    await ctx["pool"].start()
+    timeout_s = settings.callback_timeout_ms / 1000
+    ctx["http"] = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=min(3.0, timeout_s)))
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    """Close what startup made (arq on_shutdown)."""
+    for name in ("pool", "primary", "http"):
+        if name in ctx:
+            await ctx[name].close() if name != "http" else await ctx[name].aclose()
+
+
+def concurrency(settings: Settings) -> int:
+    """Decode slots in this worker process: one per core unless configured."""
+    return settings.worker_concurrency or os.cpu_count() or 1
+
+
+async def render(ctx: dict[str, Any], ticket: Ticket) -> dict[str, Derivative]:
+    """Decode once in the sandbox, write every size atomically; the sizes for the callback."""
+    settings: Settings = ctx["settings"]
+    primary: Storage = ctx["primary"]
+    try:
+        data = await primary.read(ticket.original_key)
+    except ObjectNotFound:
+        raise PermanentFailure("the original is missing from primary storage") from None
+    job = functools.partial(
+        imaging.render,
+        data,
+        settings.sizes,
+        formats=settings.formats,
+        max_pixels=settings.max_pixels,
+        quality=settings.jpeg_quality,
+    )
+    try:
+        rendered: imaging.Rendered = await ctx["pool"].run(job)
+    except imaging.ImageRejected as exc:
+        raise PermanentFailure(exc.reason) from None
+    except DecodeTimeout:
+        raise PermanentFailure(
+            f"decoding took longer than {settings.decode_timeout_s:g} s"
+        ) from None
+    except (DecodeOutOfMemory, DecodeCrashed) as exc:
+        raise TransientFailure(
+            f"the decoder died ({exc}); memory cap {settings.decode_memory_mb} MB"
+        ) from None
+    return await _write_sizes(primary, ticket.photo_id, rendered)
+
+
+async def _write_sizes(
+    primary: Storage, photo_id: str, rendered: imaging.Rendered
+) -> dict[str, Derivative]:
+    async def write(r: imaging.Rendition) -> tuple[str, Derivative]:
+        key = keys.derivative(photo_id, r.name)
+        info = await primary.put_bytes(key, r.data)
+        return r.name, Derivative(
+            key=key, width=r.width, height=r.height, bytes=info.size, sha256=info.sha256 or ""
+        )
+
+    return dict(await asyncio.gather(*(write(r) for r in rendered.renditions)))
+
+
+async def process_photo(ctx: dict[str, Any], ticket_id: str) -> str:
+    """arq job: make every derivative of one photo, then queue the callback."""
+    redis: ArqRedis = ctx["redis"]
+    attempt: int = ctx["job_try"]
+    try:
+        ticket = await ctx["tickets"].get(ticket_id)
+    except NotFound:
+        log.warning("ticket vanished before processing", extra={"ticket_id": ticket_id})
+        return "no ticket"
+    if ticket.status.terminal:
+        return f"already {ticket.status.value}"
+    ids = {"ticket_id": ticket.id, "photo_id": ticket.photo_id, "attempt": attempt}
+    await notify.report(redis, ticket, "processing.started", attempt)
+    try:
+        sizes = await render(ctx, ticket)
+    except PermanentFailure as exc:
+        log.warning("photo failed: %s", exc, extra=ids)
+        await notify.report(redis, ticket, "processing.failed", attempt, error=str(exc))
+        return "failed"
+    except (TransientFailure, StorageError, RedisError) as exc:
+        return await _retry_or_fail(ctx, ticket, f"{exc}")
+    await notify.report(redis, ticket, "processing.completed", attempt, sizes=sizes)
+    log.info("photo processed", extra=ids)
+    return "completed"
+
+
+async def _retry_or_fail(ctx: dict[str, Any], ticket: Ticket, reason: str) -> str:
+    settings: Settings = ctx["settings"]
+    attempt: int = ctx["job_try"]
+    ids = {"ticket_id": ticket.id, "photo_id": ticket.photo_id, "attempt": attempt}
+    if attempt >= settings.job_max_tries:
+        log.error("photo failed after %d tries: %s", attempt, reason, extra=ids)
+        error = f"gave up after {attempt} tries: {reason}"
+        await notify.report(ctx["redis"], ticket, "processing.failed", attempt, error=error)
+        return "failed"
+    log.warning("transient failure, will retry: %s", reason, extra=ids)
+    raise Retry(defer=backoff.delay(attempt))
+
+
+def build_worker(
+    settings: Settings, queue_name: str = keys.UPLOADS_QUEUE, burst: bool = False
+) -> Worker:
+    """An arq Worker for one lane; tests run it with burst=True."""
+    slots = concurrency(settings)
+    return Worker(
+        functions=[
+            func(
+                process_photo,
+                name="process_photo",
+                timeout=settings.decode_timeout_s + STORAGE_SLACK_S,
+                max_tries=settings.job_max_tries + 1,
+            ),
+            func(
+                notify.send_callback,
+                name="send_callback",
+                timeout=settings.callback_timeout_ms / 1000 + 5,
+                max_tries=settings.callback_max_tries + 1,
+            ),
+        ],
+        redis_settings=redis_settings(settings),
+        queue_name=queue_name,
+        ctx={"settings": settings},
+        on_startup=startup,
+        on_shutdown=shutdown,
+        max_jobs=slots + 4,  # callbacks are light; resizes queue for a sandbox slot
+        poll_delay=0.05,  # a new upload starts within tens of milliseconds
+        burst=burst,
+        handle_signals=not burst,
+        keep_result=3600,
+    )
+
+
+def run_worker(
+    settings: Settings, queue_name: str = keys.UPLOADS_QUEUE, burst: bool = False
+) -> None:
+    """Run the worker role until interrupted (or until the queue is empty, with burst)."""
+    build_worker(settings, queue_name, burst).run()

