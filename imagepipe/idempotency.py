@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -68,4 +70,5 @@ class IdempotencyKeys:
 
     async def release(self, reservation: Reservation) -> None:
         """Free a key whose request was refused (only if the lease is still ours)."""
-        await self.redis.eval(RELEASE_IF_OURS, 1, reservation.redis_key, reservation.token)
+        release = self.redis.eval(RELEASE_IF_OURS, 1, reservation.redis_key, reservation.token)
+        await cast(Awaitable[int], release)

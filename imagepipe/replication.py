@@ -9,8 +9,9 @@ dies leaves its entries to be reclaimed by another.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -101,7 +102,9 @@ class ReplicationLog:
         state.attempts += 1
         state.reason = reason
         state.updated_at = time.time()
-        await self.redis.hset(keys.REPLICATION_STATE, key, state.model_dump_json())
+        await cast(
+            Awaitable[int], self.redis.hset(keys.REPLICATION_STATE, key, state.model_dump_json())
+        )
 
     async def complete(self, entry: Entry) -> None:
         """The copy is verified: acknowledge and mark the object completed."""
@@ -123,12 +126,13 @@ class ReplicationLog:
 
     async def state(self, key: str) -> ReplicaState | None:
         """One object's replica state, if it was ever logged."""
-        raw = await self.redis.hget(keys.REPLICATION_STATE, key)
+        raw = await cast(Awaitable[bytes | None], self.redis.hget(keys.REPLICATION_STATE, key))
         return ReplicaState.model_validate_json(raw) if raw else None
 
     async def backup_state(self, object_keys: Sequence[str]) -> BackupState:
         """A photo's backup state: completed only when every one of its objects is."""
-        raws = await self.redis.hmget(keys.REPLICATION_STATE, list(object_keys))
+        lookup = self.redis.hmget(keys.REPLICATION_STATE, list(object_keys))
+        raws = await cast(Awaitable[list[bytes | None]], lookup)
         states = [ReplicaState.model_validate_json(r).state if r else None for r in raws]
         if BackupState.FAILED in states:
             return BackupState.FAILED

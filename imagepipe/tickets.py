@@ -120,9 +120,9 @@ class TicketStore:
             raise NotFound("no such ticket")
         updated = advance(Ticket.model_validate_json(raw), event)
         if updated is None:
-            await pipe.unwatch()
+            await pipe.unwatch()  # type: ignore[no-untyped-call]
             return None
-        pipe.multi()
+        pipe.multi()  # type: ignore[no-untyped-call]
         pipe.set(key, updated.model_dump_json(), keepttl=True)
         if extra is not None:
             extra(pipe, updated)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import boto3
+import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 from redis.asyncio import Redis
@@ -70,9 +71,12 @@ def s3_bucket(s3_endpoint: str) -> str:
 
 @pytest.fixture
 def settings(tmp_path: Path, valkey_url: str, s3_endpoint: str, s3_bucket: str) -> Settings:
-    """Settings for one test: its own data dir, the session's Valkey and a fresh bucket."""
+    """Settings for one test: its own data dir and port, the session's Valkey, a fresh bucket."""
+    port = free_port()
     return Settings(
         data_dir=tmp_path / "storage",
+        port=port,
+        callback_url=f"http://127.0.0.1:{port}/internal/callbacks",
         redis_url=valkey_url,
         backup_s3_endpoint=s3_endpoint,
         backup_s3_bucket=s3_bucket,
@@ -82,3 +86,19 @@ def settings(tmp_path: Path, valkey_url: str, s3_endpoint: str, s3_bucket: str) 
         decode_timeout_s=20,
         worker_concurrency=1,
     )
+
+
+@pytest.fixture
+def api_url(settings: Settings, redis: Redis) -> Iterator[str]:
+    """A real uvicorn server running create_app(settings), on a flushed Valkey."""
+    from tests.stack import api_server
+
+    with api_server(settings) as url:
+        yield url
+
+
+@pytest.fixture
+async def http(api_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client aimed at the test API."""
+    async with httpx.AsyncClient(base_url=api_url, timeout=30) as client:
+        yield client

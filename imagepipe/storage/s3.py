@@ -10,7 +10,7 @@ import asyncio
 import base64
 import hashlib
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import IO, Any, ParamSpec, TypeVar
 
 import boto3
@@ -107,7 +107,8 @@ class S3Storage(Storage):
         return ObjectInfo(
             key=key,
             size=int(response["ContentLength"]),
-            sha256=response.get("Metadata", {}).get("sha256"),
+            # some servers (rclone) capitalise metadata names: compare without case
+            sha256=_metadata(response).get("sha256"),
             modified=response["LastModified"].timestamp(),
         )
 
@@ -202,3 +203,8 @@ async def _spool_write(key: str, spool: IO[bytes], chunk: bytes) -> None:
         await asyncio.to_thread(spool.write, chunk)
     except OSError as exc:  # the local temp disk, not S3: still a storage failure
         raise StorageError(f"{key}: cannot spool the upload: {exc}") from exc
+
+
+def _metadata(response: Mapping[str, Any]) -> dict[str, str]:
+    """User metadata with lower-cased names."""
+    return {k.lower(): v for k, v in response.get("Metadata", {}).items()}

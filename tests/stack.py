@@ -1,0 +1,68 @@
+"""Running pieces of the stack inside the test process: a real uvicorn API on a free port,
+a burst arq worker, and a replicator that runs until the log is empty."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+from redis.asyncio import Redis
+
+from imagepipe import keys
+from imagepipe.api.app import create_app
+from imagepipe.config import Settings
+from imagepipe.replicator import Replicator
+from imagepipe.storage.factory import backup_storage, primary_storage
+from imagepipe.worker import build_worker
+
+
+@contextmanager
+def api_server(settings: Settings) -> Iterator[str]:
+    """Serve create_app(settings) over real HTTP from a thread; yields the base URL."""
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=settings.port, log_config=None,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the API did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{settings.port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+async def run_worker_burst(settings: Settings) -> None:
+    """Process every queued job (and the callbacks they queue), then return."""
+    worker = build_worker(settings, burst=True)
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+
+
+async def replicate_all(settings: Settings, redis: Redis, timeout_s: float = 30) -> None:
+    """Run a replicator until nothing is pending on the log."""
+    primary, backup = primary_storage(settings), backup_storage(settings)
+    replicator = Replicator(settings, redis, primary, backup, consumer="test")
+    runner = asyncio.create_task(replicator.run())
+    try:
+        async with asyncio.timeout(timeout_s):
+            while await redis.zcard(keys.REPLICATION_PENDING):
+                await asyncio.sleep(0.05)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await replicator.drain()
+        await backup.close()
+        await primary.close()

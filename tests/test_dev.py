@@ -1,0 +1,219 @@
+"""The dev supervisor: restarts what dies, stops everything, and runs the real stack."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from imagepipe.config import Settings
+from imagepipe.dev import Supervisor, child_env, local_host, role_commands
+from tests.conftest import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def wait_for(condition: Callable[[], object], timeout: float, step: float = 0.05) -> None:
+    """Poll `condition` until it is truthy or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s")
+        time.sleep(step)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process (not a zombie) with this pid exists."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def supervisor() -> Iterator[Supervisor]:
+    """Three sleeping children with a fast restart; always stopped at the end."""
+    sup = Supervisor({"a": SLEEPER, "b": SLEEPER, "c": SLEEPER}, backoff_s=0.05)
+    sup.start()
+    yield sup
+    sup.stop()
+
+
+def test_starts_every_child(supervisor: Supervisor) -> None:
+    pids = supervisor.pids()
+    assert sorted(pids) == ["a", "b", "c"]
+    assert all(alive(pid) for pid in pids.values())
+
+
+def test_restarts_a_child_killed_from_outside(supervisor: Supervisor) -> None:
+    before = supervisor.pids()
+    os.kill(before["b"], signal.SIGKILL)
+
+    def restarted() -> bool:
+        supervisor.poll()
+        return supervisor.pids().get("b", before["b"]) != before["b"]
+
+    wait_for(restarted, timeout=5)
+    assert supervisor.pids()["a"] == before["a"]
+    assert supervisor.children["b"].crashes == 1
+
+
+def test_stop_leaves_no_process_alive(supervisor: Supervisor) -> None:
+    pids = supervisor.pids()
+    supervisor.stop()
+    assert not any(alive(pid) for pid in pids.values())
+    supervisor.poll()
+    assert supervisor.pids() == {}
+
+
+def test_stop_kills_a_child_that_ignores_sigterm_and_its_children(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    stubborn = (
+        "import pathlib, signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "kid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"pathlib.Path({str(ready)!r}).write_text(str(kid.pid))\n"
+        "time.sleep(60)\n"
+    )
+    sup = Supervisor({"stubborn": [sys.executable, "-c", stubborn]}, stop_timeout_s=0.5)
+    sup.start()
+    wait_for(ready.exists, timeout=10)
+    pid, grandchild = sup.pids()["stubborn"], int(ready.read_text())
+    started = time.monotonic()
+    sup.stop()
+    assert time.monotonic() - started < 5
+    assert not alive(pid)
+    wait_for(lambda: not alive(grandchild), timeout=5)
+
+
+def test_role_commands_run_this_python() -> None:
+    commands = role_commands("0.0.0.0", 8123)
+    assert commands["api"][:3] == [sys.executable, "-m", "imagepipe"]
+    assert commands["api"][3:] == ["api", "--host", "0.0.0.0", "--port", "8123"]
+    assert commands["worker"][3:] == ["worker"]
+    assert commands["replicator"][3:] == ["replicator"]
+
+
+def test_child_env_points_roles_at_the_stack(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    env = child_env(
+        settings,
+        redis_url="redis://127.0.0.1:1/0",
+        backup_endpoint="http://127.0.0.1:2",
+        port=8123,
+        host="0.0.0.0",
+        base={"KEEP": "me"},
+    )
+    assert env["KEEP"] == "me"
+    assert env["IMAGEPIPE_REDIS_URL"] == "redis://127.0.0.1:1/0"
+    assert env["IMAGEPIPE_BACKUP_S3_ENDPOINT"] == "http://127.0.0.1:2"
+    assert env["IMAGEPIPE_DATA_DIR"] == str((tmp_path / "data").resolve())
+    assert env["IMAGEPIPE_CALLBACK_URL"] == "http://127.0.0.1:8123/internal/callbacks"
+    assert env["AWS_ACCESS_KEY_ID"] == settings.s3_access_key_id
+
+
+def test_child_env_keeps_a_callback_url_the_user_set(tmp_path: Path) -> None:
+    env = child_env(
+        Settings(data_dir=tmp_path),
+        redis_url="redis://x",
+        backup_endpoint="http://y",
+        port=1,
+        host="127.0.0.1",
+        base={"IMAGEPIPE_CALLBACK_URL": "http://elsewhere/cb"},
+    )
+    assert env["IMAGEPIPE_CALLBACK_URL"] == "http://elsewhere/cb"
+
+
+@pytest.mark.parametrize(
+    ("host", "local"), [("0.0.0.0", "127.0.0.1"), ("::", "127.0.0.1"), ("::1", "[::1]")]
+)
+def test_local_host(host: str, local: str) -> None:
+    assert local_host(host) == local
+
+
+# -- end to end: the real `imagepipe dev` ------------------------------------------------
+
+
+def stack_processes(data_dir: Path) -> dict[int, str]:
+    """Pid → command line of each process whose argv, environment or cwd mentions `data_dir`.
+
+    The cwd catches Valkey, which overwrites its argv with its proctitle.
+    """
+    needle = str(data_dir).encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+            cwd = os.readlink(entry / "cwd").encode()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if needle in argv + environ + cwd and alive(int(entry.name)):
+            found[int(entry.name)] = argv.replace(b"\0", b" ").decode()
+    return found
+
+
+def answers_200(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("signum", "whole_group"),
+    # a terminal's Ctrl-C reaches the whole foreground group; `kill` only the dev process
+    [(signal.SIGINT, True), (signal.SIGTERM, False)],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_dev_runs_the_stack_and_stops_it_cleanly(
+    tmp_path: Path, signum: signal.Signals, whole_group: bool
+) -> None:
+    data_dir, port = tmp_path / "storage", free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGEPIPE_", "AWS_"))}
+    env["IMAGEPIPE_DATA_DIR"] = str(data_dir)
+    log = (tmp_path / "dev.log").open("wb")
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "imagepipe", "dev", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # so a failed test can still clean up the whole tree
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: dev.poll() is not None or answers_200(f"{base}/readyz"), 45, 0.25)
+        assert dev.poll() is None, (tmp_path / "dev.log").read_text()
+        assert answers_200(f"{base}/healthz")
+        running = " | ".join(stack_processes(data_dir).values())
+        # worker and replicator may be between a crash and their restart; these must be up
+        for name in ("valkey", "rclone serve s3", "imagepipe api", "imagepipe dev"):
+            assert name in running
+        if whole_group:
+            os.killpg(dev.pid, signum)
+        else:
+            dev.send_signal(signum)
+        assert dev.wait(timeout=30) == 0, (tmp_path / "dev.log").read_text()
+        assert stack_processes(data_dir) == {}
+        assert "imagepipe is up: " in (tmp_path / "dev.log").read_text()
+    finally:
+        for pid in stack_processes(data_dir):
+            os.kill(pid, signal.SIGKILL)
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
+        log.close()

@@ -1,0 +1,150 @@
+"""End to end over real processes: `imagepipe api`, `worker` and `replicator` as a user runs
+them, real Valkey, moto's S3 server, real HTTP. Follows each upload to its backup copy."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from imagepipe.config import Settings
+from tests import images
+from tests.test_flow import assert_backup_matches_primary
+
+pytestmark = pytest.mark.e2e
+
+
+def role_env(settings: Settings) -> dict[str, str]:
+    """The environment an operator would set for every role."""
+    return {
+        **os.environ,
+        "IMAGEPIPE_DATA_DIR": str(settings.data_dir),
+        "IMAGEPIPE_REDIS_URL": str(settings.redis_url),
+        "IMAGEPIPE_BACKUP_S3_ENDPOINT": str(settings.backup_s3_endpoint),
+        "IMAGEPIPE_BACKUP_S3_BUCKET": settings.backup_s3_bucket,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "IMAGEPIPE_CALLBACK_URL": settings.callback_url,
+        "IMAGEPIPE_CALLBACK_SECRET": settings.callback_secret.get_secret_value(),
+        "IMAGEPIPE_WORKER_CONCURRENCY": "2",
+    }
+
+
+@pytest.fixture
+def roles(settings: Settings, tmp_path: Path, redis: object) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """api + worker + replicator as separate processes, stopped (and checked alive) after."""
+    commands = {
+        "api": ["api", "--host", "127.0.0.1", "--port", str(settings.port)],
+        "worker": ["worker"],
+        "replicator": ["replicator"],
+    }
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "imagepipe", *args], env=role_env(settings),
+            stdout=(tmp_path / f"{name}.log").open("wb"), stderr=subprocess.STDOUT,
+        )
+        for name, args in commands.items()
+    }
+    try:
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for name, proc in procs.items():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                pytest.fail(f"{name} did not stop on SIGTERM")
+
+
+async def wait_ready(url: str) -> None:
+    async with httpx.AsyncClient(base_url=url) as client:
+        for _ in range(200):
+            try:
+                if (await client.get("/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("the API never became ready")
+
+
+async def wait_terminal(client: httpx.AsyncClient, ids: list[str]) -> dict[str, dict]:  # type: ignore[type-arg]
+    for _ in range(600):
+        tickets = (await client.get("/tickets", params={"ids": ",".join(ids)})).json()["tickets"]
+        if all(t["status"] in ("completed", "failed") for t in tickets.values()):
+            return tickets  # type: ignore[no-any-return]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"tickets never finished: {tickets}")
+
+
+async def wait_backed_up(client: httpx.AsyncClient, ids: list[str]) -> None:
+    for _ in range(600):
+        tickets = (await client.get("/tickets", params={"ids": ",".join(ids)})).json()["tickets"]
+        if all(t["backup"] == "completed" for t in tickets.values()):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"backup never completed: {tickets}")
+
+
+UPLOADS = {
+    "rotated.jpg": (images.jpeg(800, 600, orientation=6), (600, 800)),
+    "alpha.png": (images.png_alpha(640, 480), (640, 480)),
+    "cmyk.jpg": (images.cmyk_jpeg(1200, 900), (1200, 900)),
+    "anim.gif": (images.gif(300, 200, frames=3), (300, 200)),
+}
+
+
+async def test_photos_flow_from_upload_to_backup(
+    settings: Settings, roles: dict[str, subprocess.Popen[bytes]]
+) -> None:
+    url = f"http://127.0.0.1:{settings.port}"
+    await wait_ready(url)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        sent = {}
+        for name, (data, _) in UPLOADS.items():
+            response = await client.post("/photos", files={"file": (name, data, "image/*")})
+            assert response.status_code == 202, response.text
+            sent[name] = response.json()["id"]
+        tickets = await wait_terminal(client, list(sent.values()))
+        for name, ticket_id in sent.items():
+            await check_derivatives(client, tickets[ticket_id], UPLOADS[name][1], settings)
+        await check_orientation(client, tickets[sent["rotated.jpg"]])
+        await wait_backed_up(client, list(sent.values()))
+    assert_backup_matches_primary(settings)
+    assert all(proc.poll() is None for proc in roles.values()), "a role died"
+
+
+async def check_derivatives(
+    client: httpx.AsyncClient, ticket: dict, upright: tuple[int, int], settings: Settings  # type: ignore[type-arg]
+) -> None:
+    assert ticket["status"] == "completed", ticket
+    sizes = ticket["photo"]["sizes"]
+    for spec in settings.sizes:
+        response = await client.get(sizes[spec.name]["url"])
+        assert response.status_code == 200
+        image = Image.open(io.BytesIO(response.content))
+        assert image.format == "JPEG" and image.mode in ("RGB", "L")
+        assert image.size == (sizes[spec.name]["width"], sizes[spec.name]["height"])
+        if spec.crop:
+            assert image.size == (spec.edge, spec.edge)
+        else:
+            assert max(image.size) == min(spec.edge, max(upright))
+            assert (image.width >= image.height) == (upright[0] >= upright[1])
+        assert not image.getexif() and "icc_profile" not in image.info
+
+
+async def check_orientation(client: httpx.AsyncClient, ticket: dict) -> None:  # type: ignore[type-arg]
+    """EXIF orientation 6 means 'rotate 90° clockwise to display': the marker ends top-right."""
+    response = await client.get(ticket["photo"]["sizes"]["m"]["url"])
+    assert images.red_corner(Image.open(io.BytesIO(response.content))) == "top-right"

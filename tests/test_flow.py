@@ -1,0 +1,84 @@
+"""The whole flow inside one test process: real HTTP API, burst worker, replicator."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import boto3
+import httpx
+from PIL import Image
+from redis.asyncio import Redis
+
+from imagepipe.config import Settings
+from tests import images
+from tests.stack import replicate_all, run_worker_burst
+
+
+async def test_upload_is_resized_called_back_served_and_backed_up(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    sent = images.jpeg(1600, 1200)
+    ticket = (await http.post("/photos", files={"file": ("a.jpg", sent, "image/jpeg")})).json()
+
+    await run_worker_burst(settings)
+
+    polled = await http.get(f"/tickets/{ticket['id']}")
+    body = polled.json()
+    assert body["status"] == "completed", body
+    assert "retry-after" not in polled.headers  # terminal: nothing to wait for
+    sizes = body["photo"]["sizes"]
+    assert set(sizes) == {s.name for s in settings.sizes}
+    assert (sizes["l"]["width"], sizes["l"]["height"]) == (1024, 768)
+    assert (sizes["xl"]["width"], sizes["xl"]["height"]) == (1600, 1200)  # never upscaled
+    served = await http.get(sizes["sq"]["url"])
+    assert served.headers["content-type"] == "image/jpeg"
+    assert served.headers["x-content-type-options"] == "nosniff"
+    assert "immutable" in served.headers["cache-control"]
+    assert Image.open(io.BytesIO(served.content)).size == (75, 75)
+    again = await http.get(sizes["sq"]["url"], headers={"if-none-match": served.headers["etag"]})
+    assert again.status_code == 304
+
+    await replicate_all(settings, redis)
+    assert (await http.get(f"/tickets/{ticket['id']}")).json()["backup"] == "completed"
+    photo = (await http.get(f"/photos/{ticket['photo_id']}")).json()
+    assert photo["backup"] == "completed" and photo["sha256"] == hashlib.sha256(sent).hexdigest()
+    assert_backup_matches_primary(settings)
+
+
+def assert_backup_matches_primary(settings: Settings) -> None:
+    """Every file on primary is in the backup bucket with the same sha256."""
+    s3 = boto3.client(
+        "s3", endpoint_url=settings.backup_s3_endpoint, region_name="us-east-1",
+        aws_access_key_id="test", aws_secret_access_key="test",
+    )
+    root = settings.primary_root
+    for path in (p for p in root.rglob("*") if p.is_file()):
+        key = path.relative_to(root).as_posix()
+        copy = s3.get_object(Bucket=settings.backup_s3_bucket, Key=key)["Body"].read()
+        assert hashlib.sha256(copy).digest() == hashlib.sha256(path.read_bytes()).digest(), key
+
+
+async def test_ticket_etag_and_batch_polling(http: httpx.AsyncClient) -> None:
+    first = (await http.post("/photos", content=images.jpeg(50, 40),
+                             headers={"content-type": "image/jpeg"})).json()
+    response = await http.get(f"/tickets/{first['id']}")
+    assert response.headers["etag"]
+    cached = await http.get(f"/tickets/{first['id']}",
+                            headers={"if-none-match": response.headers["etag"]})
+    assert cached.status_code == 304 and cached.headers["retry-after"]
+    batch = (await http.get("/tickets", params={"ids": f"{first['id']},{'B' * 24}"})).json()
+    assert batch["tickets"][first["id"]]["status"] == "queued"
+    assert batch["tickets"]["B" * 24] is None
+
+
+async def test_undecodable_image_fails_its_ticket_with_a_reason(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    broken = images.truncated(images.jpeg(800, 600), keep=0.5)
+    ticket = (await http.post("/photos", content=broken,
+                              headers={"content-type": "image/jpeg"})).json()
+    await run_worker_burst(settings)
+    body = (await http.get(f"/tickets/{ticket['id']}")).json()
+    assert body["status"] == "failed" and body["error"]
+    assert body["attempts"] == 1  # permanent: not retried
