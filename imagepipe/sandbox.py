@@ -78,11 +78,14 @@ def _child_main(conn: Connection, memory_mb: int, preload: tuple[str, ...], pare
         except EOFError:
             return  # the parent closed its end
         except MemoryError:
-            _send(conn, ("oom", None))  # the request itself did not fit under the cap
-            continue
-        if request is None:
-            return
-        _send(conn, _call(*request))
+            reply: tuple[str, Any] = ("oom", None)  # the request did not fit under the cap
+        except Exception as exc:  # e.g. a function this child cannot import
+            reply = ("error", SandboxError(f"the decode child could not read a request: {exc!r}"))
+        else:
+            if request is None:
+                return
+            reply = _call(*request)
+        _send(conn, reply)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -259,25 +262,35 @@ class DecodePool:
         await asyncio.to_thread(slot.conn.send_bytes, payload)
         return await self._receive(slot, self._timeout_s)
 
-    async def _receive(self, slot: _Slot, timeout: float) -> tuple[str, Any]:
+    async def _receive(self, slot: _Slot, limit_s: float) -> tuple[str, Any]:
         """The child's next message, awaited without blocking the loop."""
-        loop = asyncio.get_running_loop()
-        readable = loop.create_future()
-        fd = slot.conn.fileno()
-        loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
-        try:
-            await asyncio.wait_for(readable, timeout)
-        except TimeoutError:
-            log.warning("decode child %s passed its %g s deadline", slot.process.pid, timeout)
-            raise DecodeTimeout(f"no answer within {timeout:g} s") from None
-        finally:
-            loop.remove_reader(fd)
+        await self._readable(slot, limit_s)
         try:
             return cast(tuple[str, Any], slot.conn.recv())
         except (EOFError, OSError) as exc:  # readable because its end closed: it died
             reason = _exit_reason(slot.process)
             log.warning("decode child %s died: %s", slot.process.pid, reason)
             raise DecodeCrashed(f"the decode child died ({reason})") from exc
+        except Exception as exc:  # an answer that does not unpickle here
+            raise SandboxError(f"unreadable answer from the decode child: {exc!r}") from exc
+
+    async def _readable(self, slot: _Slot, limit_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        readable = loop.create_future()
+
+        def wake() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        fd = slot.conn.fileno()
+        loop.add_reader(fd, wake)
+        try:
+            await asyncio.wait_for(readable, limit_s)
+        except TimeoutError:
+            log.warning("decode child %s passed its %g s deadline", slot.process.pid, limit_s)
+            raise DecodeTimeout(f"no answer within {limit_s:g} s") from None
+        finally:
+            loop.remove_reader(fd)
 
 
 def _exit_reason(process: BaseProcess) -> str:

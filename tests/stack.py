@@ -24,7 +24,10 @@ from imagepipe.worker import build_worker
 def api_server(settings: Settings) -> Iterator[str]:
     """Serve create_app(settings) over real HTTP from a thread; yields the base URL."""
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=settings.port, log_config=None,
+        create_app(settings),
+        host="127.0.0.1",
+        port=settings.port,
+        log_config=None,
         lifespan="on",
     )
     server = uvicorn.Server(config)
@@ -58,7 +61,7 @@ async def replicate_all(settings: Settings, redis: Redis, timeout_s: float = 30)
     runner = asyncio.create_task(replicator.run())
     try:
         async with asyncio.timeout(timeout_s):
-            while await redis.zcard(keys.REPLICATION_PENDING):
+            while await redis.zcard(keys.REPLICATION_PENDING):  # noqa: ASYNC110 (polls Redis)
                 await asyncio.sleep(0.05)
     finally:
         runner.cancel()

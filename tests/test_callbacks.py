@@ -16,7 +16,9 @@ from tests import images
 
 
 async def upload(http: httpx.AsyncClient) -> dict:  # type: ignore[type-arg]
-    response = await http.post("/photos", files={"file": ("a.jpg", images.jpeg(80, 60), "image/jpeg")})
+    response = await http.post(
+        "/photos", files={"file": ("a.jpg", images.jpeg(80, 60), "image/jpeg")}
+    )
     assert response.status_code == 202
     return response.json()  # type: ignore[no-any-return]
 
@@ -27,8 +29,12 @@ def body_for(ticket: dict, kind: str, **extra: object) -> bytes:  # type: ignore
 
 
 async def post(
-    http: httpx.AsyncClient, settings: Settings, body: bytes, webhook_id: str = "msg_1",
-    secret: str | None = None, at: datetime | None = None,
+    http: httpx.AsyncClient,
+    settings: Settings,
+    body: bytes,
+    webhook_id: str = "msg_1",
+    secret: str | None = None,
+    at: datetime | None = None,
 ) -> httpx.Response:
     secret = secret or settings.callback_secret.get_secret_value()
     headers = webhooks.sign(secret, webhook_id, body, at=at)
@@ -86,13 +92,16 @@ async def test_backward_move_and_unknown_ticket_are_refused(
     http: httpx.AsyncClient, settings: Settings
 ) -> None:
     ticket = await upload(http)
-    assert (await post(http, settings, body_for(ticket, "processing.failed", error="bad"),
-                       "a")).status_code == 200
+    assert (
+        await post(http, settings, body_for(ticket, "processing.failed", error="bad"), "a")
+    ).status_code == 200
     backwards = await post(http, settings, body_for(ticket, "processing.started"), "b")
     assert backwards.status_code == 409
     assert await status_of(http, ticket) == "failed"
     ghost = {"id": "A" * 24, "photo_id": ticket["photo_id"]}
-    assert (await post(http, settings, body_for(ghost, "processing.started"), "c")).status_code == 404
+    assert (
+        await post(http, settings, body_for(ghost, "processing.started"), "c")
+    ).status_code == 404
 
 
 async def test_malformed_event_is_400(http: httpx.AsyncClient, settings: Settings) -> None:
@@ -104,8 +113,13 @@ async def test_completion_indexes_and_logs_derivatives_once(
     http: httpx.AsyncClient, settings: Settings, redis: Redis
 ) -> None:
     ticket = await upload(http)
-    size = {"key": keys.derivative(ticket["photo_id"], "t"), "width": 80, "height": 60,
-            "bytes": 10, "sha256": "a" * 64}
+    size = {
+        "key": keys.derivative(ticket["photo_id"], "t"),
+        "width": 80,
+        "height": 60,
+        "bytes": 10,
+        "sha256": "a" * 64,
+    }
     body = body_for(ticket, "processing.completed", sizes={"t": size})
     assert (await post(http, settings, body, "done-1")).json()["status"] == "applied"
     assert (await post(http, settings, body, "done-2")).json()["status"] == "unchanged"

@@ -4,6 +4,7 @@ them, real Valkey, moto's S3 server, real HTTP. Follows each upload to its backu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import signal
@@ -40,31 +41,42 @@ def role_env(settings: Settings) -> dict[str, str]:
 
 
 @pytest.fixture
-def roles(settings: Settings, tmp_path: Path, redis: object) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+def roles(
+    settings: Settings, tmp_path: Path, redis: object
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     """api + worker + replicator as separate processes, stopped (and checked alive) after."""
     commands = {
         "api": ["api", "--host", "127.0.0.1", "--port", str(settings.port)],
         "worker": ["worker"],
         "replicator": ["replicator"],
     }
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "imagepipe", *args], env=role_env(settings),
-            stdout=(tmp_path / f"{name}.log").open("wb"), stderr=subprocess.STDOUT,
-        )
-        for name, args in commands.items()
-    }
-    try:
-        yield procs
-    finally:
-        for proc in procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for name, proc in procs.items():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                pytest.fail(f"{name} did not stop on SIGTERM")
+    with contextlib.ExitStack() as stack:
+        procs = {
+            name: subprocess.Popen(
+                [sys.executable, "-m", "imagepipe", *args],
+                env=role_env(settings),
+                stdout=stack.enter_context((tmp_path / f"{name}.log").open("wb")),
+                stderr=subprocess.STDOUT,
+            )
+            for name, args in commands.items()
+        }
+        try:
+            yield procs
+        finally:
+            stop_all(procs, tmp_path)
+
+
+def stop_all(procs: dict[str, subprocess.Popen[bytes]], logs: Path) -> None:
+    """SIGTERM every role; each must exit cleanly (its log is shown if it does not)."""
+    for proc in procs.values():
+        proc.send_signal(signal.SIGTERM)
+    for name, proc in procs.items():
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"{name} did not stop on SIGTERM:\n{(logs / f'{name}.log').read_text()}")
 
 
 async def wait_ready(url: str) -> None:
@@ -126,7 +138,10 @@ async def test_photos_flow_from_upload_to_backup(
 
 
 async def check_derivatives(
-    client: httpx.AsyncClient, ticket: dict, upright: tuple[int, int], settings: Settings  # type: ignore[type-arg]
+    client: httpx.AsyncClient,
+    ticket: dict,
+    upright: tuple[int, int],
+    settings: Settings,  # type: ignore[type-arg]
 ) -> None:
     assert ticket["status"] == "completed", ticket
     sizes = ticket["photo"]["sizes"]

@@ -49,8 +49,11 @@ async def test_upload_is_resized_called_back_served_and_backed_up(
 def assert_backup_matches_primary(settings: Settings) -> None:
     """Every file on primary is in the backup bucket with the same sha256."""
     s3 = boto3.client(
-        "s3", endpoint_url=settings.backup_s3_endpoint, region_name="us-east-1",
-        aws_access_key_id="test", aws_secret_access_key="test",
+        "s3",
+        endpoint_url=settings.backup_s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
     )
     root = settings.primary_root
     for path in (p for p in root.rglob("*") if p.is_file()):
@@ -60,12 +63,16 @@ def assert_backup_matches_primary(settings: Settings) -> None:
 
 
 async def test_ticket_etag_and_batch_polling(http: httpx.AsyncClient) -> None:
-    first = (await http.post("/photos", content=images.jpeg(50, 40),
-                             headers={"content-type": "image/jpeg"})).json()
+    first = (
+        await http.post(
+            "/photos", content=images.jpeg(50, 40), headers={"content-type": "image/jpeg"}
+        )
+    ).json()
     response = await http.get(f"/tickets/{first['id']}")
     assert response.headers["etag"]
-    cached = await http.get(f"/tickets/{first['id']}",
-                            headers={"if-none-match": response.headers["etag"]})
+    cached = await http.get(
+        f"/tickets/{first['id']}", headers={"if-none-match": response.headers["etag"]}
+    )
     assert cached.status_code == 304 and cached.headers["retry-after"]
     batch = (await http.get("/tickets", params={"ids": f"{first['id']},{'B' * 24}"})).json()
     assert batch["tickets"][first["id"]]["status"] == "queued"
@@ -76,8 +83,9 @@ async def test_undecodable_image_fails_its_ticket_with_a_reason(
     http: httpx.AsyncClient, settings: Settings
 ) -> None:
     broken = images.truncated(images.jpeg(800, 600), keep=0.5)
-    ticket = (await http.post("/photos", content=broken,
-                              headers={"content-type": "image/jpeg"})).json()
+    ticket = (
+        await http.post("/photos", content=broken, headers={"content-type": "image/jpeg"})
+    ).json()
     await run_worker_burst(settings)
     body = (await http.get(f"/tickets/{ticket['id']}")).json()
     assert body["status"] == "failed" and body["error"]

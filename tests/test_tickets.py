@@ -13,15 +13,27 @@ from imagepipe.tickets import TicketStore, advance, new_photo_id, new_ticket_id
 
 def make_ticket(status: TicketStatus = TicketStatus.QUEUED) -> Ticket:
     return Ticket(
-        id=new_ticket_id(), photo_id=new_photo_id(), original_key="originals/x.jpg",
-        sha256="0" * 64, format="JPEG", width=10, height=10, bytes=100, status=status,
+        id=new_ticket_id(),
+        photo_id=new_photo_id(),
+        original_key="originals/x.jpg",
+        sha256="0" * 64,
+        format="JPEG",
+        width=10,
+        height=10,
+        bytes=100,
+        status=status,
     )
 
 
 def event(ticket: Ticket, kind: str, attempt: int = 1, **extra: object) -> CallbackEvent:
     return CallbackEvent.model_validate(
-        {"type": kind, "ticket_id": ticket.id, "photo_id": ticket.photo_id,
-         "attempt": attempt, **extra}
+        {
+            "type": kind,
+            "ticket_id": ticket.id,
+            "photo_id": ticket.photo_id,
+            "attempt": attempt,
+            **extra,
+        }
     )
 
 
