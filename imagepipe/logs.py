@@ -70,3 +70,4 @@ def setup_logging(settings: Settings, role: str) -> None:
         logging.getLogger(name).propagate = True
     # access lines for every poll would drown the events that matter
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per callback POST is noise

@@ -97,6 +97,8 @@ class CallbackEvent(BaseModel):
     photo_id: str
     attempt: int = 1
     sizes: dict[str, Derivative] = Field(default_factory=dict)
+    width: int | None = None  # the photo upright (EXIF orientation applied), on completion
+    height: int | None = None
     error: str | None = None
     timestamp: float = Field(default_factory=now)
 

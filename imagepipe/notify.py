@@ -29,6 +29,7 @@ async def report(
     attempt: int,
     *,
     sizes: dict[str, Derivative] | None = None,
+    upright: tuple[int, int] | None = None,
     error: str | None = None,
 ) -> None:
     """Queue a callback event about this ticket for delivery."""
@@ -38,6 +39,8 @@ async def report(
         photo_id=ticket.photo_id,
         attempt=attempt,
         sizes=sizes or {},
+        width=upright[0] if upright else None,
+        height=upright[1] if upright else None,
         error=error,
     )
     await jobs.enqueue_callback(redis, event, webhook_id=f"{ticket.id}.{kind}.{attempt}")

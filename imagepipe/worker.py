@@ -34,6 +34,7 @@ from imagepipe.storage.factory import primary_storage
 from imagepipe.tickets import TicketStore
 
 log = logging.getLogger(__name__)
+Upright = tuple[int, int]  # width, height after EXIF orientation
 STORAGE_SLACK_S = 40  # reading the original + writing every size, on top of the decode deadline
 
 
@@ -70,7 +71,7 @@ def concurrency(settings: Settings) -> int:
     return settings.worker_concurrency or os.cpu_count() or 1
 
 
-async def render(ctx: dict[str, Any], ticket: Ticket) -> dict[str, Derivative]:
+async def render(ctx: dict[str, Any], ticket: Ticket) -> tuple[dict[str, Derivative], Upright]:
     """Decode once in the sandbox, write every size atomically; the sizes for the callback."""
     settings: Settings = ctx["settings"]
     primary: Storage = ctx["primary"]
@@ -98,7 +99,8 @@ async def render(ctx: dict[str, Any], ticket: Ticket) -> dict[str, Derivative]:
         raise TransientFailure(
             f"the decoder died ({exc}); memory cap {settings.decode_memory_mb} MB"
         ) from None
-    return await _write_sizes(primary, ticket.photo_id, rendered)
+    sizes = await _write_sizes(primary, ticket.photo_id, rendered)
+    return sizes, (rendered.width, rendered.height)
 
 
 async def _write_sizes(
@@ -128,14 +130,16 @@ async def process_photo(ctx: dict[str, Any], ticket_id: str) -> str:
     ids = {"ticket_id": ticket.id, "photo_id": ticket.photo_id, "attempt": attempt}
     await notify.report(redis, ticket, "processing.started", attempt)
     try:
-        sizes = await render(ctx, ticket)
+        sizes, upright = await render(ctx, ticket)
     except PermanentFailure as exc:
         log.warning("photo failed: %s", exc, extra=ids)
         await notify.report(redis, ticket, "processing.failed", attempt, error=str(exc))
         return "failed"
     except (TransientFailure, StorageError, RedisError) as exc:
         return await _retry_or_fail(ctx, ticket, f"{exc}")
-    await notify.report(redis, ticket, "processing.completed", attempt, sizes=sizes)
+    await notify.report(
+        redis, ticket, "processing.completed", attempt, sizes=sizes, upright=upright
+    )
     log.info("photo processed", extra=ids)
     return "completed"
 

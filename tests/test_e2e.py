@@ -132,6 +132,8 @@ async def test_photos_flow_from_upload_to_backup(
         for name, ticket_id in sent.items():
             await check_derivatives(client, tickets[ticket_id], UPLOADS[name][1], settings)
         await check_orientation(client, tickets[sent["rotated.jpg"]])
+        photo = (await client.get(f"/photos/{tickets[sent['rotated.jpg']]['photo_id']}")).json()
+        assert (photo["width"], photo["height"]) == (600, 800)  # upright, not as stored
         await wait_backed_up(client, list(sent.values()))
     assert_backup_matches_primary(settings)
     assert all(proc.poll() is None for proc in roles.values()), "a role died"

@@ -169,8 +169,8 @@ async def test_close_stops_children_promptly() -> None:
 
 
 async def test_children_die_with_their_parent() -> None:
-    # The parent here is a throwaway Python that starts a pool, reports its child and
-    # is SIGKILLed (no cleanup runs): the child must follow it.
+    # The parent here is a throwaway Python that starts a pool, reports its child, keeps
+    # it busy and is SIGKILLed (no cleanup runs, no EOF is read): the child must follow.
     script = (
         "import asyncio, sys\n"
         "from imagepipe.sandbox import DecodePool\n"
@@ -179,7 +179,7 @@ async def test_children_die_with_their_parent() -> None:
         "    pool = DecodePool(1, 256, 30)\n"
         "    await pool.start()\n"
         "    print(await pool.run(sandbox_helpers.pid), flush=True)\n"
-        "    await asyncio.sleep(60)\n"
+        "    await pool.run(sandbox_helpers.sleep, 60)\n"
         "if __name__ == '__main__':\n"
         "    asyncio.run(main())\n"
     )
@@ -188,6 +188,11 @@ async def test_children_die_with_their_parent() -> None:
     )
     assert parent.stdout is not None
     child = int(await asyncio.wait_for(parent.stdout.readline(), 30))
+    await asyncio.sleep(0.2)  # the child is asleep in its job now
     parent.send_signal(signal.SIGKILL)
-    await parent.wait()
-    assert await gone(child), f"decode child {child} outlived its parent"
+    try:
+        assert await gone(child), f"decode child {child} outlived its parent"
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
+        await parent.wait()
