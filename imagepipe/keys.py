@@ -14,6 +14,9 @@ REPLICATION_GROUP = "replicators"
 REPLICATION_STATE = PREFIX + "replication:state"  # hash: storage key -> ReplicaState json
 REPLICATION_PENDING = PREFIX + "replication:pending"  # zset: storage key -> first enqueued at
 
+# -- the index of processed photos (the gallery), newest first ----------------------------
+GALLERY = PREFIX + "photos:completed"  # zset: photo id -> completed at
+
 
 def ticket(ticket_id: str) -> str:
     """The ticket record (JSON)."""

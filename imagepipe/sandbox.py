@@ -90,7 +90,7 @@ def _child_main(conn: Connection, memory_mb: int, preload: tuple[str, ...], pare
 
 def _die_with_parent(parent: int) -> None:
     """Have Linux SIGKILL this child when the parent dies, even mid-decode."""
-    if sys.platform == "nope":
+    if sys.platform == "linux":
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     # Elsewhere (and for a parent that died before prctl) EOF on the pipe ends the loop.

@@ -90,3 +90,21 @@ async def test_undecodable_image_fails_its_ticket_with_a_reason(
     body = (await http.get(f"/tickets/{ticket['id']}")).json()
     assert body["status"] == "failed" and body["error"]
     assert body["attempts"] == 1  # permanent: not retried
+
+
+async def test_gallery_lists_processed_photos_newest_first(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    for width in (60, 70, 80):
+        await http.post(
+            "/photos", content=images.jpeg(width, 50), headers={"content-type": "image/jpeg"}
+        )
+    await run_worker_burst(settings)
+    first = (await http.get("/photos", params={"limit": 2})).json()
+    assert len(first["photos"]) == 2 and first["next"] is not None
+    rest = (await http.get("/photos", params={"limit": 2, "before": first["next"]})).json()
+    assert len(rest["photos"]) == 1 and rest["next"] is None
+    ids = [p["id"] for p in first["photos"] + rest["photos"]]
+    assert len(set(ids)) == 3
+    thumb = await http.get(first["photos"][0]["sizes"]["t"])
+    assert thumb.status_code == 200

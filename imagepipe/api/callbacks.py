@@ -75,6 +75,7 @@ async def index_event(services: Services, event: CallbackEvent) -> Ticket | None
         def extra(pipe: Pipeline, updated: Ticket) -> None:
             if updated.status is TicketStatus.COMPLETED:
                 replication.append(pipe, new_keys)
+                pipe.zadd(keys.GALLERY, {updated.photo_id: updated.updated_at})
 
     return await services.tickets.apply(event, extra)
 

@@ -7,7 +7,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
 
@@ -16,7 +16,7 @@ from imagepipe.api.bodies import file_stream, with_deadline
 from imagepipe.api.deps import ServicesDep
 from imagepipe.api.services import UPLOAD_IDLE_S, Services
 from imagepipe.api.tickets import ticket_body
-from imagepipe.api.views import not_modified, sizes_view
+from imagepipe.api.views import iso, not_modified, sizes_view
 from imagepipe.errors import BadRequest, IdempotencyMismatch, NotFound, PayloadTooLarge
 from imagepipe.idempotency import Reservation
 from imagepipe.models import PhotoManifest, Ticket
@@ -90,6 +90,30 @@ async def upload_photo(
             await services.idempotency.release(reservation)
         raise
     return await _accepted(services, ticket)
+
+
+@router.get("/photos")
+async def list_photos(
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 24,
+    before: Annotated[float | None, Query(description="`next` of the previous page")] = None,
+) -> dict[str, Any]:
+    """Recently processed photos, newest first, a page at a time."""
+    top = f"({before}" if before is not None else "+inf"
+    rows = await services.redis.zrevrangebyscore(
+        keys.GALLERY, top, "-inf", start=0, num=limit, withscores=True
+    )
+    names = [s.name for s in services.settings.sizes]
+    photos = [
+        {
+            "id": (photo_id := raw.decode()),
+            "url": f"/photos/{photo_id}",
+            "sizes": {name: f"/photos/{photo_id}/{name}" for name in names},
+            "completed_at": iso(score),
+        }
+        for raw, score in rows
+    ]
+    return {"photos": photos, "next": rows[-1][1] if len(rows) == limit else None}
 
 
 async def load_manifest(services: Services, photo_id: str) -> PhotoManifest:
