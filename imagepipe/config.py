@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     public_url: str = ""  # base for links in tickets; empty = relative links
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
+    metrics_port: int = Field(default=0, ge=0)  # worker/replicator /metrics port; 0 = off
 
     # -- Redis / Valkey ------------------------------------------------------------
     redis_url: str | None = None  # unset: `imagepipe dev` starts the embedded Valkey
@@ -107,6 +108,11 @@ class Settings(BaseSettings):
     callback_timeout_ms: int = Field(default=5000, gt=0)
     callback_max_tries: int = Field(default=30, gt=0)
     callback_backoff_cap_s: float = Field(default=30.0, gt=0)
+
+    # -- audit ---------------------------------------------------------------------
+    audit_interval_s: float = Field(default=300.0, gt=0)  # the replicator's periodic pass
+    audit_stuck_after_s: float = Field(default=600.0, gt=0)  # a ticket idle this long is stuck
+    audit_deep: bool = False  # also read both copies and compare sha256 (slow)
 
     # -- replication ---------------------------------------------------------------
     replication_concurrency: int = Field(default=8, gt=0)

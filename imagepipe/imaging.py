@@ -419,10 +419,10 @@ def resize(im: Image.Image, size: tuple[int, int]) -> Image.Image:
     """Downscale ``im`` to ``size`` (a no-op when it is that size already)."""
     if im.size == size:
         return im
-    if im.width * im.height > _BIG_SOURCE:
-        # Big sources dominate the render: box-reduce by the whole factor, then Hamming.
-        return im.resize(size, Image.Resampling.HAMMING, reducing_gap=1.0)
-    return im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    resample = _resample(im)
+    # Big sources box-reduce by the whole factor first; small ones only when it is large.
+    gap = 1.0 if resample is Image.Resampling.HAMMING else 3.0
+    return im.resize(size, resample, reducing_gap=gap)
 
 
 def _resample(im: Image.Image) -> Image.Resampling:

@@ -29,6 +29,7 @@ async def register(
     stored: StoredOriginal,
     ticket_id: str,
     idempotency: tuple[IdempotencyKeys, Reservation] | None = None,
+    queue: str = keys.UPLOADS_QUEUE,
 ) -> Ticket:
     """Create the ticket, log the original for backup, and enqueue its processing."""
     ticket = Ticket(
@@ -48,7 +49,7 @@ async def register(
             store, reservation = idempotency
             store.commit(pipe, reservation, ticket.id, ticket.sha256)
         await pipe.execute()
-    await enqueue_processing(redis, ticket.id)
+    await enqueue_processing(redis, ticket.id, queue=queue)
     log.info("upload accepted", extra={"ticket_id": ticket.id, "photo_id": ticket.photo_id})
     return ticket
 

@@ -14,6 +14,10 @@ REPLICATION_GROUP = "replicators"
 REPLICATION_STATE = PREFIX + "replication:state"  # hash: storage key -> ReplicaState json
 REPLICATION_PENDING = PREFIX + "replication:pending"  # zset: storage key -> first enqueued at
 
+# -- the audit -------------------------------------------------------------------------------
+AUDIT_LAST = PREFIX + "audit:last"  # hash: finding kind -> count, finished_at -> timestamp
+AUDIT_LOCK = PREFIX + "audit:lock"  # one periodic audit at a time across replicators
+
 # -- the index of processed photos (the gallery), newest first ----------------------------
 GALLERY = PREFIX + "photos:completed"  # zset: photo id -> completed at
 

@@ -14,7 +14,7 @@ import httpx
 from arq import Retry
 from arq.connections import ArqRedis
 
-from imagepipe import backoff, jobs, webhooks
+from imagepipe import backoff, jobs, metrics, webhooks
 from imagepipe.config import Settings
 from imagepipe.models import CallbackEvent, Derivative, EventType, Ticket
 
@@ -57,7 +57,9 @@ async def send_callback(ctx: dict[str, Any], webhook_id: str, body: str) -> str:
     try:
         response = await http.post(settings.callback_url, content=payload, headers=headers)
     except httpx.HTTPError as exc:
+        metrics.CALLBACK_ATTEMPTS.labels("network_error").inc()
         return _retry_or_give_up(ctx, webhook_id, f"{type(exc).__name__}: {exc}")
+    metrics.CALLBACK_ATTEMPTS.labels(str(response.status_code)).inc()
     if response.is_success:
         return "delivered"
     if response.status_code in RETRYABLE:

@@ -19,7 +19,7 @@ from contextlib import suppress
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from imagepipe import backoff
+from imagepipe import backoff, metrics
 from imagepipe.config import Settings
 from imagepipe.connections import connect
 from imagepipe.replication import Entry, ReplicationLog
@@ -35,12 +35,13 @@ class VerificationFailed(StorageError):
     """The backup copy does not match the original (transient: copy again)."""
 
 
-async def copy_verified(primary: Storage, backup: Storage, key: str) -> None:
-    """Copy one object and prove the backup holds the same bytes."""
+async def copy_verified(primary: Storage, backup: Storage, key: str) -> int:
+    """Copy one object and prove the backup holds the same bytes; the bytes copied."""
     written = await backup.put(key, primary.open(key))
     copy_sha = await backup.sha256(key)
     if copy_sha != written.sha256:
         raise VerificationFailed(f"backup sha256 {copy_sha} != original {written.sha256}")
+    return written.size
 
 
 class Replicator:
@@ -104,7 +105,7 @@ class Replicator:
         while True:
             attempt += 1
             try:
-                await copy_verified(self.primary, self.backup, entry.key)
+                copied = await copy_verified(self.primary, self.backup, entry.key)
                 await self.log.complete(entry)
             except ObjectNotFound:
                 await self._fail(entry, "source_missing: the object is not on primary")
@@ -113,12 +114,16 @@ class Replicator:
                 await self._fail(entry, f"access_denied: {exc}")
                 return
             except (StorageError, RedisError) as exc:
+                metrics.REPLICATION_COPIES.labels("retry").inc()
                 await self._wait_and_retry(entry, attempt, f"{type(exc).__name__}: {exc}")
                 continue
+            metrics.REPLICATION_COPIES.labels("completed").inc()
+            metrics.REPLICATION_BYTES.inc(copied)
             log.info("replicated", extra={"key": entry.key, "attempt": attempt})
             return
 
     async def _fail(self, entry: Entry, reason: str) -> None:
+        metrics.REPLICATION_COPIES.labels("failed").inc()
         log.error("replication failed: %s", reason, extra={"key": entry.key})
         await self.log.fail(entry, reason)
 

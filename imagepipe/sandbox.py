@@ -153,7 +153,11 @@ class DecodePool:
         """Spawn every child and wait until each is ready."""
         slots = [self._spawn() for _ in range(self._processes)]
         try:
-            await asyncio.gather(*(self._wait_ready(slot) for slot in slots))
+            results = await asyncio.gather(
+                *(self._wait_ready(slot) for slot in slots), return_exceptions=True
+            )
+            if failures := [r for r in results if isinstance(r, BaseException)]:
+                raise failures[0]
         except BaseException:
             for slot in slots:
                 self._discard(slot)
@@ -258,8 +262,11 @@ class DecodePool:
             raise SandboxError(f"decode child said {kind!r} instead of ready")
 
     async def _call(self, slot: _Slot, payload: memoryview) -> tuple[str, Any]:
-        # A 50 MB upload takes a while to write: let a thread do it, not the loop.
-        await asyncio.to_thread(slot.conn.send_bytes, payload)
+        try:
+            # A 50 MB upload takes a while to write: let a thread do it, not the loop.
+            await asyncio.to_thread(slot.conn.send_bytes, payload)
+        except OSError as exc:  # a broken pipe: the child is gone
+            raise DecodeCrashed(f"the decode child died ({_exit_reason(slot.process)})") from exc
         return await self._receive(slot, self._timeout_s)
 
     async def _receive(self, slot: _Slot, limit_s: float) -> tuple[str, Any]:

@@ -15,6 +15,7 @@ import asyncio
 import functools
 import logging
 import os
+import time
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ from arq.connections import ArqRedis
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
-from imagepipe import backoff, imaging, keys, notify
+from imagepipe import backoff, imaging, keys, metrics, notify
 from imagepipe.config import Settings
 from imagepipe.connections import redis_settings
 from imagepipe.errors import NotFound
@@ -55,6 +56,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         concurrency(settings), settings.decode_memory_mb, settings.decode_timeout_s
     )
     await ctx["pool"].start()
+    metrics.serve(settings.metrics_port)
     timeout_s = settings.callback_timeout_ms / 1000
     ctx["http"] = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=min(3.0, timeout_s)))
 
@@ -118,8 +120,6 @@ async def _write_sizes(
 
 async def process_photo(ctx: dict[str, Any], ticket_id: str) -> str:
     """arq job: make every derivative of one photo, then queue the callback."""
-    redis: ArqRedis = ctx["redis"]
-    attempt: int = ctx["job_try"]
     try:
         ticket = await ctx["tickets"].get(ticket_id)
     except NotFound:
@@ -127,6 +127,19 @@ async def process_photo(ctx: dict[str, Any], ticket_id: str) -> str:
         return "no ticket"
     if ticket.status.terminal:
         return f"already {ticket.status.value}"
+    started = time.perf_counter()
+    outcome = "retry"
+    try:
+        outcome = await _process(ctx, ticket)
+        return outcome
+    finally:
+        size = metrics.size_class(ticket.width * ticket.height)
+        metrics.JOB_SECONDS.labels(size, outcome).observe(time.perf_counter() - started)
+
+
+async def _process(ctx: dict[str, Any], ticket: Ticket) -> str:
+    redis: ArqRedis = ctx["redis"]
+    attempt: int = ctx["job_try"]
     ids = {"ticket_id": ticket.id, "photo_id": ticket.photo_id, "attempt": attempt}
     await notify.report(redis, ticket, "processing.started", attempt)
     try:

@@ -9,7 +9,7 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageChops, ImageOps, ImageStat
+from PIL import Image, ImageChops, ImageOps, ImageStat, JpegImagePlugin
 
 from imagepipe import imaging
 from imagepipe.config import DEFAULT_SIZES, SizeSpec, parse_sizes
@@ -284,8 +284,7 @@ def test_normalize_mode(mode: str, expected: str) -> None:
 
 def test_normalize_mode_scales_16_bit_samples_instead_of_clipping() -> None:
     job = job_after(images.png(40, 30, mode="I;16"), "normalize_mode")
-    lo, hi = job.image.getextrema()
-    assert 0 <= lo < 200 and hi > 100
+    assert job.image.getextrema() == images.photo(40, 30).convert("L").getextrema()
 
 
 def test_normalize_mode_keeps_palette_transparency() -> None:
@@ -310,7 +309,7 @@ def test_to_srgb_converts_an_embedded_profile() -> None:
     job = bare_job(Image.new("RGB", (4, 4), images.RED))
     job.icc = images.swapped_rgb_profile()
     imaging.to_srgb(job)
-    assert near(job.image.getpixel((0, 0)), (0, 255, 0), 2)
+    assert near(mean_rgb(job.image, (0, 0, 4, 4)), (0, 255, 0), 2)
 
 
 @pytest.mark.parametrize("icc", [images.srgb_profile(), b"not a profile", None])
@@ -455,7 +454,7 @@ def test_render_strips_every_piece_of_metadata() -> None:
 def test_render_encodes_baseline_4_2_0() -> None:
     xl = opened(do_render(images.jpeg(800, 600, progressive=True)), "xl")
     assert "progressive" not in xl.info and "progression" not in xl.info
-    assert xl.layer[0][1:3] == (2, 2)  # luma sampled 2x2 against chroma: 4:2:0
+    assert JpegImagePlugin.get_sampling(xl) == 2  # Pillow's code for 4:2:0
 
 
 def test_render_takes_the_first_frame_of_an_animation() -> None:

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from redis.asyncio.client import Pipeline
 
-from imagepipe import keys, replication, webhooks
+from imagepipe import keys, metrics, replication, webhooks
 from imagepipe.api.deps import ServicesDep
 from imagepipe.api.services import Services
 from imagepipe.errors import BadRequest, Conflict, PayloadTooLarge
@@ -91,6 +91,8 @@ async def receive_callback(request: Request, services: ServicesDep) -> dict[str,
     updated = await index_event(services, event)
     await services.redis.set(keys.webhook_seen(webhook_id), "1", ex=SEEN_TTL_S)
     outcome = "applied" if updated else "unchanged"
+    if updated is not None:
+        metrics.TICKET_TRANSITIONS.labels(updated.status.value).inc()
     log.info(
         "callback %s %s",
         event.type,

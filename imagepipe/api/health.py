@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from imagepipe import metrics
 from imagepipe.api.deps import ServicesDep
 from imagepipe.storage import StorageError
 
@@ -18,6 +21,14 @@ router = APIRouter(tags=["health"])
 async def healthz() -> dict[str, str]:
     """Alive: the process answers."""
     return {"status": "ok"}
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(services: ServicesDep) -> Response:
+    """Prometheus text format: this process's counters plus the system gauges from Redis."""
+    with contextlib.suppress(RedisError):
+        await metrics.refresh_system_gauges(services.redis)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/readyz")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -11,13 +12,19 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from imagepipe import jobs, keys
+from imagepipe import jobs, keys, metrics
 from imagepipe.api.bodies import file_stream, with_deadline
 from imagepipe.api.deps import ServicesDep
 from imagepipe.api.services import UPLOAD_IDLE_S, Services
 from imagepipe.api.tickets import ticket_body
 from imagepipe.api.views import iso, not_modified, sizes_view
-from imagepipe.errors import BadRequest, IdempotencyMismatch, NotFound, PayloadTooLarge
+from imagepipe.errors import (
+    BadRequest,
+    IdempotencyMismatch,
+    ImagepipeError,
+    NotFound,
+    PayloadTooLarge,
+)
 from imagepipe.idempotency import Reservation
 from imagepipe.models import PhotoManifest, Ticket
 from imagepipe.storage import ObjectNotFound
@@ -74,6 +81,18 @@ async def upload_photo(
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Upload a photo (multipart field `file`, or the raw image); 202 with its ticket."""
+    started = time.perf_counter()
+    try:
+        response = await _upload(request, services, idempotency_key)
+    except ImagepipeError as exc:
+        metrics.UPLOADS.labels(str(exc.status)).inc()
+        raise
+    metrics.UPLOADS.labels("accepted").inc()
+    metrics.ACCEPT_SECONDS.observe(time.perf_counter() - started)
+    return response
+
+
+async def _upload(request: Request, services: Services, idempotency_key: str | None) -> Response:
     await services.refuse_if_overloaded()
     body = _body(request, services)
     reservation = await services.idempotency.reserve(idempotency_key) if idempotency_key else None
@@ -89,6 +108,8 @@ async def upload_photo(
         if reservation is not None:
             await services.idempotency.release(reservation)
         raise
+    metrics.UPLOAD_BYTES.inc(stored.info.size)
+    metrics.TICKET_TRANSITIONS.labels("queued").inc()
     return await _accepted(services, ticket)
 
 
