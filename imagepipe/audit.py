@@ -163,9 +163,10 @@ class Auditor:
 
     async def requeue_stuck(self, ticket: Ticket) -> None:
         """A ticket that stopped moving: run its processing again unless it is queued now."""
-        job = Job(keys.process_job_id(ticket.id), self.redis)
-        if await job.status() in ACTIVE_JOB:
-            return  # just slow, not stuck
+        for lane in (keys.UPLOADS_QUEUE, keys.BACKFILL_QUEUE):
+            job = Job(keys.process_job_id(ticket.id), self.redis, _queue_name=lane)
+            if await job.status() in ACTIVE_JOB:
+                return  # just slow, not stuck
         attempt = int(time.time())  # a fresh job id: the old one may have a kept result
         await jobs.enqueue_processing(self.redis, ticket.id, attempt, keys.BACKFILL_QUEUE)
         self.report.add("stuck_tickets_requeued", ticket.id)
@@ -267,3 +268,18 @@ def group_by_photo(objects: list[ObjectInfo]) -> dict[str, PhotoObjects]:
 def report_json(report: AuditReport) -> str:
     """The report as one JSON document."""
     return json.dumps(report.to_json(), indent=2)
+
+
+async def audit_once(settings: Settings, progress: Progress | None = None) -> AuditReport:
+    """Connect, run one pass, disconnect (for `imagepipe audit` and tests)."""
+    from imagepipe.connections import connect
+    from imagepipe.storage.factory import backup_storage, primary_storage
+
+    redis = await connect(settings)
+    primary, backup = primary_storage(settings), backup_storage(settings)
+    try:
+        return await Auditor(settings, redis, primary, backup, progress=progress).run()
+    finally:
+        await backup.close()
+        await primary.close()
+        await redis.aclose()

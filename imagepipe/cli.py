@@ -24,6 +24,8 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from imagepipe.worker import run_worker
 
     queue = keys.BACKFILL_QUEUE if args.lane == "backfill" else keys.UPLOADS_QUEUE
+    if args.concurrency:
+        settings = settings.model_copy(update={"worker_concurrency": args.concurrency})
     run_worker(settings, queue_name=queue, burst=args.burst)
     return 0
 
@@ -33,6 +35,12 @@ def _replicator(settings: Settings, args: argparse.Namespace) -> int:
 
     run_replicator(settings)
     return 0
+
+
+def _audit(settings: Settings, args: argparse.Namespace) -> int:
+    from imagepipe.audit_cli import run_audit
+
+    return run_audit(settings, as_json=args.json)
 
 
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
@@ -51,7 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     worker = roles.add_parser("worker", help="run an arq worker: resize, then call back")
     worker.add_argument("--lane", choices=("uploads", "backfill"), default="uploads")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="decode slots (IMAGEPIPE_WORKER_CONCURRENCY; default: cores)",
+    )
     roles.add_parser("replicator", help="copy primary to backup S3, forever")
+    audit = roles.add_parser("audit", help="check now that every upload finished and is backed up")
+    audit.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -60,6 +76,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "worker": _worker,
     "replicator": _replicator,
     "dev": _dev,
+    "audit": _audit,
 }
 
 

@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str = ""  # base for links in tickets; empty = relative links
+    server: str = "http://127.0.0.1:8000"  # the API `imagepipe upload` talks to
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     metrics_port: int = Field(default=0, ge=0)  # worker/replicator /metrics port; 0 = off
@@ -67,10 +68,17 @@ class Settings(BaseSettings):
     # -- Redis / Valkey ------------------------------------------------------------
     redis_url: str | None = None  # unset: `imagepipe dev` starts the embedded Valkey
     redis_max_connections: int = Field(default=64, gt=0)
-    redis_timeout_ms: int = Field(default=5000, gt=0)
+    redis_connect_timeout_ms: int = Field(default=2000, gt=0)
+    # the read timeout of every command; above the replicator's 1 s XREADGROUP block, or
+    # every idle claim would end in a timeout
+    redis_timeout_ms: int = Field(default=5000, ge=1500)
 
     # -- storage -------------------------------------------------------------------
     primary_dir: Path | None = None  # default: <data_dir>/primary
+    # a bucket makes primary S3 (shared by machines); unset endpoint = AWS's own
+    primary_s3_bucket: str | None = None
+    primary_s3_endpoint: str | None = None
+    primary_s3_region: str = "us-east-1"
     backup_s3_endpoint: str | None = None  # unset: `imagepipe dev` starts `rclone serve s3`
     backup_s3_bucket: str = "imagepipe-backup"
     backup_s3_region: str = "us-east-1"
@@ -105,7 +113,8 @@ class Settings(BaseSettings):
     callback_url: str = "http://127.0.0.1:8000/internal/callbacks"
     callback_secret: SecretStr = SecretStr(DEV_CALLBACK_SECRET)
     callback_previous_secret: SecretStr | None = None  # still accepted during rotation
-    callback_timeout_ms: int = Field(default=5000, gt=0)
+    callback_connect_timeout_ms: int = Field(default=3000, gt=0)
+    callback_timeout_ms: int = Field(default=5000, gt=0)  # read (and write) timeout
     callback_max_tries: int = Field(default=30, gt=0)
     callback_backoff_cap_s: float = Field(default=30.0, gt=0)
 
@@ -139,6 +148,20 @@ class Settings(BaseSettings):
         ):
             raise ValueError("IMAGEPIPE_CALLBACK_SECRET must be set in production")
         return self
+
+    @model_validator(mode="after")
+    def _primary_s3_needs_its_own_bucket(self) -> Settings:
+        if self.primary_s3_endpoint and not self.primary_s3_bucket:
+            raise ValueError("IMAGEPIPE_PRIMARY_S3_ENDPOINT needs IMAGEPIPE_PRIMARY_S3_BUCKET")
+        same_place = self.primary_s3_endpoint == self.backup_s3_endpoint
+        if same_place and self.primary_s3_bucket == self.backup_s3_bucket:
+            raise ValueError("the primary and backup buckets must differ: a copy onto itself")
+        return self
+
+    @property
+    def primary_is_s3(self) -> bool:
+        """Whether primary storage is an S3 bucket rather than a local folder."""
+        return self.primary_s3_bucket is not None
 
     @property
     def primary_root(self) -> Path:

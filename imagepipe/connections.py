@@ -1,24 +1,76 @@
-"""The Redis/Valkey connection pool every role shares, with bounded size and timeouts."""
+"""The Redis/Valkey client every role shares: a bounded pool with explicit timeouts.
+
+arq's `create_pool` passes no read timeout to redis-py (a dead server would hang a command
+forever), so the pool is built here and handed to arq as the worker's `redis_pool`.
+"""
 
 from __future__ import annotations
 
-from arq.connections import ArqRedis, RedisSettings, create_pool
+import asyncio
+import logging
+
+from arq.connections import ArqRedis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
 
 from imagepipe.config import Settings
 
+log = logging.getLogger(__name__)
+# PING a pooled connection idle this long before reusing it: a socket that died quietly
+# (a restarted Valkey, a dropped NAT entry) is found before a command is lost on it
+HEALTH_CHECK_S = 30
+CONNECT_ATTEMPTS = 5  # while Redis starts (as arq's conn_retries did)
+CONNECT_RETRY_S = 1.0
 
-def redis_settings(settings: Settings) -> RedisSettings:
-    """arq's connection settings from ours (the URL is required outside `imagepipe dev`)."""
+
+class RedisConfigError(RuntimeError):
+    """Redis/Valkey is configured in a way that would lose queued work."""
+
+
+def redis_client(settings: Settings) -> ArqRedis:
+    """A client that connects lazily: bounded pool, connect and read timeouts from settings."""
     if not settings.redis_url:
         raise ValueError("IMAGEPIPE_REDIS_URL is not set (only `imagepipe dev` starts one)")
-    redis = RedisSettings.from_dsn(settings.redis_url)
-    redis.conn_timeout = max(1, settings.redis_timeout_ms // 1000)
-    redis.max_connections = settings.redis_max_connections
-    redis.conn_retries = 5
-    return redis
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        # when every connection is busy, wait this long for one rather than fail at once
+        timeout=settings.redis_connect_timeout_ms / 1000,
+        socket_connect_timeout=settings.redis_connect_timeout_ms / 1000,
+        socket_timeout=settings.redis_timeout_ms / 1000,
+        health_check_interval=HEALTH_CHECK_S,
+    )
+    client: ArqRedis = ArqRedis.from_pool(pool)  # the client owns (and closes) the pool
+    return client
 
 
 async def connect(settings: Settings) -> ArqRedis:
-    """A pooled client that can also enqueue arq jobs."""
-    pool: ArqRedis = await create_pool(redis_settings(settings))
-    return pool
+    """`redis_client`, once Redis answers PING (retried for a few seconds while it starts)."""
+    client = redis_client(settings)
+    for attempt in range(1, CONNECT_ATTEMPTS):
+        try:
+            await client.ping()
+            return client
+        except (RedisError, OSError) as exc:
+            log.warning("redis not answering (%s); retry %d", exc, attempt)
+            await asyncio.sleep(CONNECT_RETRY_S)
+    try:
+        await client.ping()  # the last try: its error goes to the caller
+    except BaseException:
+        await client.aclose()
+        raise
+    return client
+
+
+async def check_redis_policy(redis: Redis) -> None:
+    """Refuse to run on a Redis that may evict keys: it would silently drop jobs and tickets."""
+    info = await redis.info("memory")
+    policy = info.get("maxmemory_policy")
+    if policy is None:  # some proxies hide it; say so rather than refuse
+        log.warning("cannot read Redis maxmemory-policy; it must be noeviction")
+        return
+    if policy != "noeviction":
+        raise RedisConfigError(
+            f"Redis maxmemory-policy is {policy!r}: a full Redis would evict queued jobs and "
+            "tickets. Set `maxmemory-policy noeviction` (and `appendonly yes`) on the server."
+        )

@@ -144,6 +144,8 @@ def role_commands(host: str, port: int) -> dict[str, list[str]]:
     return {
         "api": [*imagepipe, "api", "--host", host, "--port", str(port)],
         "worker": [*imagepipe, "worker"],
+        # repairs from the audit run in their own lane, so they never starve new uploads
+        "backfill": [*imagepipe, "worker", "--lane", "backfill", "--concurrency", "1"],
         "replicator": [*imagepipe, "replicator"],
     }
 

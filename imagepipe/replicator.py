@@ -12,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import signal
 import socket
 from contextlib import suppress
 
+from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from imagepipe import backoff, metrics
+from imagepipe import backoff, keys, metrics
+from imagepipe.audit import Auditor
 from imagepipe.config import Settings
 from imagepipe.connections import connect
 from imagepipe.replication import Entry, ReplicationLog
@@ -28,6 +31,7 @@ from imagepipe.storage.factory import backup_storage, primary_storage
 
 log = logging.getLogger(__name__)
 CLAIM_BLOCK_MS = 1000
+GAUGE_REFRESH_S = 5.0
 RECLAIM_EVERY_S = 10.0
 
 
@@ -58,7 +62,7 @@ class Replicator:
         self.settings = settings
         self.log = ReplicationLog(redis)
         self.primary, self.backup = primary, backup
-        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.consumer = consumer or consumer_name()
         self.tasks: set[asyncio.Task[None]] = set()
         self.next_reclaim = 0.0
 
@@ -141,10 +145,45 @@ class Replicator:
         await asyncio.sleep(wait)
 
 
+async def audit_periodically(
+    settings: Settings, redis: ArqRedis, primary: Storage, backup: Storage
+) -> None:
+    """Run the audit every interval, on one replicator at a time (a Redis lease decides)."""
+    while True:
+        await asyncio.sleep(settings.audit_interval_s * random.uniform(0.9, 1.1))
+        try:
+            lease = int(settings.audit_interval_s * 0.9)
+            if await redis.set(keys.AUDIT_LOCK, consumer_name(), nx=True, ex=max(1, lease)):
+                report = await Auditor(settings, redis, primary, backup).run()
+                log.info("audit finished: %s", report.counts() or "nothing to repair")
+        except (StorageError, RedisError) as exc:
+            log.warning(
+                "audit pass failed (%s); next one in %.0f s", exc, settings.audit_interval_s
+            )
+
+
+async def refresh_gauges_periodically(redis: ArqRedis) -> None:
+    """Keep the system gauges of this process's /metrics fresh."""
+    while True:
+        with suppress(RedisError):
+            await metrics.refresh_system_gauges(redis)
+        await asyncio.sleep(GAUGE_REFRESH_S)
+
+
+def consumer_name() -> str:
+    """This process's name in the consumer group (and in logs)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 async def _main(settings: Settings) -> None:
     redis = await connect(settings)
     primary, backup = primary_storage(settings), backup_storage(settings)
     replicator = Replicator(settings, redis, primary, backup)
+    metrics.serve(settings.metrics_port)
+    helpers = [
+        asyncio.create_task(audit_periodically(settings, redis, primary, backup)),
+        asyncio.create_task(refresh_gauges_periodically(redis)),
+    ]
     runner = asyncio.create_task(replicator.run())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -155,9 +194,9 @@ async def _main(settings: Settings) -> None:
     except asyncio.CancelledError:
         log.info("replicator stopping; unacked entries will be reclaimed")
     finally:
-        for task in list(replicator.tasks):
+        for task in [*helpers, *replicator.tasks]:
             task.cancel()
-        await asyncio.gather(*replicator.tasks, return_exceptions=True)
+        await asyncio.gather(*helpers, *replicator.tasks, return_exceptions=True)
         await backup.close()
         await primary.close()
         await redis.aclose()

@@ -45,9 +45,9 @@ def api_server(settings: Settings) -> Iterator[str]:
         thread.join(15)
 
 
-async def run_worker_burst(settings: Settings) -> None:
+async def run_worker_burst(settings: Settings, queue: str = keys.UPLOADS_QUEUE) -> None:
     """Process every queued job (and the callbacks they queue), then return."""
-    worker = build_worker(settings, burst=True)
+    worker = build_worker(settings, queue_name=queue, burst=True)
     try:
         await worker.main()
     finally:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, cast
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from imagepipe import metrics
+from imagepipe import keys, metrics
 from imagepipe.api.deps import ServicesDep
+from imagepipe.api.services import Services
 from imagepipe.storage import StorageError
 
 router = APIRouter(tags=["health"])
@@ -31,6 +33,12 @@ async def prometheus_metrics(services: ServicesDep) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+async def last_audit(services: Services) -> dict[str, float]:
+    """The last audit's finish time and findings (empty before the first audit)."""
+    raw = await cast(Awaitable[dict[bytes, bytes]], services.redis.hgetall(keys.AUDIT_LAST))
+    return {k.decode(): float(v) for k, v in raw.items()}
+
+
 @router.get("/readyz")
 async def readyz(services: ServicesDep) -> JSONResponse:
     """Ready: Redis and primary storage answer; details on what the backlog looks like."""
@@ -42,6 +50,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         checks["queue_depth"] = await services.queue_depth()
         checks["replication_pending"] = backlog.pending
         checks["replication_lag_s"] = round(backlog.oldest_age_s, 3)
+        checks["last_audit"] = await last_audit(services)
     except (RedisError, OSError) as exc:
         checks["redis"] = f"unreachable: {exc}"
     try:

@@ -9,9 +9,15 @@ from imagepipe.storage.s3 import S3Storage
 
 
 def primary_storage(settings: Settings) -> Storage:
-    """The primary store: the local filesystem under ``settings.primary_root``."""
-    # An S3 primary (DESIGN.md: "Primary can be either") plugs in here: a setting such as
-    # `primary_s3_endpoint`, and when it is set return an S3Storage built like the backup.
+    """The primary store: an S3 bucket when one is configured, else the local filesystem."""
+    if settings.primary_s3_bucket is not None:
+        # shared by every machine, so api and workers need no common disk
+        return _s3(
+            settings,
+            settings.primary_s3_bucket,
+            settings.primary_s3_endpoint,
+            settings.primary_s3_region,
+        )
     return FilesystemStorage(settings.primary_root)
 
 
@@ -22,10 +28,17 @@ def backup_storage(settings: Settings) -> S3Storage:
             "IMAGEPIPE_BACKUP_S3_ENDPOINT is unset: `imagepipe dev` starts a local S3 and sets "
             "it; other roles need it configured"
         )
+    return _s3(
+        settings, settings.backup_s3_bucket, settings.backup_s3_endpoint, settings.backup_s3_region
+    )
+
+
+def _s3(settings: Settings, bucket: str, endpoint: str | None, region: str) -> S3Storage:
+    """An S3Storage with the shared credentials and explicit connect/read timeouts."""
     return S3Storage(
-        bucket=settings.backup_s3_bucket,
-        endpoint_url=settings.backup_s3_endpoint,
-        region=settings.backup_s3_region,
+        bucket=bucket,
+        endpoint_url=endpoint,
+        region=region,
         access_key=settings.s3_access_key_id,
         secret_key=settings.s3_secret_access_key.get_secret_value(),
         connect_timeout_ms=settings.s3_connect_timeout_ms,

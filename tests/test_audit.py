@@ -1,0 +1,145 @@
+"""The audit repairs what Redis forgot and what backup lacks, walking primary storage."""
+
+from __future__ import annotations
+
+import boto3
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from imagepipe import keys
+from imagepipe.audit import audit_once
+from imagepipe.config import Settings
+from imagepipe.models import Ticket
+from tests import images
+from tests.stack import replicate_all, run_worker_burst
+from tests.test_flow import assert_backup_matches_primary
+
+
+def s3(settings: Settings):  # type: ignore[no-untyped-def]
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.backup_s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
+async def processed_photo(http: httpx.AsyncClient, settings: Settings, redis: Redis) -> dict:  # type: ignore[type-arg]
+    """One photo taken all the way: processed, indexed and backed up."""
+    sent = await http.post(
+        "/photos", content=images.jpeg(400, 300), headers={"content-type": "image/jpeg"}
+    )
+    await run_worker_burst(settings)
+    await replicate_all(settings, redis)
+    return (await http.get(f"/tickets/{sent.json()['id']}")).json()  # type: ignore[no-any-return]
+
+
+async def repair(settings: Settings, redis: Redis) -> dict[str, int]:
+    """One audit pass, then let the backfill worker and the replicator do the repairs."""
+    counts = (await audit_once(settings)).counts()
+    await run_worker_burst(settings, keys.BACKFILL_QUEUE)
+    await run_worker_burst(settings)  # a completed repair queues nothing here, but callbacks may
+    await replicate_all(settings, redis)
+    return counts
+
+
+async def test_a_clean_system_has_no_findings(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    await processed_photo(http, settings, redis)
+    report = await audit_once(settings)
+    assert report.counts() == {} and report.photos == 1 and report.objects == 8
+    assert (await redis.hget(keys.AUDIT_LAST, "finished_at")) is not None
+
+
+async def test_redis_losing_everything_is_repaired_from_primary(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    sent = await http.post(
+        "/photos", content=images.jpeg(300, 200), headers={"content-type": "image/jpeg"}
+    )
+    photo_id = sent.json()["photo_id"]
+    await redis.flushall()  # a restore from before the upload: ticket, job and log are gone
+    assert (await repair(settings, redis)).get("reprocessed_no_ticket") == 1
+    ticket_id = (await redis.get(keys.photo_ticket(photo_id))).decode()
+    ticket = Ticket.model_validate_json(await redis.get(keys.ticket(ticket_id)))
+    assert ticket.status == "completed"
+    assert_backup_matches_primary(settings)
+    assert (await audit_once(settings)).counts() == {}
+
+
+async def test_missing_derivative_is_made_again(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    ticket = await processed_photo(http, settings, redis)
+    lost = settings.primary_root / "derivatives" / ticket["photo_id"] / "m.jpg"
+    lost.unlink()
+    assert (await repair(settings, redis)).get("reprocessed_missing_derivatives") == 1
+    assert lost.exists()
+
+
+async def test_stuck_ticket_whose_job_vanished_is_requeued(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    sent = (
+        await http.post(
+            "/photos", content=images.jpeg(200, 100), headers={"content-type": "image/jpeg"}
+        )
+    ).json()
+    await redis.delete(keys.UPLOADS_QUEUE, f"arq:job:{keys.process_job_id(sent['id'])}")
+    stuck = settings.model_copy(update={"audit_stuck_after_s": 0.001})
+    assert (await repair(stuck, redis)).get("stuck_tickets_requeued") == 1
+    assert (await http.get(f"/tickets/{sent['id']}")).json()["status"] == "completed"
+
+
+async def test_slow_but_queued_ticket_is_left_alone(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    await http.post(
+        "/photos", content=images.jpeg(200, 100), headers={"content-type": "image/jpeg"}
+    )
+    stuck = settings.model_copy(update={"audit_stuck_after_s": 0.001})
+    assert "stuck_tickets_requeued" not in (await audit_once(stuck)).counts()
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+async def test_backup_copy_missing_or_wrong_is_replicated_again(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis, damage: str
+) -> None:
+    ticket = await processed_photo(http, settings, redis)
+    key = f"derivatives/{ticket['photo_id']}/l.jpg"
+    if damage == "delete":
+        s3(settings).delete_object(Bucket=settings.backup_s3_bucket, Key=key)
+    else:
+        s3(settings).put_object(Bucket=settings.backup_s3_bucket, Key=key, Body=b"short")
+    kind = "backup_missing" if damage == "delete" else "backup_mismatch"
+    assert (await repair(settings, redis)).get(kind) == 1
+    assert_backup_matches_primary(settings)
+
+
+async def test_failed_replicas_are_retried(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    ticket = await processed_photo(http, settings, redis)
+    key = f"originals/{ticket['photo_id']}.jpg"
+    await redis.hset(
+        keys.REPLICATION_STATE, key, '{"state": "failed", "reason": "access_denied: 403"}'
+    )
+    assert (await repair(settings, redis)).get("replication_failed_retried") == 1
+    assert (await http.get(f"/tickets/{ticket['id']}")).json()["backup"] == "completed"
+
+
+async def test_orphans_are_reported(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    ticket = await processed_photo(http, settings, redis)
+    root = settings.primary_root
+    (root / "originals" / ".x.jpg.0123456789abcdef.tmp").write_bytes(b"half")
+    stray = root / "derivatives" / "ffffffffffffffffffff"
+    stray.mkdir()
+    (stray / "t.jpg").write_bytes(images.jpeg(10, 10))
+    counts = (await audit_once(settings)).counts()
+    assert counts["orphan_temp_files"] == 1 and counts["orphan_derivatives"] == 1
+    assert ticket["status"] == "completed"
