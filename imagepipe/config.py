@@ -94,12 +94,14 @@ class Settings(BaseSettings):
 
     # -- uploads -------------------------------------------------------------------
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    upload_idle_timeout_s: float = Field(default=30.0, gt=0)  # silent mid-body this long: 408
     max_pixels: int = Field(default=50_000_000, gt=0)
     formats: Annotated[tuple[str, ...], NoDecode] = ("JPEG", "PNG", "WEBP", "GIF")
     max_queue_depth: int = Field(default=10_000, gt=0)  # shed load past this many queued jobs
     min_free_disk_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     ticket_retention_s: int = Field(default=7 * 24 * 3600, gt=0)
     idempotency_retention_s: int = Field(default=24 * 3600, gt=0)
+    idempotency_lease_s: int = Field(default=120, gt=0)  # an in-flight key frees itself after
 
     # -- processing ----------------------------------------------------------------
     sizes: Annotated[tuple[SizeSpec, ...], NoDecode] = parse_sizes(DEFAULT_SIZES)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
 
 from arq.connections import ArqRedis
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -40,8 +41,8 @@ def redis_client(settings: Settings) -> ArqRedis:
         socket_timeout=settings.redis_timeout_ms / 1000,
         health_check_interval=HEALTH_CHECK_S,
     )
-    client: ArqRedis = ArqRedis.from_pool(pool)  # the client owns (and closes) the pool
-    return client
+    # from_pool: the client owns the pool and closes it; typed as Redis, built as cls
+    return cast(ArqRedis, ArqRedis.from_pool(pool))
 
 
 async def connect(settings: Settings) -> ArqRedis:

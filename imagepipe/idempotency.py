@@ -5,12 +5,17 @@
     release  after a refused upload, so the client may try again
 
 A reservation is a lease, not a lock held forever: if the API dies mid-upload the key frees
-itself when the lease runs out.
+itself when the lease runs out. The photo and ticket ids of a keyed upload are derived from
+the key (HMAC with a server secret: unguessable, yet the same on every retry), so a retry
+after the API died between fsync and response rewrites the same original and makes the same
+ticket: it converges on one photo instead of making a second.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import json
 import secrets
 from collections.abc import Awaitable
@@ -36,15 +41,24 @@ class Reservation:
 
     redis_key: str
     token: str
+    photo_id: str  # the ids this key's upload gets, on any retry
+    new_ticket_id: str
     ticket_id: str | None = None  # set when an earlier request with this key completed
     sha256: str | None = None
+
+
+def derived_ids(secret: str, header: str) -> tuple[str, str]:
+    """The photo id (80 bits hex) and ticket id (144 bits URL-safe) of a keyed upload."""
+    digest = hmac.new(secret.encode(), b"idempotency:" + header.encode(), hashlib.sha256).digest()
+    return digest[:10].hex(), base64.urlsafe_b64encode(digest[10:28]).decode()
 
 
 class IdempotencyKeys:
     """Reservations and results of Idempotency-Key headers."""
 
-    def __init__(self, redis: Redis, retention_s: int, lease_s: int) -> None:
+    def __init__(self, redis: Redis, retention_s: int, lease_s: int, secret: str) -> None:
         self.redis, self.retention_s, self.lease_s = redis, retention_s, lease_s
+        self.secret = secret
 
     async def reserve(self, header: str) -> Reservation:
         """Claim the key for this request, or report what an earlier request made of it."""
@@ -52,8 +66,9 @@ class IdempotencyKeys:
             raise BadRequest(f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} characters")
         redis_key = keys.idempotency(hashlib.sha256(header.encode()).hexdigest()[:40])
         token = "inflight:" + secrets.token_hex(8)
+        ids = derived_ids(self.secret, header)
         if await self.redis.set(redis_key, token, nx=True, ex=self.lease_s):
-            return Reservation(redis_key, token)
+            return Reservation(redis_key, token, *ids)
         raw = await self.redis.get(redis_key)
         text = raw.decode() if isinstance(raw, bytes) else raw
         if text is None:
@@ -61,7 +76,9 @@ class IdempotencyKeys:
         if text.startswith("inflight:"):
             raise Conflict("a request with this Idempotency-Key is still in flight", retry_after=1)
         done = json.loads(text)
-        return Reservation(redis_key, token, ticket_id=done["ticket_id"], sha256=done["sha256"])
+        return Reservation(
+            redis_key, token, *ids, ticket_id=done["ticket_id"], sha256=done["sha256"]
+        )
 
     def commit(self, pipe: Pipeline, reservation: Reservation, ticket_id: str, sha256: str) -> None:
         """Record the result inside the caller's transaction (with the ticket it names)."""

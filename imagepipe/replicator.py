@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from imagepipe import backoff, keys, metrics
 from imagepipe.audit import Auditor
 from imagepipe.config import Settings
-from imagepipe.connections import connect
+from imagepipe.connections import check_redis_policy, connect
 from imagepipe.replication import Entry, ReplicationLog
 from imagepipe.storage import ObjectNotFound, Storage, StorageError, StoragePermissionDenied
 from imagepipe.storage.factory import backup_storage, primary_storage
@@ -177,6 +177,7 @@ def consumer_name() -> str:
 
 async def _main(settings: Settings) -> None:
     redis = await connect(settings)
+    await check_redis_policy(redis)
     primary, backup = primary_storage(settings), backup_storage(settings)
     replicator = Replicator(settings, redis, primary, backup)
     metrics.serve(settings.metrics_port)

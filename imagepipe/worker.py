@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from imagepipe import backoff, imaging, keys, metrics, notify
 from imagepipe.config import Settings
-from imagepipe.connections import redis_settings
+from imagepipe.connections import check_redis_policy, redis_client
 from imagepipe.errors import NotFound
 from imagepipe.models import Derivative, Ticket
 from imagepipe.sandbox import DecodeCrashed, DecodeOutOfMemory, DecodePool, DecodeTimeout
@@ -50,6 +50,7 @@ class TransientFailure(Exception):
 async def startup(ctx: dict[str, Any]) -> None:
     """Build the clients one worker process uses (arq on_startup)."""
     settings: Settings = ctx["settings"]
+    await check_redis_policy(ctx["redis"])
     ctx["primary"] = primary_storage(settings)
     ctx["tickets"] = TicketStore(ctx["redis"], settings.ticket_retention_s)
     ctx["pool"] = DecodePool(
@@ -58,7 +59,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     await ctx["pool"].start()
     metrics.serve(settings.metrics_port)
     timeout_s = settings.callback_timeout_ms / 1000
-    ctx["http"] = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=min(3.0, timeout_s)))
+    connect_s = settings.callback_connect_timeout_ms / 1000
+    ctx["http"] = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=connect_s))
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -190,7 +192,7 @@ def build_worker(
                 max_tries=settings.callback_max_tries + 1,
             ),
         ],
-        redis_settings=redis_settings(settings),
+        redis_pool=redis_client(settings),  # ours: arq's own pool has no read timeout
         queue_name=queue_name,
         ctx={"settings": settings},
         on_startup=startup,

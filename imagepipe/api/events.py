@@ -20,6 +20,7 @@ from imagepipe import keys
 
 log = logging.getLogger(__name__)
 RESUBSCRIBE_DELAY_S = 1.0
+LISTEN_POLL_S = 1.0  # below every allowed Redis read timeout
 
 
 class TicketEvents:
@@ -66,8 +67,11 @@ class TicketEvents:
         prefix = keys.ticket_channel("")
         async with self.redis.pubsub() as pubsub:
             await pubsub.psubscribe(keys.ticket_channel("*"))
-            async for message in pubsub.listen():
-                if message["type"] == "pmessage":
+            while True:
+                # a bounded wait, not listen(): that one reads under the pool's read timeout
+                # and would end the subscription after a few quiet seconds
+                message = await pubsub.get_message(timeout=LISTEN_POLL_S)
+                if message is not None and message["type"] == "pmessage":
                     self._wake(message["channel"].decode().removeprefix(prefix))
 
     def _wake(self, ticket_id: str) -> None:

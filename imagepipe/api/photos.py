@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 from imagepipe import jobs, keys, metrics
 from imagepipe.api.bodies import file_stream, with_deadline
 from imagepipe.api.deps import ServicesDep
-from imagepipe.api.services import UPLOAD_IDLE_S, Services
+from imagepipe.api.services import Services
 from imagepipe.api.tickets import ticket_body
 from imagepipe.api.views import iso, not_modified, sizes_view
 from imagepipe.errors import (
@@ -37,9 +37,9 @@ MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
-async def _client_body(request: Request) -> AsyncIterator[bytes]:
+async def _client_body(request: Request, idle_s: float) -> AsyncIterator[bytes]:
     try:
-        async for chunk in with_deadline(request.stream(), UPLOAD_IDLE_S):
+        async for chunk in with_deadline(request.stream(), idle_s):
             yield chunk
     except ClientDisconnect:
         raise BadRequest("the client went away mid-upload") from None
@@ -51,7 +51,8 @@ def _body(request: Request, services: Services) -> AsyncIterator[bytes]:
         raise PayloadTooLarge(
             f"the upload is larger than {services.settings.max_upload_bytes} bytes"
         )
-    return file_stream(request.headers.get("content-type", ""), _client_body(request))
+    idle_s = services.settings.upload_idle_timeout_s
+    return file_stream(request.headers.get("content-type", ""), _client_body(request, idle_s))
 
 
 async def _accepted(services: Services, ticket: Ticket) -> JSONResponse:
@@ -99,11 +100,14 @@ async def _upload(request: Request, services: Services, idempotency_key: str | N
     if reservation is not None and reservation.ticket_id is not None:
         return await _replay(services, body, reservation)
     try:
-        stored = await store_original(body, services.primary, services.settings, new_photo_id())
-        held = (services.idempotency, reservation) if reservation else None
-        ticket = await jobs.register(
-            services.redis, services.tickets, stored, new_ticket_id(), held
+        photo_id, ticket_id = (
+            (reservation.photo_id, reservation.new_ticket_id)
+            if reservation
+            else (new_photo_id(), new_ticket_id())
         )
+        stored = await store_original(body, services.primary, services.settings, photo_id)
+        held = (services.idempotency, reservation) if reservation else None
+        ticket = await jobs.register(services.redis, services.tickets, stored, ticket_id, held)
     except BaseException:
         if reservation is not None:
             await services.idempotency.release(reservation)

@@ -11,7 +11,7 @@ from arq.connections import ArqRedis
 from imagepipe import keys
 from imagepipe.api.events import TicketEvents
 from imagepipe.config import Settings
-from imagepipe.connections import connect
+from imagepipe.connections import check_redis_policy, connect
 from imagepipe.errors import ServiceOverloaded
 from imagepipe.idempotency import IdempotencyKeys
 from imagepipe.replication import ReplicationLog
@@ -38,6 +38,7 @@ class Services:
     async def start(cls, settings: Settings) -> Services:
         """Connect to Redis and primary storage; start the per-process event fan-out."""
         redis = await connect(settings)
+        await check_redis_policy(redis)
         events = TicketEvents(redis)
         await events.start()
         return cls(
@@ -47,7 +48,10 @@ class Services:
             tickets=TicketStore(redis, settings.ticket_retention_s),
             replication=ReplicationLog(redis),
             idempotency=IdempotencyKeys(
-                redis, settings.idempotency_retention_s, lease_s=int(UPLOAD_IDLE_S * 4)
+                redis,
+                settings.idempotency_retention_s,
+                lease_s=settings.idempotency_lease_s,
+                secret=settings.callback_secret.get_secret_value(),
             ),
             events=events,
         )
@@ -72,5 +76,6 @@ class Services:
         if depth >= self.settings.max_queue_depth:
             raise ServiceOverloaded(f"{depth} photos are waiting; try later", retry_after=30)
         root = self.settings.primary_root
-        if root.exists() and shutil.disk_usage(root).free < self.settings.min_free_disk_bytes:
+        on_disk = not self.settings.primary_is_s3 and root.exists()  # S3 has no disk to fill
+        if on_disk and shutil.disk_usage(root).free < self.settings.min_free_disk_bytes:
             raise ServiceOverloaded("primary storage is nearly full", retry_after=60)
