@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint format clean
+.PHONY: install run up down test test-fast lint format clean
 
 install: $(STAMP)
 
@@ -19,6 +19,13 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/imagepipe dev
+
+# the same stack in Docker (Valkey, MinIO, api, worker, replicator); needs only Docker
+up:
+	docker compose -f docker/compose.yaml up -d --build
+
+down:
+	docker compose -f docker/compose.yaml down
 
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)

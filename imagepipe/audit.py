@@ -107,12 +107,12 @@ class Auditor:
             await self.check_photo(photo_id, held)
             done += 1
             self.progress(done, total)
+        await self.retry_failed_replicas()  # first: these are pending again, not "missing"
         pending = await self.pending_keys()
         for info in objects:
             await self.check_backup(info, pending)
             done += 1
             self.progress(done, total)
-        await self.retry_failed_replicas()
         await self.find_temp_files()
         self.report.finished_at = time.time()
         await self.publish()

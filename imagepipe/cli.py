@@ -1,15 +1,17 @@
-"""`imagepipe api|worker|replicator|dev`: parse, build Settings once, dispatch to a role."""
+"""`imagepipe <role|audit|dev|upload|health>`: parse, build Settings once, dispatch."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pydantic import ValidationError
 
 from imagepipe import keys
 from imagepipe.config import Settings
+from imagepipe.connections import RedisConfigError
 from imagepipe.logs import setup_logging
 
 
@@ -49,6 +51,50 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
     return run_dev(settings, host=args.host or settings.host, port=args.port or settings.port)
 
 
+def _upload(settings: Settings, args: argparse.Namespace) -> int:
+    from imagepipe.client import Options, run_upload
+
+    options = Options(
+        server=args.server or settings.server,
+        concurrency=args.concurrency,
+        wait=not args.no_wait,
+        as_json=args.json,
+        timeout_s=args.timeout,
+        retries=args.retries,
+        # bars only for a person at a terminal: never in a log file or a --json pipe
+        progress=not (args.json or args.quiet) and sys.stderr.isatty(),
+    )
+    return run_upload(args.paths, options)
+
+
+def _health(settings: Settings, args: argparse.Namespace) -> int:
+    from imagepipe.health import run_health
+
+    return run_health(settings, args.for_role)
+
+
+def _add_client_commands(roles: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    upload = roles.add_parser("upload", help="upload photos and wait for their tickets")
+    upload.add_argument("paths", nargs="+", type=Path, help="image files and folders")
+    upload.add_argument("--server", help="API base URL (IMAGEPIPE_SERVER)")
+    upload.add_argument("-c", "--concurrency", type=_positive, default=4, help="uploads at once")
+    upload.add_argument("--json", action="store_true", help="print one JSON document")
+    upload.add_argument("--no-wait", action="store_true", help="stop once uploads are accepted")
+    upload.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for tickets")
+    upload.add_argument("--retries", type=int, default=5, help="retries per file on errors")
+    upload.add_argument("--quiet", action="store_true", help="no progress bars")
+    health = roles.add_parser("health", help="exit 0 when this role can work (healthchecks)")
+    roles_checked = ("api", "worker", "replicator")
+    health.add_argument("--role", dest="for_role", choices=roles_checked, default="api")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagepipe", description=__doc__)
     roles = parser.add_subparsers(dest="role", required=True)
@@ -68,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     roles.add_parser("replicator", help="copy primary to backup S3, forever")
     audit = roles.add_parser("audit", help="check now that every upload finished and is backed up")
     audit.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_client_commands(roles)
     return parser
 
 
@@ -77,6 +124,8 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "replicator": _replicator,
     "dev": _dev,
     "audit": _audit,
+    "upload": _upload,
+    "health": _health,
 }
 
 
@@ -93,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.role](settings, args)
     except KeyboardInterrupt:
         return 130
+    except RedisConfigError as exc:  # a Redis that may evict: refuse, plainly
+        print(f"imagepipe: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=0, ge=0)  # 0 = one per core
     decode_memory_mb: int = Field(default=1024, gt=0)
     decode_timeout_s: float = Field(default=30.0, gt=0)
+    # arq's lease on a running job is this + 10 s: a killed worker's job re-runs after that
+    job_timeout_s: float = Field(default=60.0, gt=0)
     job_max_tries: int = Field(default=5, gt=0)
 
     # -- callbacks -----------------------------------------------------------------
@@ -141,6 +143,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(f.strip().upper() for f in value.split(",") if f.strip())
         return value
+
+    @model_validator(mode="after")
+    def _decode_fits_in_the_job(self) -> Settings:
+        if self.decode_timeout_s >= self.job_timeout_s:
+            raise ValueError("IMAGEPIPE_DECODE_TIMEOUT_S must be below IMAGEPIPE_JOB_TIMEOUT_S")
+        return self
 
     @model_validator(mode="after")
     def _refuse_dev_secret_in_production(self) -> Settings:

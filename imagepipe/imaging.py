@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from io import BytesIO
+from math import ceil
 from typing import Any
 
 from PIL import Image, ImageCms, ImageFile, ImageOps
@@ -75,6 +76,17 @@ _BIG_SOURCE = 2_000_000
 # libjpeg's fast IDCT and plain chroma upsampling cost ~3 dB (still ~45 dB) and save a
 # quarter of a full decode; used only where the image then shrinks at least this much.
 _FAST_DECODE_SHRINK = 1.5
+# Shrink-on-load may land this far below the largest size, which is then upscaled to it:
+# a 4032 px phone photo decodes at 1/2 (2016 px) for the 2048 rung instead of in full,
+# which halves its render; on real photos that 1.6% upscale scores as well against a
+# Lanczos-from-every-pixel reference as the full decode did (BENCHMARKS.md, row 1).
+_DRAFT_UPSCALE = 0.025
+# Below this shrink factor a big source gets Bicubic instead of Hamming: after a DCT-scaled
+# decode Hamming's extra softness costs ~2 dB, and so little shrinking is cheap anyway.
+_SHARP_BELOW = 1.25
+# The square crop comes from a rung at least this much larger, so it is a real downscale:
+# cropping the 100 px rung 1:1 would sit half a pixel off the centre and blur the crop.
+_CROP_SOURCE_FACTOR = 2
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
@@ -285,12 +297,13 @@ def check_pixels(job: Job) -> None:
 
 
 def plan_draft(job: Job) -> None:
-    """JPEG shrink-on-load: decode at the smallest 1/2^n scale that covers every size."""
+    """JPEG shrink-on-load: the smallest 1/2^n scale that covers every size (near enough)."""
     im = job.image
     if not isinstance(im, JpegImageFile):  # MPO is a JpegImageFile too
         return
     target = scaled(*job.stored_size, base_scale(*job.stored_size, job.sizes))
-    im.draft("RGB", target)  # the scale is the same for either orientation
+    slack = 1 - _DRAFT_UPSCALE
+    im.draft("RGB", (ceil(target[0] * slack), ceil(target[1] * slack)))  # either orientation
     if im.width >= _FAST_DECODE_SHRINK * target[0] and len(im.decoderconfig) == 2:
         im.decoderconfig = (im.decoderconfig[0], 1)  # Pillow's JPEG (scale, fast) pair
 
@@ -344,7 +357,8 @@ def cascade(job: Job) -> None:
         job.rungs[spec.name] = ladder[-1]
     for spec in (s for s in job.sizes if s.crop):
         side = min(spec.edge, width, height)
-        source = [im for im in ladder if min(im.size) >= side][-1]  # ladder is largest first
+        big_enough = [im for im in ladder if min(im.size) >= _CROP_SOURCE_FACTOR * side]
+        source = big_enough[-1] if big_enough else ladder[0]  # ladder is largest first
         job.rungs[spec.name] = ImageOps.fit(source, (side, side), _resample(source))
 
 
@@ -416,10 +430,14 @@ def fit(width: int, height: int, edge: int) -> tuple[int, int]:
 
 
 def resize(im: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Downscale ``im`` to ``size`` (a no-op when it is that size already)."""
+    """Resize ``im`` to ``size``: a downscale, or the slight upscale a draft may need."""
     if im.size == size:
         return im
+    if size[0] > im.width:  # only the few percent a draft decode may fall short
+        return im.resize(size, Image.Resampling.BICUBIC)
     resample = _resample(im)
+    if resample is Image.Resampling.HAMMING and im.width < _SHARP_BELOW * size[0]:
+        return im.resize(size, Image.Resampling.BICUBIC)
     # Big sources box-reduce by the whole factor first; small ones only when it is large.
     gap = 1.0 if resample is Image.Resampling.HAMMING else 3.0
     return im.resize(size, resample, reducing_gap=gap)

@@ -20,6 +20,7 @@ from imagepipe.models import CallbackEvent, Derivative, EventType, Ticket
 
 log = logging.getLogger(__name__)
 RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
+MAX_ERROR_CHARS = 500  # a reason for people, never a payload
 
 
 async def report(
@@ -41,7 +42,7 @@ async def report(
         sizes=sizes or {},
         width=upright[0] if upright else None,
         height=upright[1] if upright else None,
-        error=error,
+        error=error[:MAX_ERROR_CHARS] if error else None,
     )
     await jobs.enqueue_callback(redis, event, webhook_id=f"{ticket.id}.{kind}.{attempt}")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import importlib
 import logging
 import multiprocessing
@@ -311,4 +312,7 @@ def _exit_reason(process: BaseProcess) -> str:
 
 
 def _name(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__qualname__", repr(fn))
+    """A short name for messages (a partial's repr would carry its arguments: a whole image)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return str(getattr(fn, "__qualname__", type(fn).__name__))

@@ -36,7 +36,7 @@ from imagepipe.tickets import TicketStore
 
 log = logging.getLogger(__name__)
 Upright = tuple[int, int]  # width, height after EXIF orientation
-STORAGE_SLACK_S = 40  # reading the original + writing every size, on top of the decode deadline
+RECONNECT_S = 1.0
 
 
 class PermanentFailure(Exception):
@@ -64,10 +64,12 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    """Close what startup made (arq on_shutdown)."""
-    for name in ("pool", "primary", "http"):
+    """Close what startup made (arq on_shutdown); safe to call twice."""
+    for name in ("pool", "primary"):
         if name in ctx:
-            await ctx[name].close() if name != "http" else await ctx[name].aclose()
+            await ctx.pop(name).close()
+    if "http" in ctx:
+        await ctx.pop("http").aclose()
 
 
 def concurrency(settings: Settings) -> int:
@@ -182,7 +184,7 @@ def build_worker(
             func(
                 process_photo,
                 name="process_photo",
-                timeout=settings.decode_timeout_s + STORAGE_SLACK_S,
+                timeout=settings.job_timeout_s,
                 max_tries=settings.job_max_tries + 1,
             ),
             func(
@@ -208,5 +210,17 @@ def build_worker(
 def run_worker(
     settings: Settings, queue_name: str = keys.UPLOADS_QUEUE, burst: bool = False
 ) -> None:
-    """Run the worker role until interrupted (or until the queue is empty, with burst)."""
-    build_worker(settings, queue_name, burst).run()
+    """Run the worker role until interrupted (or until the queue is empty, with burst).
+
+    arq's worker exits when Redis goes away; a worker process must outlive a Redis restart,
+    so it starts a fresh arq worker once Redis answers again (jobs it held are re-run by arq).
+    """
+    while True:
+        worker = build_worker(settings, queue_name, burst)
+        try:
+            worker.run()
+            return
+        except (RedisError, OSError) as exc:
+            log.warning("lost Redis (%s); reconnecting in %.0f s", exc, RECONNECT_S)
+            worker.loop.run_until_complete(shutdown(worker.ctx))  # arq skipped it
+            time.sleep(RECONNECT_S)

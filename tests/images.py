@@ -263,3 +263,8 @@ def icc_v2_rgb(
     header += bytes(12) + b"acsp" + bytes(24) + struct.pack(">I", 0) + _s15(_D50)
     header += bytes(128 - len(header))
     return header + table + data
+
+
+def flat_png(width: int, height: int) -> bytes:
+    """A huge canvas in a tiny file (one colour compresses to almost nothing): costly to decode."""
+    return _save(Image.new("RGB", (width, height), (40, 90, 160)), "PNG", compress_level=9)

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,15 +20,28 @@ from PIL import Image
 
 from imagepipe.config import Settings
 from tests import images
-from tests.test_flow import assert_backup_matches_primary
+from tests.test_flow import assert_backup_matches_primary, primary_objects, s3_client
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def settings(request: pytest.FixtureRequest, settings: Settings, s3_endpoint: str) -> Settings:
+    """conftest's settings, with primary on the local filesystem or in a bucket of its own."""
+    if request.param == "filesystem":
+        return settings
+    bucket = f"primary-{uuid.uuid4().hex[:12]}"
+    s3_client(s3_endpoint).create_bucket(Bucket=bucket)
+    return settings.model_copy(
+        update={"primary_s3_endpoint": s3_endpoint, "primary_s3_bucket": bucket}
+    )
 
 
 def role_env(settings: Settings) -> dict[str, str]:
     """The environment an operator would set for every role."""
     return {
         **os.environ,
+        **primary_env(settings),
         "IMAGEPIPE_DATA_DIR": str(settings.data_dir),
         "IMAGEPIPE_REDIS_URL": str(settings.redis_url),
         "IMAGEPIPE_BACKUP_S3_ENDPOINT": str(settings.backup_s3_endpoint),
@@ -77,6 +91,16 @@ def stop_all(procs: dict[str, subprocess.Popen[bytes]], logs: Path) -> None:
             proc.kill()
             proc.wait()
             pytest.fail(f"{name} did not stop on SIGTERM:\n{(logs / f'{name}.log').read_text()}")
+
+
+def primary_env(settings: Settings) -> dict[str, str]:
+    """The variables that put primary in a bucket, when the settings do."""
+    if settings.primary_s3_bucket is None:
+        return {}
+    return {
+        "IMAGEPIPE_PRIMARY_S3_ENDPOINT": str(settings.primary_s3_endpoint),
+        "IMAGEPIPE_PRIMARY_S3_BUCKET": settings.primary_s3_bucket,
+    }
 
 
 async def wait_ready(url: str) -> None:
@@ -136,6 +160,10 @@ async def test_photos_flow_from_upload_to_backup(
         assert (photo["width"], photo["height"]) == (600, 800)  # upright, not as stored
         await wait_backed_up(client, list(sent.values()))
     assert_backup_matches_primary(settings)
+    stored = primary_objects(settings)
+    assert len([k for k in stored if k.startswith("originals/")]) == len(UPLOADS)
+    if settings.primary_is_s3:  # nothing went to the local disk instead
+        assert not settings.primary_root.exists() or not any(settings.primary_root.iterdir())
     assert all(proc.poll() is None for proc in roles.values()), "a role died"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from typing import Any
 
 import boto3
 import httpx
@@ -46,20 +47,39 @@ async def test_upload_is_resized_called_back_served_and_backed_up(
     assert_backup_matches_primary(settings)
 
 
-def assert_backup_matches_primary(settings: Settings) -> None:
-    """Every file on primary is in the backup bucket with the same sha256."""
-    s3 = boto3.client(
+def s3_client(endpoint: str | None) -> Any:
+    """A boto3 client on the test S3 server (moto's credentials)."""
+    return boto3.client(
         "s3",
-        endpoint_url=settings.backup_s3_endpoint,
+        endpoint_url=endpoint,
         region_name="us-east-1",
         aws_access_key_id="test",
         aws_secret_access_key="test",
     )
-    root = settings.primary_root
-    for path in (p for p in root.rglob("*") if p.is_file()):
-        key = path.relative_to(root).as_posix()
+
+
+def primary_objects(settings: Settings) -> dict[str, bytes]:
+    """Every object on primary storage, key -> bytes, whether a folder or a bucket."""
+    if settings.primary_s3_bucket is None:
+        root = settings.primary_root
+        return {
+            p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()
+        }
+    s3 = s3_client(settings.primary_s3_endpoint)
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=settings.primary_s3_bucket)
+    found = [item["Key"] for page in pages for item in page.get("Contents", [])]
+    return {
+        key: s3.get_object(Bucket=settings.primary_s3_bucket, Key=key)["Body"].read()
+        for key in found
+    }
+
+
+def assert_backup_matches_primary(settings: Settings) -> None:
+    """Every object on primary is in the backup bucket with the same sha256."""
+    s3 = s3_client(settings.backup_s3_endpoint)
+    for key, data in primary_objects(settings).items():
         copy = s3.get_object(Bucket=settings.backup_s3_bucket, Key=key)["Body"].read()
-        assert hashlib.sha256(copy).digest() == hashlib.sha256(path.read_bytes()).digest(), key
+        assert hashlib.sha256(copy).digest() == hashlib.sha256(data).digest(), key
 
 
 async def test_ticket_etag_and_batch_polling(http: httpx.AsyncClient) -> None:

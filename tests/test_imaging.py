@@ -216,10 +216,11 @@ def test_the_pipeline_reads_as_the_algorithm() -> None:
 @pytest.mark.parametrize(
     ("ladder", "drafted"),
     [
-        ("l:1024,m:500", (2000, 1500)),  # 1/2 still covers 1024 wide
+        ("l:1024,m:500", (1000, 750)),  # 1/4, then a 2.4% upscale to 1024
         ("m:500,sq:75:crop", (500, 375)),  # 1/8
         ("sq:75:crop", (500, 375)),  # a square needs its short edge, 75 <= 375
-        (DEFAULT_SIZES, (4000, 3000)),  # 2048 needs every pixel of a 4000 wide photo
+        (DEFAULT_SIZES, (2000, 1500)),  # 1/2, then a 2.4% upscale to 2048: see _DRAFT_UPSCALE
+        ("xl:2060", (4000, 3000)),  # 1/2 would fall 2.9% short: every pixel is decoded
     ],
 )
 def test_plan_draft_shrinks_a_jpeg_on_load(ladder: str, drafted: tuple[int, int]) -> None:
@@ -230,7 +231,7 @@ def test_plan_draft_shrinks_a_jpeg_on_load(ladder: str, drafted: tuple[int, int]
 
 def test_plan_draft_is_orientation_blind_and_decode_honours_it() -> None:
     job = job_after(images.jpeg(4000, 3000, orientation=6), "decode", parse_sizes("l:1024"))
-    assert job.image.size == (2000, 1500)
+    assert job.image.size == (1000, 750)  # 1/4 of the stored pixels, as for orientation 1
     assert (job.orientation, job.upright_size) == (6, (3000, 4000))
 
 

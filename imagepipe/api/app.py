@@ -9,7 +9,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from imagepipe import __version__
-from imagepipe.api import callbacks, health, photos, problems, tickets
+from imagepipe.api import callbacks, health, photos, problems, tickets, ui
 from imagepipe.api.services import Services
 from imagepipe.config import Settings
 
@@ -32,7 +32,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
-    for module in (photos, tickets, callbacks, health):
+    for module in (photos, tickets, callbacks, health, ui):
         app.include_router(module.router)
     return app
 

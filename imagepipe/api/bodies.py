@@ -8,13 +8,39 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.types import Receive
 
 from imagepipe.errors import BadRequest, MissingFile, RequestTimeout, UnsupportedMediaType
 
 FILE_FIELD = b"file"
+
+
+@dataclass
+class Received:
+    """How many bytes of the request body the route has read, and whether that was all."""
+
+    bytes: int = 0
+    complete: bool = False
+
+
+async def drain(receive: Receive, budget: int, idle_s: float) -> bool:
+    """Read and drop the rest of a body, up to ``budget`` bytes; True if it ended in time."""
+    while budget >= 0:
+        try:
+            async with asyncio.timeout(idle_s):
+                message = await receive()
+        except TimeoutError:
+            return False
+        if message["type"] != "http.request":
+            return False  # the client went away
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return budget >= 0
+    return False
 
 
 async def with_deadline(stream: AsyncIterator[bytes], idle_s: float) -> AsyncIterator[bytes]:

@@ -27,6 +27,32 @@ MAX_CALLBACK_BYTES = 256 * 1024
 SEEN_TTL_S = 15 * 60  # longer than the ±5 min signature window: older replays fail the signature
 
 
+def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
+    """A JSON schema with its ``$defs`` references written in place (self-contained)."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _inline_refs(defs[node["$ref"].rsplit("/", 1)[-1]], defs)
+        return {k: _inline_refs(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline_refs(v, defs) for v in node]
+    return node
+
+
+def _documented_request() -> dict[str, Any]:
+    """The signed JSON event and its Standard Webhooks headers, for the OpenAPI schema.
+
+    The route reads the raw body itself: the signature covers its exact bytes, so it is
+    verified before anything parses them.
+    """
+    schema = CallbackEvent.model_json_schema()
+    headers = [
+        {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
+        for name in webhooks.HEADERS
+    ]
+    body = {"application/json": {"schema": _inline_refs(schema, schema.get("$defs", {}))}}
+    return {"parameters": headers, "requestBody": {"required": True, "content": body}}
+
+
 async def _read_body(request: Request) -> bytes:
     body = b""
     async for chunk in request.stream():
@@ -80,12 +106,13 @@ async def index_event(services: Services, event: CallbackEvent) -> Ticket | None
     return await services.tickets.apply(event, extra)
 
 
-@router.post("/internal/callbacks")
+@router.post("/internal/callbacks", openapi_extra=_documented_request())
 async def receive_callback(request: Request, services: ServicesDep) -> dict[str, Any]:
     """A worker's signed report (processing.started | processing.completed | processing.failed)."""
     body = await _read_body(request)
     webhook_id = webhooks.verify(services.settings.callback_secrets, request.headers, body)
     if await services.redis.exists(keys.webhook_seen(webhook_id)):
+        log.info("callback %s duplicate: acknowledged, not applied again", webhook_id)
         return {"status": "duplicate", "webhook_id": webhook_id}
     event = _parse(body)
     updated = await index_event(services, event)

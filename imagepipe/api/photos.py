@@ -13,8 +13,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from imagepipe import jobs, keys, metrics
-from imagepipe.api.bodies import file_stream, with_deadline
+from imagepipe.api.bodies import Received, drain, file_stream, with_deadline
 from imagepipe.api.deps import ServicesDep
+from imagepipe.api.problems import problem
 from imagepipe.api.services import Services
 from imagepipe.api.tickets import ticket_body
 from imagepipe.api.views import iso, not_modified, sizes_view
@@ -24,6 +25,7 @@ from imagepipe.errors import (
     ImagepipeError,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
 )
 from imagepipe.idempotency import Reservation
 from imagepipe.models import PhotoManifest, Ticket
@@ -35,24 +37,47 @@ router = APIRouter(tags=["photos"])
 PHOTO_ID = re.compile(r"^[0-9a-f]{20}$")
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file
 IMMUTABLE = "public, max-age=31536000, immutable"
+# The route streams the body itself; this documents it (and lets schema fuzzers send one).
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "required": ["file"],
+            }
+        },
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
 
 
-async def _client_body(request: Request, idle_s: float) -> AsyncIterator[bytes]:
+async def _client_body(request: Request, idle_s: float, received: Received) -> AsyncIterator[bytes]:
     try:
         async for chunk in with_deadline(request.stream(), idle_s):
+            received.bytes += len(chunk)
             yield chunk
     except ClientDisconnect:
         raise BadRequest("the client went away mid-upload") from None
+    received.complete = True
 
 
-def _body(request: Request, services: Services) -> AsyncIterator[bytes]:
+def _declared_length(request: Request) -> int | None:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > services.settings.max_upload_bytes + MULTIPART_SLACK:
+    return int(declared) if declared.isdigit() else None
+
+
+def _body(request: Request, services: Services, received: Received) -> AsyncIterator[bytes]:
+    declared = _declared_length(request)
+    if declared is not None and declared > services.settings.max_upload_bytes + MULTIPART_SLACK:
         raise PayloadTooLarge(
             f"the upload is larger than {services.settings.max_upload_bytes} bytes"
         )
     idle_s = services.settings.upload_idle_timeout_s
-    return file_stream(request.headers.get("content-type", ""), _client_body(request, idle_s))
+    content_type = request.headers.get("content-type", "")
+    return file_stream(content_type, _client_body(request, idle_s, received))
 
 
 async def _accepted(services: Services, ticket: Ticket) -> JSONResponse:
@@ -75,45 +100,74 @@ async def _replay(services: Services, body: AsyncIterator[bytes], earlier: Reser
     return await _accepted(services, await services.tickets.get(earlier.ticket_id))
 
 
-@router.post("/photos", status_code=202)
+async def _rest_dropped(
+    request: Request, services: Services, received: Received, exc: ImagepipeError
+) -> bool:
+    """Read and drop what is left of a refused body, if it is within the byte limit."""
+    if received.complete or received.bytes == _declared_length(request):
+        return True  # all of it is in, though the parser stopped first: receive() would block
+    if isinstance(exc, RequestTimeout):
+        return False  # the client stopped sending: waiting again helps nobody
+    budget = services.settings.max_upload_bytes + MULTIPART_SLACK - received.bytes
+    declared = _declared_length(request)
+    if declared is not None and declared - received.bytes > budget:
+        return False
+    return await drain(request.receive, budget, services.settings.upload_idle_timeout_s)
+
+
+async def _refused(
+    request: Request, services: Services, received: Received, exc: ImagepipeError
+) -> Response:
+    """The problem; the connection stays open only if the rest of the body was read.
+
+    Left unread, uvicorn reads a refused body to its end (2 GB, or forever) before the next
+    request on the connection. Dropped unread by a close, a client still sending may see a
+    reset instead of the problem. So the rest is read up to the byte limit, and past that the
+    connection closes after the response: nobody sends much more than the limit.
+    """
+    response = problem(exc.status, exc.title, exc.detail, exc.retry_after)
+    if not await _rest_dropped(request, services, received, exc):
+        response.headers["Connection"] = "close"
+    return response
+
+
+@router.post("/photos", status_code=202, openapi_extra={"requestBody": UPLOAD_BODY})
 async def upload_photo(
     request: Request,
     services: ServicesDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Upload a photo (multipart field `file`, or the raw image); 202 with its ticket."""
-    started = time.perf_counter()
+    started, received = time.monotonic(), Received()
     try:
-        response = await _upload(request, services, idempotency_key)
+        response = await _upload(request, services, idempotency_key, received)
     except ImagepipeError as exc:
         metrics.UPLOADS.labels(str(exc.status)).inc()
-        raise
+        return await _refused(request, services, received, exc)
     metrics.UPLOADS.labels("accepted").inc()
-    metrics.ACCEPT_SECONDS.observe(time.perf_counter() - started)
+    metrics.ACCEPT_SECONDS.observe(time.monotonic() - started)
     return response
 
 
-async def _upload(request: Request, services: Services, idempotency_key: str | None) -> Response:
+async def _upload(
+    request: Request, services: Services, idempotency_key: str | None, received: Received
+) -> Response:
     await services.refuse_if_overloaded()
-    body = _body(request, services)
+    body = _body(request, services, received)
     reservation = await services.idempotency.reserve(idempotency_key) if idempotency_key else None
     if reservation is not None and reservation.ticket_id is not None:
         return await _replay(services, body, reservation)
     try:
-        photo_id, ticket_id = (
-            (reservation.photo_id, reservation.new_ticket_id)
-            if reservation
-            else (new_photo_id(), new_ticket_id())
-        )
-        stored = await store_original(body, services.primary, services.settings, photo_id)
+        stored = await store_original(body, services.primary, services.settings, new_photo_id())
+        metrics.UPLOAD_BYTES.inc(stored.info.size)
         held = (services.idempotency, reservation) if reservation else None
-        ticket = await jobs.register(services.redis, services.tickets, stored, ticket_id, held)
+        ticket = await jobs.register(
+            services.redis, services.tickets, stored, new_ticket_id(), held
+        )
     except BaseException:
         if reservation is not None:
             await services.idempotency.release(reservation)
         raise
-    metrics.UPLOAD_BYTES.inc(stored.info.size)
-    metrics.TICKET_TRANSITIONS.labels("queued").inc()
     return await _accepted(services, ticket)
 
 
@@ -121,7 +175,10 @@ async def _upload(request: Request, services: Services, idempotency_key: str | N
 async def list_photos(
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 24,
-    before: Annotated[float | None, Query(description="`next` of the previous page")] = None,
+    before: Annotated[
+        # NaN would reach Redis as a malformed score range (a 503): finite numbers only
+        float | None, Query(description="`next` of the previous page", allow_inf_nan=False)
+    ] = None,
 ) -> dict[str, Any]:
     """Recently processed photos, newest first, a page at a time."""
     top = f"({before}" if before is not None else "+inf"

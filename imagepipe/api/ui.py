@@ -83,14 +83,14 @@ def _serve(request: Request, name: str, extra: dict[str, str] | None = None) -> 
     return Response(asset.body, headers=headers, media_type=asset.content_type)
 
 
-@router.get("/", include_in_schema=False)
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
 async def page(request: Request) -> Response:
     """The upload page."""
     headers = {"Content-Security-Policy": PAGE_POLICY, "Referrer-Policy": "same-origin"}
     return _serve(request, "index.html", headers)
 
 
-@router.get("/static/{name}", include_in_schema=False)
+@router.api_route("/static/{name}", methods=["GET", "HEAD"], include_in_schema=False)
 async def static_file(name: str, request: Request) -> Response:
     """One of the page's assets (CSS, JavaScript, icon)."""
     return _serve(request, name)

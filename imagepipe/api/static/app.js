@@ -1,0 +1,647 @@
+// imagepipe's upload page. Each file is sent with XMLHttpRequest (for real upload progress)
+// under its own Idempotency-Key; its ticket is then followed live (Server-Sent Events, or
+// polling that honours Retry-After and ETag) until the photo is processed and backed up.
+
+const UPLOAD_SLOTS = 2; // files sent at once
+// EventSources held at once. Over HTTP/1.1 a browser opens six connections per host: more
+// streams would starve uploads and thumbnails, so further tickets join the batch poller.
+const STREAM_SLOTS = 3;
+const POLL_FLOOR_S = 1;
+const POLL_CAP_S = 30;
+const BACKUP_PATIENCE_S = 15 * 60; // the replication target; past it, stop asking
+const BATCH = 100; // the most ids GET /tickets takes at once
+const GALLERY_PAGE = 12;
+const CONFLICT_RETRIES = 20;
+const REFUSED = new Set([400, 413, 415, 422]); // the file itself is the problem: no retry
+const TERMINAL = new Set(["completed", "failed"]);
+const FORMAT_NAMES = { JPEG: "JPEG", PNG: "PNG", WEBP: "WebP", GIF: "GIF", HEIF: "HEIC" };
+const PREVIEWABLE = new Set(["image/jpeg", "image/png", "image/gif", "image/webp", "image/avif"]);
+const FALLBACK_CONFIG = {
+  max_upload_bytes: Infinity,
+  media_types: [],
+  extensions: [],
+  formats: [],
+  sizes: [],
+};
+
+const $ = (selector, root = document) => root.querySelector(selector);
+const JSON_HEADERS = { Accept: "application/json" };
+
+// Without the limits the page still works: the server judges every file anyway.
+const config = fetch("/ui/config", { headers: JSON_HEADERS })
+  .then((response) => (response.ok ? response.json() : FALLBACK_CONFIG))
+  .catch(() => FALLBACK_CONFIG);
+let currentConfig = FALLBACK_CONFIG; // the same, once loaded, for code that cannot wait
+config.then((loaded) => {
+  currentConfig = loaded;
+});
+
+// -- small helpers ----------------------------------------------------------------------
+
+function formatBytes(count) {
+  const units = ["bytes", "KB", "MB", "GB"];
+  let value = Number(count);
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  const digits = unit === 0 || value >= 10 ? 0 : 1;
+  return `${value.toFixed(digits).replace(/\.0$/, "")} ${units[unit]}`;
+}
+
+function listFormats(formats) {
+  const names = formats.map((format) => FORMAT_NAMES[format] ?? format);
+  return names.length > 1 ? `${names.slice(0, -1).join(", ")} or ${names.at(-1)}` : names[0] ?? "";
+}
+
+function sentence(text) {
+  const trimmed = String(text).trim();
+  const capital = trimmed.charAt(0).toUpperCase() + trimmed.slice(1);
+  return /[.!?]$/.test(capital) ? capital : `${capital}.`;
+}
+
+function newKey() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  // randomUUID needs a secure context; a LAN address over plain http gets a v4 UUID by hand
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+function retryAfterSeconds(value) {
+  const seconds = Number(value);
+  return Number.isFinite(seconds) && seconds > 0 ? seconds : 0;
+}
+
+function isTerminal(ticket) {
+  return Boolean(ticket) && TERMINAL.has(ticket.status);
+}
+
+// -- announcements for screen readers (batched: three completions make one message) -------
+
+const announcer = { pending: [], timer: 0 };
+
+function announce(message) {
+  announcer.pending.push(message);
+  clearTimeout(announcer.timer);
+  announcer.timer = setTimeout(() => {
+    $("#announcer").textContent = announcer.pending.join(". ");
+    announcer.pending = [];
+  }, 400);
+}
+
+// -- client-side checks: mirror the server's limits, refuse early, let it judge the rest ---
+
+function refusal(file, limits) {
+  if (file.size === 0) return "This file is empty.";
+  const extension = `.${file.name.split(".").pop().toLowerCase()}`;
+  const known = limits.media_types.includes(file.type) || limits.extensions.includes(extension);
+  // an unknown type ("") goes to the server, which sniffs the bytes; a known other type stops
+  if (!known && file.type !== "" && limits.formats.length) {
+    return `Not a photo we accept. Send ${listFormats(limits.formats)}.`;
+  }
+  if (file.size > limits.max_upload_bytes) {
+    return `Too large: ${formatBytes(file.size)}, and the limit is ${formatBytes(limits.max_upload_bytes)}.`;
+  }
+  return null;
+}
+
+function problemText(result) {
+  const body = result.body && typeof result.body === "object" ? result.body : {};
+  const detail = body.detail || body.title || `the server answered ${result.status}`;
+  return sentence(detail.replace(/(\d{4,}) bytes/g, (_, n) => formatBytes(n)));
+}
+
+// -- sizes: which rung makes a thumbnail, which one a link --------------------------------
+
+function sizeNames(available) {
+  const ladder = currentConfig.sizes.filter((s) => available.includes(s.name));
+  const plain = ladder.filter((s) => !s.crop).sort((a, b) => a.edge - b.edge);
+  if (!plain.length) return { thumb: available[0], thumb2x: available[0], large: available[0] };
+  const big = plain.findIndex((s) => s.edge >= 240); // sharp in a tile of ~100-200 px
+  const thumbIndex = big === -1 ? plain.length - 1 : big;
+  const thumb2x = plain[Math.min(plain.length - 1, thumbIndex + 1)];
+  return { thumb: plain[thumbIndex].name, thumb2x: thumb2x.name, large: plain.at(-1).name };
+}
+
+// -- one card per file --------------------------------------------------------------------
+
+class Card {
+  constructor(file) {
+    this.file = file;
+    this.key = newKey(); // kept across retries: however often it is sent, one photo
+    this.ticket = null;
+    this.conflicts = 0;
+    this.el = $("#card-template").content.firstElementChild.cloneNode(true);
+    this.part(".card-name").textContent = file.name;
+    this.part(".card-name").title = file.name;
+    this.part(".card-meta").textContent = formatBytes(file.size);
+    this.part("progress").setAttribute("aria-label", `Upload of ${file.name}`);
+    const retry = this.part(".retry");
+    retry.setAttribute("aria-label", `Retry upload of ${file.name}`);
+    retry.addEventListener("click", () => this.retry());
+    this.show("waiting", "Waiting");
+  }
+
+  part(selector) {
+    return $(selector, this.el);
+  }
+
+  show(state, pill, detail = "") {
+    const changed = this.el.dataset.state !== state;
+    this.el.dataset.state = state;
+    this.part(".pill").textContent = pill;
+    this.part(".detail").textContent = detail;
+    if (changed) updateSummary();
+  }
+
+  progress(fraction) {
+    const percent = Math.round(Math.min(1, fraction) * 100);
+    this.part("progress").value = percent;
+    this.part(".percent").textContent = `${percent}%`;
+  }
+
+  preview() {
+    if (!PREVIEWABLE.has(this.file.type) || this.previewUrl) return;
+    const img = this.part(".preview");
+    this.previewUrl = URL.createObjectURL(this.file);
+    img.addEventListener("error", () => this.dropPreview(), { once: true });
+    img.src = this.previewUrl;
+    img.hidden = false;
+  }
+
+  dropPreview() {
+    if (!this.previewUrl) return;
+    URL.revokeObjectURL(this.previewUrl);
+    this.previewUrl = null;
+    this.part(".preview").hidden = true;
+  }
+
+  uploading() {
+    this.progress(0);
+    this.preview();
+    this.show("uploading", "Uploading", "");
+  }
+
+  refuse(reason) {
+    this.show("refused", "Refused", reason);
+    this.part(".card-progress").hidden = true;
+    announce(`${this.file.name}: refused. ${reason}`);
+  }
+
+  fail(reason) {
+    this.show("error", "Not sent", `${reason} Your file is safe to send again.`);
+    this.part(".retry").hidden = false;
+    announce(`${this.file.name}: upload failed`);
+  }
+
+  retry() {
+    this.part(".retry").hidden = true;
+    this.el.focus(); // the button is gone: keep keyboard focus on this card
+    this.show("waiting", "Waiting", "Trying again…");
+    uploads.add(this);
+  }
+
+  // Apply a ticket from any source (upload answer, stream, poll); older versions are ignored.
+  update(ticket) {
+    if (this.ticket && ticket.version < this.ticket.version) return false;
+    const before = this.ticket;
+    this.ticket = ticket;
+    this.el.dataset.ticket = ticket.id;
+    this.el.dataset.backup = ticket.backup;
+    const [pill, detail] = describe(ticket);
+    this.show(ticket.status, pill, detail);
+    this.part(".detail").title = ticket.error ?? ""; // the server's own words, on hover
+    if (ticket.status === "completed") this.showPhoto(ticket.photo?.sizes ?? {});
+    this.part(".backup").hidden = !(ticket.status === "completed" && ticket.backup === "completed");
+    if (!isTerminal(before) && isTerminal(ticket)) announce(`${this.file.name}: ${pill}. ${detail}`);
+    return true;
+  }
+
+  showPhoto(sizes) {
+    const link = this.part(".thumb-link");
+    if (!link.hidden || !Object.keys(sizes).length) return;
+    const names = sizeNames(Object.keys(sizes));
+    const img = this.part(".thumb");
+    img.alt = this.file.name;
+    img.addEventListener("load", () => this.dropPreview(), { once: true });
+    img.srcset = `${sizes[names.thumb].url} 1x, ${sizes[names.thumb2x].url} 2x`;
+    img.src = sizes[names.thumb].url;
+    link.href = sizes[names.large].url;
+    link.setAttribute("aria-label", `Open ${this.file.name}, largest size`);
+    link.hidden = false;
+    this.showSizeLinks(sizes);
+  }
+
+  showSizeLinks(sizes) {
+    const holder = this.part(".card-sizes");
+    holder.replaceChildren("Sizes:");
+    const byArea = Object.entries(sizes).sort(([, a], [, b]) => a.width * a.height - b.width * b.height);
+    const shown = new Set(); // a small photo is never upscaled: several rungs can be one size
+    for (const [name, size] of byArea) {
+      const label = `${size.width}×${size.height}`;
+      if (shown.has(label)) continue;
+      shown.add(label);
+      const a = document.createElement("a");
+      a.href = size.url;
+      a.textContent = label;
+      a.title = `size ${name}`;
+      holder.append(a);
+    }
+    holder.hidden = false;
+  }
+}
+
+function describe(ticket) {
+  switch (ticket.status) {
+    case "queued":
+      return ["Queued", "Uploaded; waiting for a worker…"];
+    case "processing":
+      return ["Processing", "Making every size…"];
+    case "completed":
+      return ["Completed", largest(ticket.photo?.sizes ?? {})];
+    default:
+      return ["Failed", failure(ticket.error || "")];
+  }
+}
+
+// The worker's reasons are written for operators; say the common ones in plain words.
+const FAILURES = [
+  [/decodable|truncated|corrupt|broken/i, "The file is damaged or incomplete: it cannot be read as a photo."],
+  [/allowed format|accepted format/i, "This is not a photo in a format we accept."],
+  [/pixels/i, "The photo has more pixels than we can process."],
+  [/took longer than/i, "The photo took too long to decode."],
+  [/gave up after/i, "Processing kept failing on our side; please try again later."],
+];
+
+function failure(reason) {
+  const known = FAILURES.find(([pattern]) => pattern.test(reason));
+  return known ? known[1] : `Could not be processed: ${sentence(reason || "no reason given")}`;
+}
+
+function largest(sizes) {
+  const [top] = Object.values(sizes).sort((a, b) => b.width * b.height - a.width * a.height);
+  return top ? `${top.width} × ${top.height} px` : "";
+}
+
+let skippedFiles = 0; // from folders: hidden files and files that are not photos
+
+function updateSummary() {
+  const cards = [...document.querySelectorAll("#uploads .card")];
+  const count = (states) => cards.filter((c) => states.includes(c.dataset.state)).length;
+  const parts = [`${cards.length} ${cards.length === 1 ? "file" : "files"}`];
+  const done = count(["completed"]);
+  const busy = count(["waiting", "uploading", "queued", "processing"]);
+  const bad = count(["failed", "refused", "error"]);
+  if (done) parts.push(`${done} completed`);
+  if (busy) parts.push(`${busy} in progress`);
+  if (bad) parts.push(`${bad} not processed`);
+  if (skippedFiles) parts.push(`${skippedFiles} skipped (not photos)`);
+  const summary = $("#summary");
+  summary.textContent = parts.join(" · ");
+  summary.hidden = cards.length === 0 && !skippedFiles;
+}
+
+// -- uploads: a few at a time, each one XMLHttpRequest for its upload progress events ------
+
+const uploads = {
+  queue: [],
+  active: 0,
+
+  add(card) {
+    this.queue.push(card);
+    this.pump();
+  },
+
+  pump() {
+    while (this.active < UPLOAD_SLOTS && this.queue.length) {
+      const card = this.queue.shift();
+      this.active += 1;
+      upload(card).finally(() => {
+        this.active -= 1;
+        this.pump();
+      });
+    }
+  },
+};
+
+function send(card) {
+  return new Promise((resolve) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/photos");
+    xhr.setRequestHeader("Idempotency-Key", card.key);
+    xhr.setRequestHeader("Accept", "application/json");
+    xhr.responseType = "json";
+    xhr.upload.addEventListener("progress", (e) => e.lengthComputable && card.progress(e.loaded / e.total));
+    xhr.upload.addEventListener("load", () => card.progress(1));
+    xhr.addEventListener("load", () =>
+      resolve({ status: xhr.status, body: xhr.response, retryAfter: xhr.getResponseHeader("Retry-After") }),
+    );
+    xhr.addEventListener("error", () => resolve({ status: 0 }));
+    const form = new FormData();
+    form.append("file", card.file, card.file.name);
+    xhr.send(form);
+  });
+}
+
+async function upload(card) {
+  card.uploading();
+  const result = await send(card);
+  if ((result.status === 202 || result.status === 200) && result.body?.id) {
+    render(card, result.body);
+    follow(card);
+  } else if (result.status === 202 || result.status === 200) {
+    card.fail("The server's answer was cut off.");
+  } else if (result.status === 409 && card.conflicts++ < CONFLICT_RETRIES) {
+    // the same key is still in flight (an earlier try the server is finishing): wait for it
+    card.show("waiting", "Waiting", "An earlier try is still arriving…");
+    setTimeout(() => uploads.add(card), (retryAfterSeconds(result.retryAfter) || 1) * 1000);
+  } else if (REFUSED.has(result.status)) {
+    card.refuse(problemText(result));
+  } else if (result.status === 0) {
+    card.fail("The connection dropped before the upload finished.");
+  } else {
+    card.fail(`The server could not take it: ${problemText(result)}`);
+  }
+}
+
+// -- following tickets: a stream while slots last, else (or after a failure) polling -------
+
+const streams = { open: 0, work: "EventSource" in window };
+
+function render(card, ticket) {
+  if (card.update(ticket) && ticket.status === "completed") gallery.add(ticket);
+}
+
+function follow(card) {
+  if (isTerminal(card.ticket)) return finished(card);
+  if (streams.work && streams.open < STREAM_SLOTS) return stream(card);
+  return poller.watch(card);
+}
+
+// The stream ends at a terminal state, before the backup copy exists: poll for that.
+function finished(card) {
+  if (card.ticket.status === "completed" && card.ticket.backup === "pending") poller.watch(card);
+}
+
+function stream(card) {
+  const id = card.ticket.id;
+  const source = new EventSource(card.ticket.links?.events ?? `/tickets/${id}/events`);
+  let heard = false;
+  let open = true;
+  streams.open += 1;
+  const stop = () => {
+    source.close(); // closed by hand: EventSource would otherwise reconnect forever
+    if (open) streams.open -= 1;
+    open = false;
+  };
+  source.addEventListener("ticket", (event) => {
+    heard = true;
+    render(card, JSON.parse(event.data));
+    if (isTerminal(card.ticket)) {
+      stop();
+      finished(card);
+    }
+  });
+  source.addEventListener("error", () => {
+    stop();
+    // never a single event: streams are blocked or buffered here, so poll from now on
+    if (!heard) streams.work = false;
+    poller.watch(card);
+  });
+}
+
+class Poller {
+  constructor() {
+    this.cards = new Map(); // ticket id -> card
+    this.etags = new Map(); // url -> ETag of the last 200
+    this.timer = 0;
+    this.idle = POLL_FLOOR_S;
+  }
+
+  watch(card) {
+    this.cards.set(card.ticket.id, card);
+    if (!this.timer) this.wake(POLL_FLOOR_S);
+  }
+
+  wake(seconds) {
+    this.timer = setTimeout(() => this.poll(), seconds * 1000);
+  }
+
+  async poll() {
+    const ids = [...this.cards.keys()];
+    let retryAfter = 0;
+    let changed = false;
+    for (let start = 0; start < ids.length; start += BATCH) {
+      const answer = await this.fetch(ids.slice(start, start + BATCH));
+      retryAfter = Math.max(retryAfter, answer.retryAfter);
+      if (answer.tickets) changed = this.apply(answer.tickets) || changed;
+    }
+    // the server's Retry-After when it sends one; otherwise back off while nothing moves
+    this.idle = changed ? POLL_FLOOR_S : Math.min(POLL_CAP_S, this.idle * 1.5);
+    this.timer = 0;
+    if (this.cards.size) this.wake(retryAfter || this.idle);
+  }
+
+  // One ticket: GET /tickets/{id}. Many: GET /tickets?ids=..., never one poller per file.
+  async fetch(ids) {
+    const url = ids.length === 1 ? `/tickets/${ids[0]}` : `/tickets?ids=${ids.join(",")}`;
+    const headers = { ...JSON_HEADERS };
+    if (this.etags.has(url)) headers["If-None-Match"] = this.etags.get(url);
+    let response;
+    try {
+      // no-store: the browser must not answer from its cache; a 304 should reach us
+      response = await fetch(url, { headers, cache: "no-store" });
+    } catch {
+      return { tickets: null, retryAfter: 0 }; // offline for now: the next round retries
+    }
+    const retryAfter = retryAfterSeconds(response.headers.get("Retry-After"));
+    if (response.status === 404 && ids.length === 1) return { tickets: { [ids[0]]: null }, retryAfter };
+    if (response.status !== 200) return { tickets: null, retryAfter };
+    this.etags.clear(); // only the newest set of ids is asked again
+    this.etags.set(url, response.headers.get("ETag"));
+    const body = await response.json();
+    return { tickets: ids.length === 1 ? { [ids[0]]: body } : body.tickets, retryAfter };
+  }
+
+  apply(tickets) {
+    let changed = false;
+    for (const [id, ticket] of Object.entries(tickets)) {
+      const card = this.cards.get(id);
+      if (!card) continue;
+      const before = card.ticket;
+      if (ticket === null) {
+        card.show("failed", "Unknown", "The server no longer knows this upload.");
+      } else {
+        render(card, ticket);
+        changed ||= ticket.version !== before.version || ticket.backup !== before.backup;
+      }
+      if (ticket === null || this.settled(card)) this.cards.delete(id);
+    }
+    return changed;
+  }
+
+  settled(card) {
+    const ticket = card.ticket;
+    if (!isTerminal(ticket)) return false;
+    if (ticket.status !== "completed" || ticket.backup !== "pending") return true;
+    card.completedAt ??= Date.now();
+    return Date.now() - card.completedAt > BACKUP_PATIENCE_S * 1000;
+  }
+}
+
+const poller = new Poller();
+
+// -- the gallery: recent photos, newest first, a page at a time ----------------------------
+
+const gallery = {
+  ids: new Set(),
+  next: null,
+
+  tile(photoId, urls) {
+    const names = sizeNames(Object.keys(urls));
+    const item = document.createElement("li");
+    const link = document.createElement("a");
+    const img = document.createElement("img");
+    link.href = urls[names.large];
+    img.src = urls[names.thumb];
+    img.srcset = `${urls[names.thumb]} 1x, ${urls[names.thumb2x]} 2x`;
+    img.alt = `Photo ${photoId.slice(0, 8)}`;
+    img.loading = "lazy";
+    img.decoding = "async";
+    link.append(img);
+    item.append(link);
+    item.dataset.photo = photoId;
+    this.ids.add(photoId);
+    return item;
+  },
+
+  async load(older = false) {
+    await config;
+    const params = new URLSearchParams({ limit: GALLERY_PAGE });
+    if (older) params.set("before", this.next);
+    let page;
+    try {
+      const response = await fetch(`/photos?${params}`, { headers: JSON_HEADERS });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      page = await response.json();
+    } catch {
+      $("#gallery-status").textContent = "Recent photos could not be loaded; reload to try again.";
+      return;
+    }
+    const fresh = page.photos.filter((p) => !this.ids.has(p.id)).map((p) => this.tile(p.id, p.sizes));
+    $("#gallery").append(...fresh);
+    if (older && fresh.length) $("a", fresh[0]).focus(); // keyboard users land on what is new
+    this.next = page.next;
+    $("#gallery-more").hidden = page.next === null;
+    this.status();
+  },
+
+  add(ticket) {
+    if (this.ids.has(ticket.photo_id) || !ticket.photo) return;
+    const urls = Object.fromEntries(Object.entries(ticket.photo.sizes).map(([n, s]) => [n, s.url]));
+    $("#gallery").prepend(this.tile(ticket.photo_id, urls));
+    this.status();
+  },
+
+  status() {
+    const count = this.ids.size;
+    $("#gallery-status").textContent = count ? "" : "No photos yet: upload one above.";
+    $("#gallery-status").hidden = count > 0;
+  },
+};
+
+// -- choosing files: picker, folder picker, drag and drop anywhere on the page -------------
+
+async function addFiles(files, { folder = false } = {}) {
+  const limits = await config;
+  let skipped = 0;
+  for (const file of files) {
+    const why = refusal(file, limits);
+    // in a folder, hidden files and non-photos are skipped quietly (counted, not carded)
+    if (folder && (file.name.startsWith(".") || why)) {
+      skipped += 1;
+      continue;
+    }
+    const card = new Card(file);
+    $("#uploads").append(card.el);
+    if (why) card.refuse(why);
+    else uploads.add(card);
+  }
+  skippedFiles += skipped;
+  updateSummary();
+}
+
+function readEntry(entry) {
+  if (entry.isFile) return new Promise((resolve, reject) => entry.file((f) => resolve([f]), reject));
+  const reader = entry.createReader();
+  const batch = () => new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+  // readEntries answers in batches until it answers with none
+  const all = async (found) => {
+    const entries = await batch();
+    if (!entries.length) return found;
+    const nested = await Promise.all(entries.map(readEntry));
+    return all(found.concat(...nested));
+  };
+  return all([]);
+}
+
+async function dropped(transfer) {
+  // entries must be taken now: the DataTransfer empties once the event returns
+  const entries = [...transfer.items].map((item) => item.webkitGetAsEntry?.()).filter(Boolean);
+  const files = [...transfer.files];
+  if (!entries.some((entry) => entry.isDirectory)) return addFiles(files);
+  const nested = await Promise.all(entries.map(readEntry));
+  return addFiles(nested.flat(), { folder: true });
+}
+
+function setUpDropping() {
+  const zone = $("#drop-zone");
+  let depth = 0; // dragenter/dragleave fire for every child crossed: count to know we left
+  const carriesFiles = (e) => [...(e.dataTransfer?.types ?? [])].includes("Files");
+  window.addEventListener("dragenter", (e) => {
+    if (!carriesFiles(e)) return;
+    depth += 1;
+    zone.classList.add("dragging");
+  });
+  window.addEventListener("dragleave", () => {
+    depth = Math.max(0, depth - 1);
+    if (!depth) zone.classList.remove("dragging");
+  });
+  // anywhere on the page is a drop target, so a near miss never navigates away to the file
+  window.addEventListener("dragover", (e) => carriesFiles(e) && e.preventDefault());
+  window.addEventListener("drop", (e) => {
+    if (!carriesFiles(e)) return;
+    e.preventDefault();
+    depth = 0;
+    zone.classList.remove("dragging");
+    dropped(e.dataTransfer);
+  });
+}
+
+function setUpPickers() {
+  for (const [selector, folder] of [["#file-input", false], ["#folder-input", true]]) {
+    const input = $(selector);
+    input.addEventListener("change", () => {
+      addFiles([...input.files], { folder });
+      input.value = ""; // choosing the same file again still counts as a change
+    });
+  }
+}
+
+async function showLimits() {
+  const limits = await config;
+  if (!limits.formats.length) return;
+  const accept = [...limits.media_types, ...limits.extensions].join(",");
+  $("#file-input").accept = accept;
+  $("#limits").textContent = `${listFormats(limits.formats)}, up to ${formatBytes(limits.max_upload_bytes)} each.`;
+}
+
+setUpPickers();
+setUpDropping();
+showLimits();
+gallery.load();
+$("#gallery-more").addEventListener("click", () => gallery.load(true));

@@ -1,0 +1,261 @@
+"""A whole imagepipe deployment on loopback, for fault injection: every role a real process,
+its own Valkey (with AOF) and its own backup S3 (`rclone serve s3`), each killable and
+restartable, and the invariants every fault must leave true."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+
+from imagepipe.embedded import EmbeddedS3, EmbeddedValkey, free_port
+
+BUCKET = "backup"
+ACCESS, SECRET = "faults-key", "faults-secret"
+TERMINAL = ("completed", "failed")
+
+# short leases and backoffs so a fault test finishes in seconds, not minutes
+FAST = {
+    "IMAGEPIPE_JOB_TIMEOUT_S": "8",
+    "IMAGEPIPE_DECODE_TIMEOUT_S": "6",
+    "IMAGEPIPE_WORKER_CONCURRENCY": "2",
+    "IMAGEPIPE_CALLBACK_BACKOFF_CAP_S": "1",
+    "IMAGEPIPE_REPLICATION_BACKOFF_CAP_S": "1",
+    "IMAGEPIPE_REPLICATION_CLAIM_IDLE_MS": "3000",
+    "IMAGEPIPE_AUDIT_INTERVAL_S": "3600",
+    "IMAGEPIPE_S3_CONNECT_TIMEOUT_MS": "1000",
+    "IMAGEPIPE_S3_READ_TIMEOUT_MS": "5000",
+}
+ROLES = {"api": ["api", "--host", "127.0.0.1"], "worker": ["worker"], "replicator": ["replicator"]}
+
+
+@dataclass
+class Upload:
+    """An upload the API accepted (2xx): what the invariants hold it to."""
+
+    ticket_id: str
+    photo_id: str
+    sha256: str
+    key: str | None = None
+
+
+@dataclass
+class Cluster:
+    """The deployment under test."""
+
+    root: Path
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    uploads: list[Upload] = field(default_factory=list)
+    killed: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.valkey = EmbeddedValkey(self.root)
+        self.s3 = EmbeddedS3(self.root, BUCKET, ACCESS, SECRET)
+        self.logs = self.root / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def primary(self) -> Path:
+        return self.root / "primary"
+
+    def start(self, roles: tuple[str, ...] = tuple(ROLES)) -> None:
+        """Start the servers, then the roles."""
+        self.valkey.start()
+        self.s3.start()
+        for role in roles:
+            self.start_role(role)
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """What an operator sets for every role."""
+        return {
+            **os.environ,
+            **FAST,
+            "IMAGEPIPE_DATA_DIR": str(self.root),
+            "IMAGEPIPE_REDIS_URL": self.valkey.url,
+            "IMAGEPIPE_BACKUP_S3_ENDPOINT": self.s3.url,
+            "IMAGEPIPE_BACKUP_S3_BUCKET": BUCKET,
+            "AWS_ACCESS_KEY_ID": ACCESS,
+            "AWS_SECRET_ACCESS_KEY": SECRET,
+            "IMAGEPIPE_CALLBACK_URL": f"{self.url}/internal/callbacks",
+            "IMAGEPIPE_CALLBACK_SECRET": "faults-callback-secret",
+            **self.env_overrides,
+            **(extra or {}),
+        }
+
+    def start_role(self, role: str, extra_env: dict[str, str] | None = None) -> None:
+        """Start (or restart) one role as its own process."""
+        args = [*ROLES[role], *(["--port", str(self.port)] if role == "api" else [])]
+        log = (self.logs / f"{role}.log").open("ab")
+        self.procs[role] = subprocess.Popen(
+            [sys.executable, "-m", "imagepipe", *args],
+            env=self.env(extra_env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()  # the child holds its own descriptor
+        self.killed.discard(role)
+
+    def kill(self, role: str, sig: int = signal.SIGKILL) -> None:
+        """Kill one role on purpose (the invariants excuse it)."""
+        proc = self.procs[role]
+        proc.send_signal(sig)
+        proc.wait(20)
+        self.killed.add(role)
+
+    def dead_roles(self) -> list[str]:
+        """Roles that died without being killed on purpose."""
+        return [r for r, p in self.procs.items() if r not in self.killed and p.poll() is not None]
+
+    def stop(self) -> None:
+        """SIGTERM every role, then the servers."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.s3.stop()
+        self.valkey.stop()
+
+    def log(self, role: str) -> str:
+        return (self.logs / f"{role}.log").read_text(errors="replace")
+
+    # -- client side -----------------------------------------------------------------------
+
+    async def wait_ready(self, timeout_s: float = 30) -> None:
+        async with httpx.AsyncClient(base_url=self.url) as client:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"the API never became ready:\n{self.log('api')[-3000:]}")
+
+    async def upload(
+        self, client: httpx.AsyncClient, data: bytes, key: str | None = None
+    ) -> Upload | None:
+        """POST one photo; remember it when accepted."""
+        headers = {"content-type": "image/jpeg", **({"idempotency-key": key} if key else {})}
+        response = await client.post(f"{self.url}/photos", content=data, headers=headers)
+        if response.status_code >= 300:
+            return None
+        body = response.json()
+        accepted = Upload(body["id"], body["photo_id"], hashlib.sha256(data).hexdigest(), key)
+        self.uploads.append(accepted)
+        return accepted
+
+    async def tickets(self, client: httpx.AsyncClient) -> dict[str, Any]:
+        ids = ",".join(u.ticket_id for u in self.uploads)
+        response = await client.get(f"{self.url}/tickets", params={"ids": ids})
+        return response.json()["tickets"]  # type: ignore[no-any-return]
+
+    async def wait_for(
+        self, client: httpx.AsyncClient, what: str, timeout_s: float = 60
+    ) -> dict[str, Any]:
+        """Until every ticket is terminal (`what="terminal"`) or also backed up (`"backup"`)."""
+        deadline = time.monotonic() + timeout_s
+        tickets: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                tickets = await self.tickets(client)
+            except httpx.TransportError:
+                tickets = {}
+            if tickets and all(_done(t, what) for t in tickets.values()):
+                return tickets
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"not {what} after {timeout_s} s: {tickets}")
+
+    # -- the invariants ----------------------------------------------------------------------
+
+    async def violations(self, client: httpx.AsyncClient) -> list[str]:
+        """Every invariant of issue 3, checked; an empty list means all hold."""
+        tickets = await self.tickets(client)
+        found: list[str] = []
+        for upload in self.uploads:
+            found += self._original_intact(upload)
+            found += _ticket_sound(upload, tickets.get(upload.ticket_id), self.primary)
+        found += self._backup_matches_primary()
+        found += _one_photo_per_key(self.uploads)
+        found += [f"temp file left: {p}" for p in self.primary.rglob(".*.tmp")]
+        found += [f"{role} died" for role in self.dead_roles()]
+        return found
+
+    def _original_intact(self, upload: Upload) -> list[str]:
+        matches = list((self.primary / "originals").glob(f"{upload.photo_id}.*"))
+        if len(matches) != 1:
+            return [f"{upload.photo_id}: {len(matches)} originals on primary"]
+        if hashlib.sha256(matches[0].read_bytes()).hexdigest() != upload.sha256:
+            return [f"{upload.photo_id}: original differs from what was uploaded"]
+        return []
+
+    def _backup_matches_primary(self) -> list[str]:
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=self.s3.url,
+            region_name="us-east-1",
+            aws_access_key_id=ACCESS,
+            aws_secret_access_key=SECRET,
+        )
+        wrong = []
+        for path in (p for p in self.primary.rglob("*") if p.is_file()):
+            key = path.relative_to(self.primary).as_posix()
+            try:
+                copy = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+            except s3.exceptions.NoSuchKey:
+                wrong.append(f"{key}: not in backup")
+                continue
+            if hashlib.sha256(copy).digest() != hashlib.sha256(path.read_bytes()).digest():
+                wrong.append(f"{key}: backup copy differs")
+        return wrong
+
+
+def _done(ticket: dict[str, Any] | None, what: str) -> bool:
+    if ticket is None or ticket["status"] not in TERMINAL:
+        return False
+    return what == "terminal" or ticket["backup"] == "completed"
+
+
+def _ticket_sound(upload: Upload, ticket: dict[str, Any] | None, primary: Path) -> list[str]:
+    if ticket is None:
+        return [f"{upload.ticket_id}: ticket lost"]
+    if ticket["status"] not in TERMINAL:
+        return [f"{upload.ticket_id}: still {ticket['status']}"]
+    if ticket["status"] == "completed":
+        sizes = ticket["photo"]["sizes"]
+        missing = [
+            n
+            for n in sizes
+            if not (primary / "derivatives" / upload.photo_id / f"{n}.jpg").exists()
+        ]
+        return [f"{upload.ticket_id}: derivative {n} missing" for n in missing]
+    return []
+
+
+def _one_photo_per_key(uploads: list[Upload]) -> list[str]:
+    photos: dict[str, set[str]] = {}
+    for upload in uploads:
+        if upload.key:
+            photos.setdefault(upload.key, set()).add(upload.photo_id)
+    return [f"key {k}: {len(v)} photos" for k, v in photos.items() if len(v) > 1]

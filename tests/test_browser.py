@@ -1,0 +1,447 @@
+"""The upload page in a real Chromium, against a running stack.
+
+Playwright drives Debian's ``/usr/bin/chromium`` (no browser download: none would work here).
+The stack is real: the API over HTTP (uvicorn in a thread), and the worker and replicator as
+separate processes, as an operator runs them; tickets really complete and really get backed
+up. One stack serves the whole module, so checks on the server side count what a test adds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import pytest
+from playwright.async_api import Browser, Page, Playwright, Request, Route, async_playwright, expect
+from redis.asyncio import Redis
+
+from imagepipe import keys
+from imagepipe.config import Settings
+from tests import images
+from tests.conftest import free_port
+from tests.stack import api_server
+from tests.test_e2e import role_env, stop_all
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+MAX_BYTES = 3 * 1024 * 1024  # small, so an oversized file is quick to make
+DONE_MS = 30_000  # resize + callback + backup on a busy 2-core machine
+POLLS = re.compile(r"/tickets(\?ids=|/[^/?]+$)")  # ticket polls, not event streams
+
+
+@dataclass
+class Stack:
+    """The running stack, and what the server side holds."""
+
+    url: str
+    settings: Settings
+    redis: Redis
+
+    def originals(self) -> int:
+        """Originals on primary storage: one per photo ever accepted."""
+        folder = self.settings.primary_root / keys.ORIGINALS
+        return len(list(folder.iterdir())) if folder.exists() else 0
+
+    async def tickets(self) -> int:
+        """Tickets in Redis."""
+        return len(await self.redis.keys(keys.ticket("*")))
+
+
+@pytest.fixture(scope="module")
+def stack_settings(
+    tmp_path_factory: pytest.TempPathFactory, valkey_url: str, s3_endpoint: str
+) -> Settings:
+    """Settings for the module's stack: its own data dir, port and backup bucket."""
+    bucket = "browser-tests"
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    ).create_bucket(Bucket=bucket)
+    port = free_port()
+    return Settings.model_validate(
+        {
+            "data_dir": tmp_path_factory.mktemp("browser") / "storage",
+            "port": port,
+            "callback_url": f"http://127.0.0.1:{port}/internal/callbacks",
+            "redis_url": valkey_url,
+            "backup_s3_endpoint": s3_endpoint,
+            "backup_s3_bucket": bucket,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "callback_secret": "test-secret",
+            "max_upload_bytes": MAX_BYTES,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def roles(
+    stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """The worker and the replicator as real processes (stopped, and checked, afterwards)."""
+    logs = tmp_path_factory.mktemp("browser-logs")
+    with ExitStack() as stack:
+        procs = {
+            name: subprocess.Popen(
+                [sys.executable, "-m", "imagepipe", name],
+                env=role_env(stack_settings),
+                stdout=stack.enter_context((logs / f"{name}.log").open("wb")),
+                stderr=subprocess.STDOUT,
+            )
+            for name in ("worker", "replicator")
+        }
+        try:
+            yield procs
+        finally:
+            stop_all(procs, logs)
+
+
+@pytest.fixture(scope="module")
+async def stack(stack_settings: Settings, valkey_url: str) -> AsyncIterator[Stack]:
+    """A flushed Valkey, then the API; the roles start once the data is clean."""
+    redis: Redis = Redis.from_url(valkey_url)
+    await redis.flushall()
+    with api_server(stack_settings) as url:
+        yield Stack(url, stack_settings, redis)
+    await redis.aclose()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    """Debian's Chromium; a clear failure (not a skip) when it is missing."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium); "
+            ".ci/run does this in CI",
+            pytrace=False,
+        )
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+async def browser(chromium: Path, stack: Stack, roles: object) -> AsyncIterator[Browser]:
+    """One headless Chromium for the module."""
+    async with async_playwright() as driver:
+        yield await launch(driver, chromium)
+
+
+async def launch(driver: Playwright, chromium: Path) -> Browser:
+    """Chromium with nothing that reaches the network on its own."""
+    return await driver.chromium.launch(
+        executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
+    )
+
+
+@dataclass
+class Tab:
+    """A page on the stack, with what it logged and requested."""
+
+    page: Page
+    errors: list[str] = field(default_factory=list)
+    requests: list[tuple[float, Request]] = field(default_factory=list)
+
+    def sent(self, method: str, pattern: re.Pattern[str] | str) -> list[Request]:
+        """Requests made so far with this method whose URL matches."""
+        return [r for _, r in self.requests if r.method == method and re.search(pattern, r.url)]
+
+
+@pytest.fixture
+async def tab(browser: Browser, stack: Stack) -> AsyncIterator[Tab]:
+    """A fresh browser context on the page's origin, console errors collected."""
+    context = await browser.new_context(base_url=stack.url, viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    tab = Tab(page)
+    page.on("console", lambda m: tab.errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda exc: tab.errors.append(str(exc)))
+    page.on("request", lambda r: tab.requests.append((time.monotonic(), r)))
+    yield tab
+    await context.close()
+
+
+def photo_files(folder: Path) -> list[Path]:
+    """Three real photos: from $IMAGEPIPE_CORPUS when it has them, else made here."""
+    corpus = os.environ.get("IMAGEPIPE_CORPUS")
+    found = sorted(Path(corpus).glob("Landscape_[1-3].jpg")) if corpus else []
+    if len(found) == 3:
+        return found
+    made = {
+        "meadow.jpg": images.jpeg(1600, 1200),
+        "harbour.webp": images.webp(1200, 800),
+        "tower.jpg": images.jpeg(900, 1200, orientation=6),
+    }
+    for name, data in made.items():
+        (folder / name).write_bytes(data)
+    return [folder / name for name in made]
+
+
+async def eventually(check: Callable[[], bool], timeout_s: float = 10) -> None:
+    """Wait until ``check()`` holds."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.05)
+
+
+async def open_page(tab: Tab) -> None:
+    """Load the page and wait until it knows the server's limits."""
+    await tab.page.goto("/")
+    await expect(tab.page.locator("#limits")).to_contain_text("up to 3 MB")
+
+
+async def wait_completed(tab: Tab, count: int) -> None:
+    """Every card completed (and the expected number of them)."""
+    cards = tab.page.locator("#uploads .card")
+    await expect(cards).to_have_count(count)
+    for i in range(count):
+        await expect(cards.nth(i)).to_have_attribute("data-state", "completed", timeout=DONE_MS)
+
+
+async def test_three_photos_upload_complete_and_get_backed_up(
+    tab: Tab, stack: Stack, tmp_path: Path
+) -> None:
+    page = tab.page
+    await open_page(tab)
+    before = stack.originals()
+    await page.set_input_files("#file-input", photo_files(tmp_path))
+    await wait_completed(tab, 3)
+    cards = page.locator("#uploads .card")
+    for i in range(3):
+        await expect(cards.nth(i).locator("progress")).to_have_js_property("value", 100)
+        await expect(cards.nth(i).locator(".backup")).to_be_visible(timeout=DONE_MS)
+    thumbs = page.locator("#uploads .thumb")
+    await expect(thumbs).to_have_count(3)
+    for i in range(3):
+        await expect(thumbs.nth(i)).to_have_js_property("complete", True)
+        assert await thumbs.nth(i).evaluate("img => img.naturalWidth") > 0
+    await expect(page.locator("#gallery li")).to_have_count(3)
+    assert stack.originals() == before + 3
+    assert tab.errors == []
+    await page.screenshot(path=tmp_path / "upload-page.png", full_page=True)
+    assert (tmp_path / "upload-page.png").stat().st_size > 10_000
+
+
+async def test_sse_delivers_the_completion(tab: Tab, tmp_path: Path) -> None:
+    # polls answer nothing at all: a completed card can only have heard it from the stream
+    await tab.page.route(POLLS, lambda route: route.abort())
+    await open_page(tab)
+    await tab.page.set_input_files("#file-input", photo_files(tmp_path)[:1])
+    await wait_completed(tab, 1)
+    assert tab.sent("GET", r"/tickets/[^/]+/events$")
+
+
+@contextmanager
+def paused(*procs: subprocess.Popen[bytes]) -> Iterator[None]:
+    """SIGSTOP roles for the block: tickets (and backups) hold still until they resume."""
+    for proc in procs:
+        proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGCONT)
+
+
+async def test_polling_completes_when_streams_are_blocked(
+    tab: Tab, roles: dict[str, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    polls: list[tuple[float, int]] = []
+
+    async def ask_for_a_longer_wait(route: Route) -> None:
+        answer = await route.fetch()
+        headers = {**answer.headers, **({} if polls else {"retry-after": "2"})}
+        polls.append((time.monotonic(), answer.status))
+        await route.fulfill(response=answer, headers=headers)
+
+    await tab.page.route("**/events", lambda route: route.abort())
+    await tab.page.route(POLLS, ask_for_a_longer_wait)
+    await open_page(tab)
+    with paused(roles["worker"], roles["replicator"]):
+        await tab.page.set_input_files("#file-input", photo_files(tmp_path)[:2])
+        await expect(tab.page.locator('#uploads .card[data-state="queued"]')).to_have_count(2)
+        await eventually(lambda: len(polls) > 1)
+    await wait_completed(tab, 2)
+    await expect(tab.page.locator("#uploads .backup").nth(1)).to_be_visible(timeout=DONE_MS)
+    assert polls[1][0] - polls[0][0] >= 1.9, "the page waits as long as Retry-After says"
+    assert polls[1][1] == 304, "nothing changed: the ETag saved a body"
+    assert all("?ids=" in r.url for r in tab.sent("GET", POLLS)), "two tickets, one batch poll"
+
+
+async def test_a_photo_the_worker_cannot_read_fails_in_plain_words(
+    tab: Tab, tmp_path: Path
+) -> None:
+    broken = tmp_path / "cut-short.jpg"
+    broken.write_bytes(images.truncated(images.jpeg(1600, 1200), 0.4))  # a header, half a body
+    await open_page(tab)
+    await tab.page.set_input_files("#file-input", [broken])
+    card = tab.page.locator("#uploads .card")
+    await expect(card).to_have_attribute("data-state", "failed", timeout=DONE_MS)
+    await expect(card).to_contain_text("damaged or incomplete")
+    await expect(card.locator(".detail")).to_have_attribute("title", re.compile("decodable"))
+
+
+async def test_refused_files_say_why_and_make_no_ticket(
+    tab: Tab, stack: Stack, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo")
+    huge = tmp_path / "huge.jpg"
+    huge.write_bytes(images.jpeg(64, 64) + bytes(MAX_BYTES))
+    tickets, originals = await stack.tickets(), stack.originals()
+    await open_page(tab)
+    await tab.page.set_input_files("#file-input", [notes, huge])
+    cards = tab.page.locator("#uploads .card")
+    await expect(cards.nth(0)).to_have_attribute("data-state", "refused")
+    await expect(cards.nth(0)).to_contain_text("Not a photo we accept")
+    await expect(cards.nth(1)).to_have_attribute("data-state", "refused")
+    await expect(cards.nth(1)).to_contain_text("Too large")
+    assert tab.sent("POST", "/photos$") == []  # refused before anything was sent
+    assert tab.errors == []
+    assert (await stack.tickets(), stack.originals()) == (tickets, originals)
+
+
+async def test_the_server_judges_what_the_page_lets_through(
+    tab: Tab, stack: Stack, tmp_path: Path
+) -> None:
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("text in a photo's name")
+    huge = tmp_path / "huge.jpg"
+    huge.write_bytes(images.jpeg(64, 64) + bytes(MAX_BYTES))
+    await tab.page.route("**/ui/config", lambda route: route.fulfill(json=LAX_CONFIG))
+    tickets, originals = await stack.tickets(), stack.originals()
+    await tab.page.goto("/")
+    await expect(tab.page.locator("#limits")).to_contain_text("1024 GB")
+    await tab.page.unroute("**/ui/config")
+    await tab.page.set_input_files("#file-input", [fake, huge])
+    cards = tab.page.locator("#uploads .card")
+    await expect(cards.nth(0)).to_have_attribute("data-state", "refused")
+    await expect(cards.nth(0)).to_contain_text("Not an image in an accepted format")
+    await expect(cards.nth(1)).to_have_attribute("data-state", "refused")
+    await expect(cards.nth(1)).to_contain_text("larger than 3 MB")
+    assert len(tab.sent("POST", "/photos$")) == 2
+    assert (await stack.tickets(), stack.originals()) == (tickets, originals)
+
+
+LAX_CONFIG = {
+    "max_upload_bytes": 1 << 40,
+    "max_pixels": 1 << 40,
+    "formats": ["JPEG"],
+    "media_types": ["image/jpeg", "text/plain"],
+    "extensions": [".jpg"],
+    "sizes": [],
+}
+
+
+class FlakyLink:
+    """A TCP proxy in front of the API that breaks the answer to the first upload.
+
+    The server receives the whole upload and answers it; the browser sees the connection die
+    in the middle of that answer (after its first bytes, so Chromium cannot quietly resend).
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream_port = int(upstream.rsplit(":", 1)[1])
+        self.armed = True
+        self.clients: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def stop(self) -> None:
+        self.server.close()
+        for writer in self.clients:
+            writer.transport.abort()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.clients.add(writer)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        uploading = asyncio.Event()
+        await asyncio.gather(
+            self._up(reader, up_writer, uploading),
+            self._down(up_reader, writer, uploading),
+            return_exceptions=True,
+        )
+        up_writer.transport.abort()
+        writer.transport.abort()
+        self.clients.discard(writer)
+
+    async def _up(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, uploading: asyncio.Event
+    ) -> None:
+        while data := await reader.read(1 << 16):
+            if data.startswith(b"POST /photos "):
+                uploading.set()
+            writer.write(data)
+            await writer.drain()
+
+    async def _down(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, uploading: asyncio.Event
+    ) -> None:
+        while data := await reader.read(1 << 16):
+            if uploading.is_set() and self.armed:
+                self.armed = False
+                # the status and headers, then the connection dies mid-body
+                writer.write(data[: data.find(b"\r\n\r\n") + 10])
+                await writer.drain()
+                writer.transport.abort()
+                return
+            writer.write(data)
+            await writer.drain()
+
+
+@pytest.fixture
+async def flaky_url(stack: Stack) -> AsyncIterator[str]:
+    """The API behind a link that drops the first upload's answer."""
+    link = FlakyLink(stack.url)
+    yield await link.start()
+    await link.stop()
+
+
+async def test_a_retry_after_a_network_failure_reuses_the_key(
+    tab: Tab, stack: Stack, flaky_url: str, tmp_path: Path
+) -> None:
+    originals = stack.originals()
+    await tab.page.goto(f"{flaky_url}/")
+    await tab.page.set_input_files("#file-input", photo_files(tmp_path)[:1])
+    card = tab.page.locator("#uploads .card")
+    await expect(card).to_have_attribute("data-state", "error")
+    assert stack.originals() == originals + 1  # the server has it; the browser cannot know
+    await card.get_by_role("button", name=re.compile("Retry upload")).click()
+    await wait_completed(tab, 1)
+    sent = [await r.header_value("idempotency-key") for r in tab.sent("POST", "/photos$")]
+    assert len(sent) == 2 and sent[0] == sent[1] and sent[0]
+    assert stack.originals() == originals + 1  # one photo, not two
+
+
+async def test_the_page_works_by_keyboard_and_at_phone_width(tab: Tab) -> None:
+    page = tab.page
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await open_page(tab)
+    for focused in (".skip-link", "#file-input", "#folder-input"):
+        await page.keyboard.press("Tab")
+        await expect(page.locator(focused)).to_be_focused()
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert tab.errors == []

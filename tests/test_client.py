@@ -1,0 +1,196 @@
+"""`imagepipe upload` against a real API (uvicorn on a real Valkey) and a burst worker."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from imagepipe import cli, client, keys
+from imagepipe.client import EXIT_FAILED, EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE, Options, Upload
+from imagepipe.client_view import show
+from imagepipe.config import Settings
+from tests import images
+from tests.conftest import free_port
+from tests.stack import run_worker_burst
+
+
+def options(server: str, **changes: Any) -> Options:
+    """Quiet options for tests: no progress bars, short retries."""
+    return Options(server=server, **{"progress": False, "retries": 2, **changes})
+
+
+def album(folder: Path) -> Path:
+    """Three photos (one in a subfolder, one misnamed) and a text file."""
+    (folder / "trip").mkdir(parents=True)
+    (folder / "beach.jpg").write_bytes(images.jpeg(640, 480))
+    (folder / "trip" / "dunes.png").write_bytes(images.png(300, 200))
+    (folder / "trip" / "wave.dat").write_bytes(images.gif(120, 80))  # an image, oddly named
+    (folder / "README.txt").write_text("holiday photos\n")
+    return folder
+
+
+async def with_worker(settings: Settings, redis: Redis, uploads: int, run: Awaitable[Any]) -> Any:
+    """Run the client while a burst worker processes the uploads once they are queued."""
+
+    async def worker() -> None:
+        while await redis.zcard(keys.UPLOADS_QUEUE) < uploads:  # noqa: ASYNC110 (polls Redis)
+            await asyncio.sleep(0.05)
+        await run_worker_burst(settings)
+
+    result, _ = await asyncio.gather(run, worker())
+    return result
+
+
+class LoseFirstResponse(httpx.AsyncBaseTransport):
+    """Delivers the first upload to the server, then drops its answer (a cut connection)."""
+
+    def __init__(self, fail_with_503: bool = False) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.fail_with_503 = fail_with_503
+        self.keys: list[str] = []
+        self.lost: dict[str, Any] | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path != "/photos":
+            return await self.inner.handle_async_request(request)
+        self.keys.append(request.headers["idempotency-key"])
+        if len(self.keys) > 1:
+            return await self.inner.handle_async_request(request)
+        if self.fail_with_503:  # an overloaded proxy: never reaches the API
+            await request.aread()
+            return httpx.Response(503, headers={"Retry-After": "0"})
+        response = await self.inner.handle_async_request(request)
+        self.lost = json.loads(await response.aread())
+        raise httpx.ReadError("connection reset before the response", request=request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_images_are_found_by_their_bytes_not_their_names(tmp_path: Path) -> None:
+    album(tmp_path)
+    (tmp_path / "fake.jpg").write_text("not a picture")
+    found, skipped = client.find_images([tmp_path, tmp_path / "beach.jpg"])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+        "beach.jpg",
+        "trip/dunes.png",
+        "trip/wave.dat",
+    ]
+    assert sorted(p.name for p in skipped) == ["README.txt", "fake.jpg"]
+
+
+async def test_a_missing_path_or_no_images_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("no pictures here")
+    nothing = options("http://127.0.0.1:9")
+    assert (await client.upload([tmp_path / "nope"], nothing))[0] == EXIT_USAGE
+    code, document = await client.upload([tmp_path], nothing)
+    assert code == EXIT_USAGE and document["skipped"] == [str(tmp_path / "notes.txt")]
+
+
+async def test_a_folder_is_uploaded_processed_and_tabled(
+    api_url: str, settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    run = client.upload([album(tmp_path)], options(api_url, concurrency=2))
+    code, document = await with_worker(settings, redis, 3, run)
+    assert code == EXIT_OK, document
+    assert document["counts"] == {"completed": 3}
+    assert document["skipped"] == [str(tmp_path / "README.txt")]
+    names = {s.name for s in settings.sizes}
+    for row in document["files"]:
+        assert set(row["sizes"]) == names and row["ticket_id"] and row["tries"] == 1
+    table = io.StringIO()
+    show(document, as_json=False, out=table)
+    assert "dunes.png" in table.getvalue() and "completed" in table.getvalue()
+
+
+async def test_json_from_the_command_line_parses(
+    api_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("IMAGEPIPE_SERVER", api_url)
+    monkeypatch.setattr(cli, "setup_logging", lambda *a, **k: None)  # keep pytest's handlers
+    photo = tmp_path / "one.jpg"
+    photo.write_bytes(images.jpeg(200, 150))
+    code = await asyncio.to_thread(cli.main, ["upload", "--json", "--no-wait", str(photo)])
+    document = json.loads(capsys.readouterr().out)
+    assert code == EXIT_OK == document["exit_code"]
+    assert document["server"] == api_url
+    assert document["files"][0]["status"] == "queued" and document["files"][0]["ticket_id"]
+
+
+async def test_a_refused_file_makes_the_exit_code_non_zero(
+    api_url: str, settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    (tmp_path / "good.jpg").write_bytes(images.jpeg(320, 240))
+    (tmp_path / "scan.tif").write_bytes(images.tiff(64, 64))  # an image, but not allowed
+    code, document = await with_worker(
+        settings, redis, 1, client.upload([tmp_path], options(api_url))
+    )
+    assert code == EXIT_FAILED
+    rows = {Path(row["path"]).name: row for row in document["files"]}
+    assert rows["good.jpg"]["status"] == "completed"
+    assert rows["scan.tif"]["status"] == "refused" and "415" in rows["scan.tif"]["error"]
+    assert rows["scan.tif"]["tries"] == 1  # a 4xx is final: no retry
+
+
+async def test_a_lost_response_is_retried_with_the_same_key(
+    api_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    (tmp_path / "a.jpg").write_bytes(images.jpeg(200, 150))
+    flaky = LoseFirstResponse()
+    code, document = await client.upload([tmp_path], options(api_url, wait=False), flaky)
+    assert code == EXIT_OK
+    assert len(flaky.keys) == 2 and flaky.keys[0] == flaky.keys[1]
+    row = document["files"][0]
+    assert flaky.lost is not None and row["ticket_id"] == flaky.lost["id"]  # the same ticket
+    assert row["tries"] == 2 and row["idempotency_key"] == flaky.keys[0]
+    assert len(await redis.keys(keys.ticket("*"))) == 1  # one photo, not two
+
+
+async def test_a_503_is_retried_after_its_retry_after(api_url: str, tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(images.jpeg(200, 150))
+    flaky = LoseFirstResponse(fail_with_503=True)
+    code, document = await client.upload([tmp_path], options(api_url, wait=False), flaky)
+    assert code == EXIT_OK and document["files"][0]["tries"] == 2
+    assert flaky.keys[0] == flaky.keys[1]
+
+
+async def test_an_unreachable_server_gives_up_with_exit_3(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(images.jpeg(50, 40))
+    gone = options(f"http://127.0.0.1:{free_port()}", retries=1)
+    code, document = await client.upload([tmp_path], gone)
+    assert code == EXIT_UNFINISHED
+    assert document["files"][0]["status"] == "error"
+    assert "gave up after 2 tries" in document["files"][0]["error"]
+
+
+async def test_tickets_unfinished_at_the_timeout_exit_3(api_url: str, tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(images.jpeg(50, 40))
+    code, document = await client.upload([tmp_path], options(api_url, timeout_s=0.3))
+    assert code == EXIT_UNFINISHED and document["files"][0]["status"] == "queued"
+
+
+@pytest.mark.parametrize(
+    ("statuses", "waited", "code"),
+    [
+        (["completed", "completed"], True, EXIT_OK),
+        (["queued"], False, EXIT_OK),
+        (["completed", "failed"], True, EXIT_FAILED),
+        (["refused"], False, EXIT_FAILED),
+        (["queued"], True, EXIT_UNFINISHED),
+        (["refused", "error"], True, EXIT_UNFINISHED),
+    ],
+)
+def test_exit_codes(statuses: list[str], waited: bool, code: int) -> None:
+    items = [Upload(Path(f"{n}.jpg"), 1, status=s) for n, s in enumerate(statuses)]
+    assert client.exit_code(items, waited) == code

@@ -1,0 +1,214 @@
+"""docker/: no Docker engine runs here, so check what can be checked without one: every
+service's command, environment, ports, volumes, healthcheck and dependencies against the
+CLI and Settings, and that the image installs the package pyproject.toml declares."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from imagepipe.cli import _parser
+from imagepipe.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "docker"
+ROLES = ("api", "worker", "replicator")
+WAITS = {"service_healthy", "service_completed_successfully"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """docker/compose.yaml, parsed."""
+    loaded: dict[str, Any] = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    """The services, by name."""
+    found: dict[str, Any] = compose["services"]
+    return found
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> list[tuple[str, str]]:
+    """The Dockerfile's instructions: (KEYWORD, arguments), continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (DOCKER / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+        for line in lines
+        if line and not line.startswith("#")
+    ]
+
+
+@pytest.fixture(scope="module")
+def pyproject() -> dict[str, Any]:
+    """pyproject.toml, parsed."""
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def env_names() -> set[str]:
+    """Every environment variable Settings reads."""
+    names = set()
+    for field, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        if alias is None:
+            names.add(f"IMAGEPIPE_{field.upper()}")
+        else:
+            names.update(str(choice) for choice in getattr(alias, "choices", [alias]))
+    return names
+
+
+def interpolate(value: object) -> str:
+    """A compose value as a container sees it when no override is set."""
+    text = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
+    return text.replace("$$", "$")
+
+
+def parse_cli(argv: list[str]) -> argparse.Namespace:
+    """The imagepipe CLI's reading of an argument list (fails the test if it refuses)."""
+    try:
+        return _parser().parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"`imagepipe {shlex.join(argv)}` is not a valid command")
+
+
+def instruction(dockerfile: list[tuple[str, str]], keyword: str) -> list[str]:
+    """The arguments of every instruction with this keyword."""
+    return [args for kw, args in dockerfile if kw == keyword]
+
+
+def imagepipe_services(services: dict[str, Any]) -> dict[str, Any]:
+    """The services that run the imagepipe image."""
+    return {name: s for name, s in services.items() if "build" in s}
+
+
+def test_every_role_is_a_service_of_the_image(services: dict[str, Any]) -> None:
+    assert set(imagepipe_services(services)) == set(ROLES)
+    for name, service in imagepipe_services(services).items():
+        build = service["build"]
+        context = (DOCKER / build["context"]).resolve()
+        assert context == ROOT and (context / build["dockerfile"]).is_file(), name
+        assert parse_cli(service["command"]).role == name
+
+
+def test_environment_names_are_settings_and_parse(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    known = env_names()
+    for name, service in imagepipe_services(services).items():
+        environment = {k: interpolate(v) for k, v in service["environment"].items()}
+        assert set(environment) <= known, (name, set(environment) - known)
+        for key, value in environment.items():
+            monkeypatch.setenv(key, value)
+        settings = Settings()
+        assert settings.primary_is_s3 and settings.redis_url == "redis://valkey:6379/0"
+
+
+def test_the_bucket_job_creates_the_buckets_the_roles_use(services: dict[str, Any]) -> None:
+    job = services["buckets"]
+    script = " ".join(job["command"])
+    api_env = services["api"]["environment"]
+    for variable in ("IMAGEPIPE_PRIMARY_S3_BUCKET", "IMAGEPIPE_BACKUP_S3_BUCKET"):
+        assert f"local/{api_env[variable]}" in script
+    assert "--ignore-existing" in script  # a second `up` must not fail
+    assert job["restart"] == "no"
+    minio = services["minio"]["environment"]
+    assert interpolate(api_env["AWS_ACCESS_KEY_ID"]) == interpolate(minio["MINIO_ROOT_USER"])
+    assert interpolate(api_env["AWS_SECRET_ACCESS_KEY"]) == interpolate(
+        minio["MINIO_ROOT_PASSWORD"]
+    )
+
+
+def test_healthchecks(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        if service.get("restart") == "no":
+            continue  # a one-shot job: it is waited for by its exit code instead
+        test = service["healthcheck"]["test"]
+        assert test[0] == "CMD", name
+        if name in ROLES:
+            assert test[1] == "imagepipe"
+            args = parse_cli(test[2:])
+            assert (args.role, args.for_role) == ("health", name)
+    assert services["valkey"]["healthcheck"]["test"][1:] == ["valkey-cli", "ping"]
+
+
+def test_dependencies_wait_for_health_or_completion(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for target, how in service.get("depends_on", {}).items():
+            assert how["condition"] in WAITS, (name, target)
+            if how["condition"] == "service_healthy":
+                assert "healthcheck" in services[target], (name, target)
+            else:
+                assert services[target]["restart"] == "no", (name, target)
+    for name in ROLES:
+        needs = services[name]["depends_on"]
+        assert needs["valkey"]["condition"] == "service_healthy"
+        assert needs["buckets"]["condition"] == "service_completed_successfully"
+
+
+def test_workers_scale_and_only_the_api_publishes_a_port(services: dict[str, Any]) -> None:
+    for name in ROLES:
+        assert "container_name" not in services[name]
+    assert "ports" not in services["worker"] and "ports" not in services["replicator"]
+    assert services["api"]["ports"][0].endswith(":8000")
+    assert services["api"]["environment"]["IMAGEPIPE_HOST"] == "0.0.0.0"
+
+
+def test_valkey_persists_and_never_evicts(compose: dict[str, Any]) -> None:
+    valkey = compose["services"]["valkey"]
+    command = " ".join(valkey["command"])
+    assert "--appendonly yes" in command and "--maxmemory-policy noeviction" in command
+    assert valkey["volumes"] == ["valkey-data:/data"]
+    assert compose["services"]["minio"]["volumes"] == ["minio-data:/data"]
+    assert {"valkey-data", "minio-data"} <= set(compose["volumes"])
+
+
+def test_the_image_installs_the_declared_package(
+    dockerfile: list[tuple[str, str]], pyproject: dict[str, Any]
+) -> None:
+    assert instruction(dockerfile, "FROM") == ["python:3.11-slim"]
+    assert pyproject["project"]["requires-python"] == ">=3.11"
+    copied = " ".join(instruction(dockerfile, "COPY"))
+    for package in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]:
+        assert package.rstrip("*") in copied
+    assert "pyproject.toml" in copied and "README.md" in copied  # the build reads both
+    assert any(re.search(r"pip install /src\b", run) for run in instruction(dockerfile, "RUN"))
+
+
+def test_the_image_runs_as_a_user_with_a_role_and_a_healthcheck(
+    dockerfile: list[tuple[str, str]], pyproject: dict[str, Any]
+) -> None:
+    assert instruction(dockerfile, "USER") == ["imagepipe"]
+    assert any("useradd" in run and "imagepipe" in run for run in instruction(dockerfile, "RUN"))
+    entrypoint = json.loads(instruction(dockerfile, "ENTRYPOINT")[0])
+    assert entrypoint == list(pyproject["project"]["scripts"])  # the console script
+    assert parse_cli(json.loads(instruction(dockerfile, "CMD")[0])).role in ROLES
+    healthcheck = instruction(dockerfile, "HEALTHCHECK")[0]
+    command = json.loads(healthcheck.split("CMD", 1)[1])
+    assert command[0] == "imagepipe" and parse_cli(command[1:]).role == "health"
+
+
+def test_the_build_context_leaves_out_local_state() -> None:
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".git", ".venv", "storage"} <= ignored
+    assert not ignored & {"pyproject.toml", "README.md", "imagepipe"}
+
+
+def test_make_up_and_down_drive_compose() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert "up:\n\tdocker compose -f docker/compose.yaml up -d --build\n" in makefile
+    assert "down:\n\tdocker compose -f docker/compose.yaml down\n" in makefile

@@ -1,0 +1,360 @@
+"""Fault injection: real processes, real signals, real servers on loopback.
+
+Each test breaks something the way production breaks, lets the system recover, and then
+checks every invariant (tests/cluster.py), not just that nothing raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import shutil
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from imagepipe.embedded import EmbeddedS3
+from tests import images
+from tests.cluster import ACCESS, BUCKET, SECRET, Cluster
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
+
+
+@functools.cache
+def big_photo() -> bytes:
+    """A 24 MP photo: its resize takes long enough to be interrupted."""
+    return images.jpeg(6000, 4000)
+
+
+@functools.cache
+def poison() -> bytes:
+    """49 MP in a 160 KB file: under the pixel limit, over a small decode memory cap."""
+    return images.flat_png(7000, 7000)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=30) as http:
+        yield http
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Start a cluster (with optional env overrides); stopped after the test."""
+    clusters: list[Cluster] = []
+
+    async def start(**env: str) -> Cluster:
+        cluster = Cluster(tmp_path / f"stack{len(clusters)}", env_overrides=env)
+        clusters.append(cluster)
+        cluster.start()
+        await cluster.wait_ready()
+        return cluster
+
+    yield start
+    for cluster in clusters:
+        cluster.stop()
+
+
+async def settle(cluster: Cluster, client: httpx.AsyncClient, timeout_s: float = 90) -> None:
+    """Wait for every ticket to finish and reach backup, then check every invariant."""
+    await cluster.wait_for(client, "backup", timeout_s)
+    assert await cluster.violations(client) == []
+
+
+async def wait_status(cluster: Cluster, client: httpx.AsyncClient, status: str) -> None:
+    for _ in range(300):
+        if any(t["status"] == status for t in (await cluster.tickets(client)).values()):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no ticket reached {status}")
+
+
+async def upload_many(cluster: Cluster, client: httpx.AsyncClient, data: bytes, n: int) -> None:
+    for _ in range(n):
+        assert await cluster.upload(client, data) is not None
+
+
+# -- workers ----------------------------------------------------------------------------------
+
+
+async def test_worker_sigkill_mid_resize_reruns_the_job(make_cluster, client) -> None:  # type: ignore[no-untyped-def]
+    cluster = await make_cluster()
+    await upload_many(cluster, client, big_photo(), 3)
+    await wait_status(cluster, client, "processing")
+    cluster.kill("worker", signal.SIGKILL)
+    cluster.start_role("worker")  # arq re-runs the job once its lease (timeout + 10 s) ends
+    await settle(cluster, client)
+    assert "try=2" in cluster.log("worker")
+
+
+async def test_worker_sigterm_mid_resize_reruns_at_once(make_cluster, client) -> None:  # type: ignore[no-untyped-def]
+    # a long lease: were SIGTERM to wait for it, this test would time out
+    cluster = await make_cluster(IMAGEPIPE_JOB_TIMEOUT_S="300")
+    await upload_many(cluster, client, big_photo(), 3)
+    await wait_status(cluster, client, "processing")
+    cluster.kill("worker", signal.SIGTERM)
+    cluster.start_role("worker")
+    await cluster.wait_for(client, "terminal", timeout_s=45)
+    await settle(cluster, client)
+
+
+async def test_poison_image_fails_after_bounded_tries_while_others_complete(
+    make_cluster, client
+) -> None:  # type: ignore[no-untyped-def]
+    cluster = await make_cluster(IMAGEPIPE_DECODE_MEMORY_MB="220", IMAGEPIPE_JOB_MAX_TRIES="2")
+    bad = await cluster.upload(client, poison())
+    await upload_many(cluster, client, images.jpeg(800, 600), 3)
+    tickets = await cluster.wait_for(client, "terminal", timeout_s=60)
+    assert bad is not None
+    poisoned = tickets.pop(bad.ticket_id)
+    assert poisoned["status"] == "failed" and "memory" in poisoned["error"]
+    assert poisoned["attempts"] == 2
+    assert all(t["status"] == "completed" for t in tickets.values())
+    await settle(cluster, client)
+
+
+async def test_decode_past_its_deadline_is_killed_and_fails(make_cluster, client) -> None:  # type: ignore[no-untyped-def]
+    cluster = await make_cluster(IMAGEPIPE_DECODE_TIMEOUT_S="0.3")
+    slow = await cluster.upload(client, poison())
+    quick = await cluster.upload(client, images.jpeg(640, 480))
+    tickets = await cluster.wait_for(client, "terminal", timeout_s=60)
+    assert slow is not None and quick is not None
+    assert tickets[slow.ticket_id]["status"] == "failed"
+    assert "longer than" in tickets[slow.ticket_id]["error"]
+    assert tickets[quick.ticket_id]["status"] == "completed"  # the loop kept serving
+    await settle(cluster, client)
+
+
+# -- callbacks --------------------------------------------------------------------------------
+
+
+async def test_web_tier_down_during_callbacks(make_cluster, client) -> None:  # type: ignore[no-untyped-def]
+    cluster = await make_cluster()
+    await upload_many(cluster, client, images.jpeg(1200, 900), 4)
+    cluster.kill("api", signal.SIGKILL)
+    for _ in range(200):  # the resizes finish while nobody can hear their callbacks
+        if cluster.log("worker").count("photo processed") >= 4:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2)  # callbacks fail and back off
+    cluster.start_role("api")
+    await cluster.wait_ready()
+    await settle(cluster, client)
+    assert cluster.log("worker").count("photo processed") == 4  # no resize was redone
+    for ticket in (await cluster.tickets(client)).values():
+        # queued -> (processing) -> completed, each applied once; a started event that arrives
+        # after its completion is refused (tickets only move forward), hence 2 or 3
+        assert ticket["version"] in (2, 3), ticket
+
+
+class DropFirstResponse:
+    """A TCP proxy to the API that forwards the first request but never answers it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.dropped = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        pump = asyncio.create_task(_pipe(reader, upstream_w))
+        drop = self.dropped == 0
+        self.dropped += drop  # claimed before any await: concurrent callbacks see it
+        if drop and await _first_response(upstream_r):
+            pass  # delivered and applied upstream; the answer is lost
+        else:
+            await _pipe(upstream_r, writer)
+        pump.cancel()
+        writer.close()
+        upstream_w.close()
+
+
+async def _first_response(reader: asyncio.StreamReader) -> bool:
+    return bool(await reader.readuntil(b"\r\n\r\n"))
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+
+
+async def test_callback_delivered_but_response_lost_is_applied_once(tmp_path: Path, client) -> None:  # type: ignore[no-untyped-def]
+    cluster = Cluster(tmp_path / "stack")
+    proxy = DropFirstResponse(cluster.port)
+    proxy_port = await proxy.start()
+    cluster.env_overrides["IMAGEPIPE_CALLBACK_URL"] = (
+        f"http://127.0.0.1:{proxy_port}/internal/callbacks"
+    )
+    cluster.start()
+    try:
+        await cluster.wait_ready()
+        await cluster.upload(client, images.jpeg(640, 480))
+        await settle(cluster, client)
+        assert proxy.dropped == 1
+        ticket = next(iter((await cluster.tickets(client)).values()))
+        assert ticket["version"] in (2, 3), ticket
+        for _ in range(100):  # the redelivery is recognised, acknowledged, not applied again
+            if "duplicate" in cluster.log("api"):
+                break
+            await asyncio.sleep(0.1)
+        assert "duplicate" in cluster.log("api")
+        assert (await cluster.tickets(client))[ticket["id"]]["version"] == ticket["version"]
+    finally:
+        cluster.stop()
+
+
+# -- replication ------------------------------------------------------------------------------
+
+
+async def test_replicator_sigkill_mid_copy_reclaims_entries(make_cluster, client) -> None:  # type: ignore[no-untyped-def]
+    cluster = await make_cluster()
+    cluster.kill("replicator", signal.SIGTERM)
+    await upload_many(cluster, client, images.jpeg(2000, 1500), 6)
+    await cluster.wait_for(client, "terminal", timeout_s=60)
+    cluster.start_role("replicator")
+    await asyncio.sleep(0.3)  # it has claimed entries and is copying
+    cluster.kill("replicator", signal.SIGKILL)
+    cluster.start_role("replicator")  # a new consumer reclaims the dead one's entries
+    await settle(cluster, client)
+
+
+async def test_backup_outage_keeps_objects_pending_then_catches_up(make_cluster, client) -> None:  # type: ignore[no-untyped-def]
+    cluster = await make_cluster()
+    cluster.s3.stop()
+    await upload_many(cluster, client, images.jpeg(800, 600), 3)
+    await cluster.wait_for(client, "terminal", timeout_s=60)
+    lags = []
+    for _ in range(3):
+        await asyncio.sleep(1.5)
+        ready = (await client.get(f"{cluster.url}/readyz")).json()
+        assert ready["replication_pending"] > 0
+        lags.append(ready["replication_lag_s"])
+    assert lags == sorted(lags) and lags[-1] > lags[0]  # the lag rises while backup is down
+    assert all(t["backup"] == "pending" for t in (await cluster.tickets(client)).values())
+    cluster.s3 = EmbeddedS3(cluster.root, BUCKET, ACCESS, SECRET, port=cluster.s3.port)
+    cluster.s3.start()
+    await settle(cluster, client)
+
+
+async def test_backup_refusing_credentials_fails_then_audit_retries(make_cluster, client) -> None:  # type: ignore[no-untyped-def]
+    cluster = await make_cluster()
+    cluster.kill("replicator", signal.SIGTERM)
+    cluster.start_role("replicator", {"AWS_SECRET_ACCESS_KEY": "wrong-secret"})
+    await cluster.upload(client, images.jpeg(640, 480))
+    for _ in range(300):
+        tickets = await cluster.tickets(client)
+        if all(t["backup"] == "failed" for t in tickets.values()):
+            break
+        await asyncio.sleep(0.1)
+    assert all(t["backup"] == "failed" for t in tickets.values())
+    cluster.kill("replicator", signal.SIGTERM)
+    cluster.start_role("replicator")  # an operator fixes the credentials ...
+    audit = run_audit(cluster)  # ... and the audit puts the failed objects back on the log
+    assert audit["counts"]["replication_failed_retried"] >= 1
+    await settle(cluster, client)
+
+
+def run_audit(cluster: Cluster) -> dict:  # type: ignore[type-arg]
+    done = subprocess.run(
+        [*_imagepipe(), "audit", "--json"],
+        env=cluster.env(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def _imagepipe() -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "imagepipe"]
+
+
+# -- Redis ------------------------------------------------------------------------------------
+
+
+async def test_valkey_sigkill_and_restart_with_aof_converges(make_cluster, client) -> None:  # type: ignore[no-untyped-def]
+    cluster = await make_cluster()
+    await upload_many(cluster, client, images.jpeg(1000, 750), 3)
+    await asyncio.sleep(1.2)  # appendfsync everysec: what is older than a second is on disk
+    pid = cluster.valkey.pid
+    assert pid is not None
+    subprocess.run(["kill", "-9", str(pid)], check=True)
+    await asyncio.sleep(1)
+    port = int(cluster.valkey.url.rsplit(":", 1)[1].split("/")[0])
+    cluster.valkey._server = None  # the old handle's process is gone
+    cluster.valkey._desired_port = port
+    cluster.valkey.start()
+    await upload_many(cluster, client, images.jpeg(1000, 750), 2)
+    run_audit(cluster)  # repairs anything the last second before the kill lost
+    await settle(cluster, client)
+
+
+async def test_valkey_restored_from_an_older_snapshot_is_repaired_by_the_audit(
+    make_cluster, client
+) -> None:  # type: ignore[no-untyped-def]
+    cluster = await make_cluster()
+    await upload_many(cluster, client, images.jpeg(800, 600), 2)
+    await settle(cluster, client)
+    await asyncio.sleep(1.2)
+    snapshot = cluster.root / "valkey-snapshot"
+    shutil.copytree(cluster.valkey.data_dir, snapshot)
+    await upload_many(cluster, client, images.jpeg(900, 600), 3)  # Redis will forget these
+    await cluster.wait_for(client, "backup", timeout_s=60)
+    port = int(cluster.valkey.url.rsplit(":", 1)[1].split("/")[0])
+    cluster.valkey.stop()
+    shutil.rmtree(cluster.valkey.data_dir)
+    shutil.copytree(snapshot, cluster.valkey.data_dir)  # power loss / failover to a stale replica
+    cluster.valkey._desired_port = port
+    cluster.valkey.start()
+    forgotten = cluster.uploads[2:]
+    audit = run_audit(cluster)
+    assert audit["counts"].get("reprocessed_no_ticket", 0) == 0  # photos were complete on disk
+    for upload in forgotten:  # their tickets are gone, but every file is on primary and backup
+        assert (await client.get(f"{cluster.url}/tickets/{upload.ticket_id}")).status_code == 404
+    cluster.uploads = cluster.uploads[:2]
+    assert await cluster.violations(client) == []
+
+
+# -- primary storage --------------------------------------------------------------------------
+
+
+async def test_primary_disk_full_refuses_uploads_cleanly(tmp_path: Path, client) -> None:  # type: ignore[no-untyped-def]
+    root = tmp_path / "stack"
+    (root / "primary").mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(root / "primary")],
+        capture_output=True,
+        check=False,
+    )
+    assert mounted.returncode == 0, (
+        f"a small filesystem is needed (run as root): {mounted.stderr!r}"
+    )
+    cluster = Cluster(root, env_overrides={"IMAGEPIPE_MIN_FREE_DISK_BYTES": "0"})
+    try:
+        cluster.start()
+        await cluster.wait_ready()
+        response = await client.post(
+            f"{cluster.url}/photos",
+            content=images.jpeg(64, 64) + bytes(5 * 1024 * 1024),  # more than the disk holds
+            headers={"content-type": "image/jpeg"},
+        )
+        assert response.status_code == 507, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert list((root / "primary").rglob("*.*")) == []  # no partial file, no temp file
+        assert (await cluster.tickets(client) if cluster.uploads else {}) == {}
+        assert cluster.dead_roles() == []
+    finally:
+        cluster.stop()
+        subprocess.run(["umount", str(root / "primary")], check=False)
