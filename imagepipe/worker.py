@@ -207,6 +207,22 @@ def build_worker(
     )
 
 
+def finish_cancelled_jobs(worker: Worker) -> None:
+    """Let the bookkeeping of jobs cancelled at shutdown land before the process exits.
+
+    arq's close() can stop waiting while its shielded "run this job again" writes are still
+    in flight; without them those jobs would wait out their whole lease before re-running.
+    """
+    pending = [
+        task
+        for task in asyncio.all_tasks(worker.loop)
+        if not task.done() and getattr(task.get_coro(), "__qualname__", "") == "Worker.finish_job"
+    ]
+    if pending:
+        worker.loop.run_until_complete(asyncio.wait(pending, timeout=10))
+    worker.loop.run_until_complete(shutdown(worker.ctx))
+
+
 def run_worker(
     settings: Settings, queue_name: str = keys.UPLOADS_QUEUE, burst: bool = False
 ) -> None:
@@ -219,6 +235,9 @@ def run_worker(
         worker = build_worker(settings, queue_name, burst)
         try:
             worker.run()
+            return
+        except asyncio.CancelledError:
+            finish_cancelled_jobs(worker)
             return
         except (RedisError, OSError) as exc:
             log.warning("lost Redis (%s); reconnecting in %.0f s", exc, RECONNECT_S)

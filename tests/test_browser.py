@@ -99,16 +99,16 @@ def stack_settings(
 
 @pytest.fixture(scope="module")
 def roles(
-    stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     """The worker and the replicator as real processes (stopped, and checked, afterwards)."""
     logs = tmp_path_factory.mktemp("browser-logs")
-    with ExitStack() as stack:
+    with ExitStack() as files:
         procs = {
             name: subprocess.Popen(
                 [sys.executable, "-m", "imagepipe", name],
-                env=role_env(stack_settings),
-                stdout=stack.enter_context((logs / f"{name}.log").open("wb")),
+                env=role_env(stack.settings),
+                stdout=files.enter_context((logs / f"{name}.log").open("wb")),
                 stderr=subprocess.STDOUT,
             )
             for name in ("worker", "replicator")
@@ -121,7 +121,7 @@ def roles(
 
 @pytest.fixture(scope="module")
 async def stack(stack_settings: Settings, valkey_url: str) -> AsyncIterator[Stack]:
-    """A flushed Valkey, then the API; the roles start once the data is clean."""
+    """A flushed Valkey, then the API on it."""
     redis: Redis = Redis.from_url(valkey_url)
     await redis.flushall()
     with api_server(stack_settings) as url:
@@ -161,11 +161,11 @@ class Tab:
 
     page: Page
     errors: list[str] = field(default_factory=list)
-    requests: list[tuple[float, Request]] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)
 
     def sent(self, method: str, pattern: re.Pattern[str] | str) -> list[Request]:
         """Requests made so far with this method whose URL matches."""
-        return [r for _, r in self.requests if r.method == method and re.search(pattern, r.url)]
+        return [r for r in self.requests if r.method == method and re.search(pattern, r.url)]
 
 
 @pytest.fixture
@@ -176,7 +176,7 @@ async def tab(browser: Browser, stack: Stack) -> AsyncIterator[Tab]:
     tab = Tab(page)
     page.on("console", lambda m: tab.errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda exc: tab.errors.append(str(exc)))
-    page.on("request", lambda r: tab.requests.append((time.monotonic(), r)))
+    page.on("request", lambda r: tab.requests.append(r))
     yield tab
     await context.close()
 
@@ -236,7 +236,8 @@ async def test_three_photos_upload_complete_and_get_backed_up(
     for i in range(3):
         await expect(thumbs.nth(i)).to_have_js_property("complete", True)
         assert await thumbs.nth(i).evaluate("img => img.naturalWidth") > 0
-    await expect(page.locator("#gallery li")).to_have_count(3)
+    for photo_id in await cards.evaluate_all("cards => cards.map(c => c.dataset.photo)"):
+        await expect(page.locator(f'#gallery li[data-photo="{photo_id}"]')).to_have_count(1)
     assert stack.originals() == before + 3
     assert tab.errors == []
     await page.screenshot(path=tmp_path / "upload-page.png", full_page=True)

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.types import Receive
 
@@ -25,6 +25,23 @@ class Received:
 
     bytes: int = 0
     complete: bool = False
+
+
+async def request_body(receive: Receive, received: Received) -> AsyncIterator[bytes]:
+    """The raw body as it arrives, noting in ``received`` how much came and whether all.
+
+    ``complete`` is set before the last chunk is yielded: a parser that stops there (the
+    multipart file ended) leaves nothing unread, and the route must not wait for more.
+    """
+    while not received.complete:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("the client went away mid-upload")
+        chunk = message.get("body", b"")
+        received.bytes += len(chunk)
+        received.complete = not message.get("more_body", False)
+        if chunk:
+            yield chunk
 
 
 async def drain(receive: Receive, budget: int, idle_s: float) -> bool:
@@ -105,19 +122,22 @@ class _FilePart:
 
 async def _multipart_file(boundary: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     part = _FilePart()
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_header_field": part.on_header_field,
-            "on_header_value": part.on_header_value,
-            "on_part_data": part.on_part_data,
-            "on_part_end": part.on_part_end,
-        },
-    )
+    try:
+        parser = MultipartParser(
+            boundary,
+            {
+                "on_header_field": part.on_header_field,
+                "on_header_value": part.on_header_value,
+                "on_part_data": part.on_part_data,
+                "on_part_end": part.on_part_end,
+            },
+        )
+    except FormParserError as exc:  # e.g. a boundary longer than the parser allows
+        raise BadRequest(f"malformed multipart boundary: {exc}") from None
     async for chunk in body:
         try:
             parser.write(chunk)
-        except MultipartParseError as exc:
+        except FormParserError as exc:
             raise BadRequest(f"malformed multipart body: {exc}") from None
         for data in part.take():
             yield data

@@ -10,17 +10,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.requests import ClientDisconnect
 
 from imagepipe import jobs, keys, metrics
-from imagepipe.api.bodies import Received, drain, file_stream, with_deadline
+from imagepipe.api.bodies import Received, drain, file_stream, request_body, with_deadline
 from imagepipe.api.deps import ServicesDep
 from imagepipe.api.problems import problem
 from imagepipe.api.services import Services
 from imagepipe.api.tickets import ticket_body
 from imagepipe.api.views import iso, not_modified, sizes_view
 from imagepipe.errors import (
-    BadRequest,
     IdempotencyMismatch,
     ImagepipeError,
     NotFound,
@@ -54,16 +52,6 @@ UPLOAD_BODY = {
 }
 
 
-async def _client_body(request: Request, idle_s: float, received: Received) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in with_deadline(request.stream(), idle_s):
-            received.bytes += len(chunk)
-            yield chunk
-    except ClientDisconnect:
-        raise BadRequest("the client went away mid-upload") from None
-    received.complete = True
-
-
 def _declared_length(request: Request) -> int | None:
     declared = request.headers.get("content-length", "")
     return int(declared) if declared.isdigit() else None
@@ -77,7 +65,8 @@ def _body(request: Request, services: Services, received: Received) -> AsyncIter
         )
     idle_s = services.settings.upload_idle_timeout_s
     content_type = request.headers.get("content-type", "")
-    return file_stream(content_type, _client_body(request, idle_s, received))
+    body = with_deadline(request_body(request.receive, received), idle_s)
+    return file_stream(content_type, body)
 
 
 async def _accepted(services: Services, ticket: Ticket) -> JSONResponse:
@@ -104,8 +93,8 @@ async def _rest_dropped(
     request: Request, services: Services, received: Received, exc: ImagepipeError
 ) -> bool:
     """Read and drop what is left of a refused body, if it is within the byte limit."""
-    if received.complete or received.bytes == _declared_length(request):
-        return True  # all of it is in, though the parser stopped first: receive() would block
+    if received.complete:
+        return True
     if isinstance(exc, RequestTimeout):
         return False  # the client stopped sending: waiting again helps nobody
     budget = services.settings.max_upload_bytes + MULTIPART_SLACK - received.bytes

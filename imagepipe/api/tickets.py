@@ -61,8 +61,13 @@ async def ticket_events(
 ) -> EventSourceResponse:
     """Server-Sent Events: the ticket on every change, ending after a terminal state."""
     await services.tickets.get(ticket_id)  # 404 before the stream starts
-    seen = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    seen = _event_id(last_event_id or "")
     return EventSourceResponse(_changes(services, ticket_id, seen), ping=HEARTBEAT_S)
+
+
+def _event_id(header: str) -> int:
+    """A Last-Event-ID as a ticket version; 0 when it is none (int() would 500 on "²")."""
+    return int(header) if header.isascii() and header.isdigit() and len(header) <= 18 else 0
 
 
 async def _changes(services: Services, ticket_id: str, seen: int) -> AsyncIterator[ServerSentEvent]:

@@ -211,6 +211,7 @@ class Card {
     const before = this.ticket;
     this.ticket = ticket;
     this.el.dataset.ticket = ticket.id;
+    this.el.dataset.photo = ticket.photo_id;
     this.el.dataset.backup = ticket.backup;
     const [pill, detail] = describe(ticket);
     this.show(ticket.status, pill, detail);
@@ -414,6 +415,11 @@ function stream(card) {
   });
 }
 
+// One ticket: GET /tickets/{id}. Many: GET /tickets?ids=..., never one poller per file.
+function pollUrl(ids) {
+  return ids.length === 1 ? `/tickets/${ids[0]}` : `/tickets?ids=${ids.join(",")}`;
+}
+
 class Poller {
   constructor() {
     this.cards = new Map(); // ticket id -> card
@@ -433,22 +439,26 @@ class Poller {
 
   async poll() {
     const ids = [...this.cards.keys()];
+    const urls = [];
     let retryAfter = 0;
     let changed = false;
     for (let start = 0; start < ids.length; start += BATCH) {
-      const answer = await this.fetch(ids.slice(start, start + BATCH));
+      const chunk = ids.slice(start, start + BATCH);
+      urls.push(pollUrl(chunk));
+      const answer = await this.fetch(chunk);
       retryAfter = Math.max(retryAfter, answer.retryAfter);
       if (answer.tickets) changed = this.apply(answer.tickets) || changed;
     }
+    // a validator is only worth keeping for a set of ids that will be asked again
+    for (const url of this.etags.keys()) if (!urls.includes(url)) this.etags.delete(url);
     // the server's Retry-After when it sends one; otherwise back off while nothing moves
     this.idle = changed ? POLL_FLOOR_S : Math.min(POLL_CAP_S, this.idle * 1.5);
     this.timer = 0;
     if (this.cards.size) this.wake(retryAfter || this.idle);
   }
 
-  // One ticket: GET /tickets/{id}. Many: GET /tickets?ids=..., never one poller per file.
   async fetch(ids) {
-    const url = ids.length === 1 ? `/tickets/${ids[0]}` : `/tickets?ids=${ids.join(",")}`;
+    const url = pollUrl(ids);
     const headers = { ...JSON_HEADERS };
     if (this.etags.has(url)) headers["If-None-Match"] = this.etags.get(url);
     let response;
@@ -461,7 +471,6 @@ class Poller {
     const retryAfter = retryAfterSeconds(response.headers.get("Retry-After"));
     if (response.status === 404 && ids.length === 1) return { tickets: { [ids[0]]: null }, retryAfter };
     if (response.status !== 200) return { tickets: null, retryAfter };
-    this.etags.clear(); // only the newest set of ids is asked again
     this.etags.set(url, response.headers.get("ETag"));
     const body = await response.json();
     return { tickets: ids.length === 1 ? { [ids[0]]: body } : body.tickets, retryAfter };

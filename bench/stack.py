@@ -1,0 +1,213 @@
+"""The local stack for the benchmarks: embedded Valkey and S3, and the roles as processes.
+
+Everything lives in a temporary data dir and listens on loopback only. Each role runs as
+``python -m imagepipe ROLE`` in a session of its own, so a benchmark can pause a worker
+together with its decode children (SIGSTOP / SIGCONT) or stop it cleanly (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from imagepipe.embedded import EmbeddedS3, EmbeddedValkey, free_port
+
+ACCESS_KEY, SECRET_KEY = "bench", "bench-secret"
+BUCKET = "imagepipe-bench"
+STOP_TIMEOUT_S = 15.0
+TERMINAL = ("completed", "failed")
+
+
+@dataclass
+class Stack:
+    """Valkey + S3 for the whole benchmark run; roles started and stopped per benchmark."""
+
+    root: Path
+    workers: int = 2
+    extra_env: dict[str, str] = field(default_factory=dict)
+    valkey: EmbeddedValkey | None = None
+    s3: EmbeddedS3 | None = None
+    port: int = 0
+    roles: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, workers: int = 2) -> Iterator[Stack]:
+        """A stack in a fresh temp dir, torn down (roles, then servers) on exit."""
+        with tempfile.TemporaryDirectory(prefix="imagepipe-bench-") as tmp:
+            stack = cls(Path(tmp), workers)
+            try:
+                stack.start_servers()
+                yield stack
+            finally:
+                stack.close()
+
+    def start_servers(self) -> None:
+        """Start Valkey and rclone's S3 (both keep their data under ``root``)."""
+        self.valkey = EmbeddedValkey(self.root)
+        self.valkey.start()
+        self.s3 = EmbeddedS3(self.root, BUCKET, ACCESS_KEY, SECRET_KEY)
+        self.s3.start()
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        """The API's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """What every role reads: where the servers are, this run's data dir and secrets."""
+        assert self.valkey is not None and self.s3 is not None
+        env = {
+            **os.environ,
+            "IMAGEPIPE_DATA_DIR": str(self.root),
+            "IMAGEPIPE_REDIS_URL": self.valkey.url,
+            "IMAGEPIPE_BACKUP_S3_ENDPOINT": self.s3.url,
+            "IMAGEPIPE_BACKUP_S3_BUCKET": BUCKET,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "IMAGEPIPE_CALLBACK_URL": f"{self.url}/internal/callbacks",
+            "IMAGEPIPE_CALLBACK_SECRET": "bench-callback-secret",
+            "IMAGEPIPE_WORKER_CONCURRENCY": str(self.workers),
+            "IMAGEPIPE_LOG_LEVEL": "WARNING",  # a log line per request would be measured too
+        }
+        return env | self.extra_env | overrides
+
+    # -- roles --
+
+    def start(self, role: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        """Start one role (``api``, ``worker``, ``replicator``) unless it runs already."""
+        if role in self.roles and self.roles[role].poll() is None:
+            return self.roles[role]
+        argv = [sys.executable, "-m", "imagepipe", role, *args]
+        if role == "api":
+            argv += ["--host", "127.0.0.1", "--port", str(self.port)]
+        log = (self.root / f"{role}.log").open("ab")
+        self.roles[role] = subprocess.Popen(
+            argv, env=self.env(**env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()  # the child holds its own copy
+        return self.roles[role]
+
+    def stop(self, *roles: str) -> None:
+        """SIGTERM the roles (and their children), SIGKILL whatever outlives the timeout."""
+        for role in roles or list(self.roles):
+            proc = self.roles.pop(role, None)
+            if proc is None:
+                continue
+            _signal_group(proc, signal.SIGCONT)  # a paused role cannot handle SIGTERM
+            _signal_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+            _signal_group(proc, signal.SIGKILL)  # decode children left behind, if any
+
+    def pause(self, role: str) -> None:
+        """Freeze a role and its children (SIGSTOP): work queues up meanwhile."""
+        _signal_group(self.roles[role], signal.SIGSTOP)
+
+    def resume(self, role: str) -> None:
+        """Let a paused role run again."""
+        _signal_group(self.roles[role], signal.SIGCONT)
+
+    def pid(self, role: str) -> int:
+        """The process id of a running role."""
+        return self.roles[role].pid
+
+    def check_alive(self) -> None:
+        """Raise if a role died, with the tail of its log."""
+        for role, proc in self.roles.items():
+            if proc.poll() is not None:
+                tail = (self.root / f"{role}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{role} exited with {proc.returncode}:\n{tail}")
+
+    def close(self) -> None:
+        """Stop every role, then the servers."""
+        self.stop()
+        for server in (self.s3, self.valkey):
+            if server is not None:
+                server.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signum)
+
+
+# -- talking to the API ------------------------------------------------------------------
+
+
+async def wait_ready(client: httpx.AsyncClient, stack: Stack, timeout_s: float = 60) -> None:
+    """Until /readyz answers 200 (the API is up and reaches Valkey and primary)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stack.check_alive()
+        with contextlib.suppress(httpx.TransportError):
+            if (await client.get("/readyz")).status_code == 200:
+                return
+        await asyncio.sleep(0.1)
+    raise TimeoutError("the API never became ready")
+
+
+async def upload(client: httpx.AsyncClient, data: bytes) -> str:
+    """POST one photo as a raw image body; its ticket id."""
+    response = await client.post("/photos", content=data, headers={"Content-Type": "image/jpeg"})
+    if response.status_code != 202:
+        raise RuntimeError(f"upload refused: {response.status_code} {response.text[:300]}")
+    return str(response.json()["id"])
+
+
+async def tickets(client: httpx.AsyncClient, ids: Sequence[str]) -> dict[str, Any]:
+    """Many tickets at once, in batches the API accepts."""
+    found: dict[str, Any] = {}
+    for start in range(0, len(ids), 100):
+        batch = ",".join(ids[start : start + 100])
+        found |= (await client.get("/tickets", params={"ids": batch})).json()["tickets"]
+    return found
+
+
+async def wait_for(
+    client: httpx.AsyncClient,
+    ids: Sequence[str],
+    *,
+    backup: bool = False,
+    timeout_s: float = 300,
+    poll_s: float = 0.05,
+) -> float:
+    """Poll until every ticket is terminal (and backed up); the monotonic time it was seen."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = await tickets(client, ids)
+        done = all(t and t["status"] in TERMINAL for t in found.values())
+        if done and backup:
+            done = all(t["backup"] == "completed" for t in found.values())
+        if done:
+            failed = [t["error"] for t in found.values() if t["status"] == "failed"]
+            if failed:
+                raise RuntimeError(f"{len(failed)} tickets failed, e.g. {failed[0]}")
+            return time.monotonic()
+        await asyncio.sleep(poll_s)
+    raise TimeoutError(f"{len(ids)} tickets not done within {timeout_s:.0f} s")
