@@ -6,8 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+CHAOS_ARGS ?= --uploads 200 --seconds 60
 
-.PHONY: install run up down test test-fast lint format clean
+.PHONY: install run up down test test-fast chaos lint format clean
 
 install: $(STAMP)
 
@@ -32,6 +33,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not e2e and not faults and not browser" $(PYTEST_ARGS)
+
+# uploads while roles are killed at random and backup flaps; prints the invariant table
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check imagepipe tests

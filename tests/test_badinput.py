@@ -407,15 +407,17 @@ async def chunked(data: bytes) -> AsyncIterator[bytes]:
     ids=["refused-early", "refused-at-the-end"],
 )
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
-async def test_a_refusal_within_the_limit_is_prompt_and_keeps_the_connection(
+async def test_a_refused_body_within_the_limit_gets_its_answer_promptly(
     http: httpx.AsyncClient, body: bytes, framing: str
 ) -> None:
+    # httpx reads nothing until it has sent everything: a server that hung up early, or
+    # waited for bytes that had all arrived, would show here as a reset or a 30 s wait
     multipart, content_type = multipart_named(b'filename="a.jpg"', body)
     content = multipart if framing == "content-length" else chunked(multipart)
     started = time.monotonic()
     refused = await http.post("/photos", content=content, headers={"content-type": content_type})
-    assert refused.status_code == 415 and refused.headers.get("connection") != "close"
-    assert time.monotonic() - started < 5  # not the 30 s idle deadline: nothing is awaited
+    assert refused.status_code == 415 and refused.json()["status"] == 415
+    assert time.monotonic() - started < 5
     assert (await upload(http, images.jpeg(40, 30))).status_code == 202
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.types import Receive
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from imagepipe.errors import BadRequest, MissingFile, RequestTimeout, UnsupportedMediaType
 
@@ -44,22 +45,6 @@ async def request_body(receive: Receive, received: Received) -> AsyncIterator[by
             yield chunk
 
 
-async def drain(receive: Receive, budget: int, idle_s: float) -> bool:
-    """Read and drop the rest of a body, up to ``budget`` bytes; True if it ended in time."""
-    while budget >= 0:
-        try:
-            async with asyncio.timeout(idle_s):
-                message = await receive()
-        except TimeoutError:
-            return False
-        if message["type"] != "http.request":
-            return False  # the client went away
-        budget -= len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return budget >= 0
-    return False
-
-
 async def with_deadline(stream: AsyncIterator[bytes], idle_s: float) -> AsyncIterator[bytes]:
     """Fail with 408 when the client sends nothing for ``idle_s`` (a slow-body client)."""
     while True:
@@ -71,6 +56,41 @@ async def with_deadline(stream: AsyncIterator[bytes], idle_s: float) -> AsyncIte
         except TimeoutError:
             raise RequestTimeout(f"no body bytes received for {idle_s:g} s") from None
         yield chunk
+
+
+async def drain(receive: Receive, budget: int, idle_s: float) -> None:
+    """Read and drop the rest of a body, up to ``budget`` bytes, while it keeps coming."""
+    while budget >= 0:
+        try:
+            async with asyncio.timeout(idle_s):
+                message = await receive()
+        except TimeoutError:
+            return
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return  # the end, or the client went away
+        budget -= len(message.get("body", b""))
+
+
+class LingeringResponse(Response):
+    """``response`` sent at once; the rest of the request body read and dropped; then a close.
+
+    A refused upload's body is mostly unread. Kept alive, uvicorn would read all of it (2 GB,
+    or forever) before the next request; closed at once, a client still sending sees a reset
+    and never reads the answer. So, like a web server's lingering close: the answer goes out
+    now, the body is read on for at most ``budget`` bytes, and the connection then closes.
+    """
+
+    def __init__(self, response: Response, budget: int, idle_s: float) -> None:
+        super().__init__(response.body, response.status_code)
+        self.raw_headers = [*response.raw_headers, (b"connection", b"close")]
+        self.budget, self.idle_s = budget, idle_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = {"type": "http.response.start", "status": self.status_code}
+        await send({**start, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body, "more_body": True})
+        await drain(receive, self.budget, self.idle_s)
+        await send({"type": "http.response.body", "body": b""})
 
 
 def file_stream(content_type: str, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

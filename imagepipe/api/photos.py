@@ -12,7 +12,13 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from imagepipe import jobs, keys, metrics
-from imagepipe.api.bodies import Received, drain, file_stream, request_body, with_deadline
+from imagepipe.api.bodies import (
+    LingeringResponse,
+    Received,
+    file_stream,
+    request_body,
+    with_deadline,
+)
 from imagepipe.api.deps import ServicesDep
 from imagepipe.api.problems import problem
 from imagepipe.api.services import Services
@@ -89,35 +95,23 @@ async def _replay(services: Services, body: AsyncIterator[bytes], earlier: Reser
     return await _accepted(services, await services.tickets.get(earlier.ticket_id))
 
 
-async def _rest_dropped(
-    request: Request, services: Services, received: Received, exc: ImagepipeError
-) -> bool:
-    """Read and drop what is left of a refused body, if it is within the byte limit."""
-    if received.complete:
-        return True
-    if isinstance(exc, RequestTimeout):
-        return False  # the client stopped sending: waiting again helps nobody
-    budget = services.settings.max_upload_bytes + MULTIPART_SLACK - received.bytes
-    declared = _declared_length(request)
-    if declared is not None and declared - received.bytes > budget:
-        return False
-    return await drain(request.receive, budget, services.settings.upload_idle_timeout_s)
-
-
-async def _refused(
+def _refused(
     request: Request, services: Services, received: Received, exc: ImagepipeError
 ) -> Response:
-    """The problem; the connection stays open only if the rest of the body was read.
+    """The problem; a body still arriving is read on (and dropped) up to twice the limit.
 
-    Left unread, uvicorn reads a refused body to its end (2 GB, or forever) before the next
-    request on the connection. Dropped unread by a close, a client still sending may see a
-    reset instead of the problem. So the rest is read up to the byte limit, and past that the
-    connection closes after the response: nobody sends much more than the limit.
+    So a client that sends it all before reading gets the answer, not a reset, unless it
+    sends more than that; then, or when it has stalled, the connection closes.
     """
     response = problem(exc.status, exc.title, exc.detail, exc.retry_after)
-    if not await _rest_dropped(request, services, received, exc):
-        response.headers["Connection"] = "close"
-    return response
+    if received.complete:
+        return response
+    budget = 2 * services.settings.max_upload_bytes + MULTIPART_SLACK - received.bytes
+    declared = _declared_length(request)
+    if isinstance(exc, RequestTimeout) or (declared or 0) - received.bytes > budget:
+        response.headers["Connection"] = "close"  # it could never finish within the budget
+        return response
+    return LingeringResponse(response, budget, services.settings.upload_idle_timeout_s)
 
 
 @router.post("/photos", status_code=202, openapi_extra={"requestBody": UPLOAD_BODY})
@@ -132,7 +126,7 @@ async def upload_photo(
         response = await _upload(request, services, idempotency_key, received)
     except ImagepipeError as exc:
         metrics.UPLOADS.labels(str(exc.status)).inc()
-        return await _refused(request, services, received, exc)
+        return _refused(request, services, received, exc)
     metrics.UPLOADS.labels("accepted").inc()
     metrics.ACCEPT_SECONDS.observe(time.monotonic() - started)
     return response

@@ -1,0 +1,156 @@
+"""`make chaos`: uploads while roles are killed and restarted at random and backup flaps.
+
+    python -m tests.chaos --uploads 200 --seed 7
+
+Prints the invariant table and exits non-zero on any violation. Every loop is bounded in
+count and time, and all traffic stays on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from imagepipe.embedded import EmbeddedS3
+from tests import images
+from tests.cluster import ACCESS, BUCKET, SECRET, Cluster
+
+KILLABLE = ("api", "worker", "replicator")
+CHAOS_ENV = {"IMAGEPIPE_IDEMPOTENCY_LEASE_S": "5"}
+
+
+async def upload_with_retries(
+    cluster: Cluster, client: httpx.AsyncClient, data: bytes, key: str, deadline: float
+) -> bool:
+    """Upload until accepted, retrying with the same Idempotency-Key (as a careful client does)."""
+    while time.monotonic() < deadline:
+        try:
+            if await cluster.upload(client, data, key) is not None:
+                return True
+        except httpx.TransportError:
+            pass  # the API is down right now
+        await asyncio.sleep(0.3)
+    return False
+
+
+async def upload_all(
+    cluster: Cluster, client: httpx.AsyncClient, n: int, seconds: float, rng: random.Random
+) -> int:
+    """n uploads spread evenly over `seconds`, so the kills land among them."""
+    photos = [images.jpeg(rng.randint(300, 1600), rng.randint(300, 1200)) for _ in range(8)]
+    deadline = time.monotonic() + seconds + 120
+
+    async def one(i: int) -> bool:
+        await asyncio.sleep(i * seconds / n)
+        return await upload_with_retries(cluster, client, photos[i % 8], f"chaos-{i}", deadline)
+
+    return sum(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+async def monkey(
+    cluster: Cluster, rng: random.Random, stop: asyncio.Event, tally: Counter[str]
+) -> None:
+    """Kill a role or take backup away, every second or two, until told to stop."""
+    while not stop.is_set():
+        await asyncio.sleep(rng.uniform(0.5, 2.0))
+        if rng.random() < 0.25:
+            cluster.s3.stop()
+            tally["backup outage"] += 1
+            await asyncio.sleep(rng.uniform(1, 3))
+            restart_backup(cluster)
+            continue
+        role = rng.choice(KILLABLE)
+        cluster.kill(role, rng.choice((signal.SIGKILL, signal.SIGTERM)))
+        tally[f"{role} killed"] += 1
+        await asyncio.sleep(rng.uniform(0.2, 1.5))
+        cluster.start_role(role)
+
+
+def restart_backup(cluster: Cluster) -> None:
+    cluster.s3 = EmbeddedS3(cluster.root, BUCKET, ACCESS, SECRET, port=cluster.s3.port)
+    cluster.s3.start()
+
+
+async def run(uploads: int, seconds: float, seed: int, root: Path) -> int:
+    rng, tally = random.Random(seed), Counter[str]()
+    cluster = Cluster(root, env_overrides=CHAOS_ENV)
+    cluster.start()
+    try:
+        await cluster.wait_ready()
+        async with httpx.AsyncClient(timeout=30) as client:
+            stop = asyncio.Event()
+            chaos = asyncio.create_task(monkey(cluster, rng, stop, tally))
+            accepted = await upload_all(cluster, client, uploads, seconds, rng)
+            stop.set()
+            await chaos
+            await cluster.wait_ready()
+            await audit(cluster)  # repairs whatever the kills left half-done
+            await cluster.wait_for(client, "backup", timeout_s=180)
+            violations = await cluster.violations(client)
+            tickets = await cluster.tickets(client)
+    finally:
+        cluster.stop()
+    report(uploads, accepted, tickets, tally, violations)
+    return 1 if violations or accepted < uploads else 0
+
+
+async def audit(cluster: Cluster) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "imagepipe",
+        "audit",
+        "--json",
+        env=cluster.env(),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    await asyncio.wait_for(proc.wait(), 120)
+
+
+def report(
+    uploads: int, accepted: int, tickets: dict, tally: Counter[str], violations: list[str]
+) -> None:  # type: ignore[type-arg]
+    statuses = Counter(t["status"] for t in tickets.values())
+    backups = Counter(t["backup"] for t in tickets.values())
+    rows = [
+        ("uploads attempted", uploads),
+        ("uploads accepted (2xx)", accepted),
+        ("tickets completed", statuses["completed"]),
+        ("tickets failed", statuses["failed"]),
+        ("backed up", backups["completed"]),
+        *sorted(tally.items()),
+        ("invariant violations", len(violations)),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print("\nchaos run")
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+    for violation in violations:
+        print(f"  VIOLATION: {violation}")
+    print("  all invariants hold" if not violations else "  INVARIANTS VIOLATED")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--uploads", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=60, help="spread uploads over this")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="imagepipe-chaos-") as root:
+        return asyncio.run(run(args.uploads, args.seconds, args.seed, Path(root)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
