@@ -185,10 +185,10 @@ class Auditor:
         try:
             copy = await self.backup.head(info.key)
         except ObjectNotFound:
-            await self.replicate_again(info.key, "backup_missing")
+            await self.replicate_again(info.key, info.size, "backup_missing")
             return
         if copy.size != info.size or not await self._same_sha(info.key, copy):
-            await self.replicate_again(info.key, "backup_mismatch")
+            await self.replicate_again(info.key, info.size, "backup_mismatch")
 
     async def _same_sha(self, key: str, copy: ObjectInfo) -> bool:
         if not self.settings.audit_deep and copy.sha256 is None:
@@ -197,10 +197,10 @@ class Auditor:
         actual = copy.sha256 if copy.sha256 and not self.settings.audit_deep else None
         return expected == (actual or await self.backup.sha256(key))
 
-    async def replicate_again(self, key: str, kind: str) -> None:
+    async def replicate_again(self, key: str, size: int, kind: str) -> None:
         """Put one object back on the replication log."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            replication.append(pipe, [key])
+            replication.append(pipe, {key: size})
             await pipe.execute()
         self.report.add(kind, key)
 
@@ -211,7 +211,15 @@ class Auditor:
         )
         for raw_key, raw_state in states.items():
             if ReplicaState.model_validate_json(raw_state).state == "failed":
-                await self.replicate_again(raw_key.decode(), "replication_failed_retried")
+                key = raw_key.decode()
+                size = await self._size_on_primary(key)
+                await self.replicate_again(key, size, "replication_failed_retried")
+
+    async def _size_on_primary(self, key: str) -> int:
+        try:
+            return (await self.primary.head(key)).size
+        except ObjectNotFound:
+            return 0  # the replicator will find it missing and say so
 
     async def find_temp_files(self) -> None:
         """Temp files left by a crash mid-write (reported; they hold no acknowledged data)."""

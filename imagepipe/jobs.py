@@ -44,7 +44,7 @@ async def register(
     )
     async with redis.pipeline(transaction=True) as pipe:
         tickets.create(pipe, ticket)
-        replication.append(pipe, [stored.key])
+        replication.append(pipe, {stored.key: stored.info.size})
         if idempotency is not None:
             store, reservation = idempotency
             store.commit(pipe, reservation, ticket.id, ticket.sha256)

@@ -13,6 +13,7 @@ REPLICATION_STREAM = PREFIX + "replication:log"
 REPLICATION_GROUP = "replicators"
 REPLICATION_STATE = PREFIX + "replication:state"  # hash: storage key -> ReplicaState json
 REPLICATION_PENDING = PREFIX + "replication:pending"  # zset: storage key -> first enqueued at
+REPLICATION_PENDING_BYTES = PREFIX + "replication:pending-bytes"  # hash: storage key -> size
 
 # -- the audit -------------------------------------------------------------------------------
 AUDIT_LAST = PREFIX + "audit:last"  # hash: finding kind -> count, finished_at -> timestamp

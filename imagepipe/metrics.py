@@ -15,8 +15,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from redis.asyncio import Redis
 
 from imagepipe import keys
-
-REPLICATION_TARGET_S = 15 * 60  # S3 RTC's promise: 99.99 % within 15 minutes
+from imagepipe.replication import ReplicationLog
 
 UPLOADS = Counter("imagepipe_uploads_total", "Uploads answered, by outcome", ["outcome"])
 UPLOAD_BYTES = Counter("imagepipe_upload_bytes_total", "Bytes of accepted originals")
@@ -45,6 +44,9 @@ REPLICATION_BYTES = Counter("imagepipe_replication_bytes_total", "Bytes copied t
 QUEUE_DEPTH = Gauge("imagepipe_queue_depth", "Jobs waiting, by lane", ["lane"])
 QUEUE_OLDEST = Gauge("imagepipe_queue_oldest_age_seconds", "Age of the oldest queued job", ["lane"])
 REPLICATION_PENDING = Gauge("imagepipe_replication_pending", "Objects not yet in backup")
+REPLICATION_PENDING_BYTES = Gauge(
+    "imagepipe_replication_pending_bytes", "Bytes of the objects not yet in backup"
+)
 REPLICATION_LAG = Gauge(
     "imagepipe_replication_lag_seconds", "Age of the oldest object not yet in backup"
 )
@@ -79,12 +81,11 @@ async def refresh_system_gauges(redis: Redis) -> None:
         oldest = await redis.zrange(queue, 0, 0, withscores=True)
         # arq scores are the time a job may run (ms); a deferred job is not late yet
         QUEUE_OLDEST.labels(lane).set(max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else 0)
-    pending = await redis.zcard(keys.REPLICATION_PENDING)
-    oldest_pending = await redis.zrange(keys.REPLICATION_PENDING, 0, 0, withscores=True)
-    past = await redis.zcount(keys.REPLICATION_PENDING, "-inf", time.time() - REPLICATION_TARGET_S)
-    REPLICATION_PENDING.set(pending)
-    REPLICATION_LAG.set(max(0.0, time.time() - oldest_pending[0][1]) if oldest_pending else 0)
-    REPLICATION_PAST_TARGET.set(past)
+    backlog = await ReplicationLog(redis).backlog()
+    REPLICATION_PENDING.set(backlog.pending)
+    REPLICATION_PENDING_BYTES.set(backlog.pending_bytes)
+    REPLICATION_LAG.set(backlog.oldest_age_s)
+    REPLICATION_PAST_TARGET.set(backlog.past_target)
     findings = await cast(Awaitable[dict[bytes, bytes]], redis.hgetall(keys.AUDIT_LAST))
     for kind, value in findings.items():
         name = kind.decode()

@@ -263,6 +263,3 @@ def corpus() -> list[Hostile]:
         polyglots,
     )
     return [case for group in groups for case in group()]
-
-
-MARKERS = (b"<html", b"<script", b"PK\x03\x04", b"Exif\0\0", b"http://ns.adobe.com/xap")

@@ -93,14 +93,15 @@ async def index_event(services: Services, event: CallbackEvent) -> Ticket | None
     if event.type == "processing.completed" and not ticket.status.terminal:
         manifest_key = keys.manifest(ticket.photo_id)
         # written before the ticket completes, so a completed ticket always has its manifest
-        await services.primary.put_bytes(
+        written = await services.primary.put_bytes(
             manifest_key, _manifest(ticket, event).model_dump_json(indent=1).encode()
         )
-        new_keys = [d.key for d in event.sizes.values()] + [manifest_key]
+        new_objects = {d.key: d.bytes for d in event.sizes.values()}
+        new_objects[manifest_key] = written.size
 
         def extra(pipe: Pipeline, updated: Ticket) -> None:
             if updated.status is TicketStatus.COMPLETED:
-                replication.append(pipe, new_keys)
+                replication.append(pipe, new_objects)
                 pipe.zadd(keys.GALLERY, {updated.photo_id: updated.updated_at})
 
     return await services.tickets.apply(event, extra)

@@ -49,7 +49,9 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         checks["redis"] = "ok"
         checks["queue_depth"] = await services.queue_depth()
         checks["replication_pending"] = backlog.pending
+        checks["replication_pending_bytes"] = backlog.pending_bytes
         checks["replication_lag_s"] = round(backlog.oldest_age_s, 3)
+        checks["replication_past_target"] = backlog.past_target
         checks["last_audit"] = await last_audit(services)
     except (RedisError, OSError) as exc:
         checks["redis"] = f"unreachable: {exc}"
