@@ -140,17 +140,22 @@ async def _upload(
     reservation = await services.idempotency.reserve(idempotency_key) if idempotency_key else None
     if reservation is not None and reservation.ticket_id is not None:
         return await _replay(services, body, reservation)
+    # a keyed upload's ids come from its key, so a retry after a crash converges on one photo
+    photo_id, ticket_id = (
+        (reservation.photo_id, reservation.new_ticket_id)
+        if reservation
+        else (new_photo_id(), new_ticket_id())
+    )
     try:
-        stored = await store_original(body, services.primary, services.settings, new_photo_id())
-        metrics.UPLOAD_BYTES.inc(stored.info.size)
+        stored = await store_original(body, services.primary, services.settings, photo_id)
         held = (services.idempotency, reservation) if reservation else None
-        ticket = await jobs.register(
-            services.redis, services.tickets, stored, new_ticket_id(), held
-        )
+        ticket = await jobs.register(services.redis, services.tickets, stored, ticket_id, held)
     except BaseException:
         if reservation is not None:
             await services.idempotency.release(reservation)
         raise
+    metrics.UPLOAD_BYTES.inc(stored.info.size)
+    metrics.TICKET_TRANSITIONS.labels("queued").inc()
     return await _accepted(services, ticket)
 
 
