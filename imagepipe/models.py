@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -47,33 +47,35 @@ class Derivative(BaseModel):
     content_type: str = "image/jpeg"
 
 
-class PhotoManifest(BaseModel):
-    """The photo's record on primary storage (``manifests/{photo_id}.json``)."""
+class Original(BaseModel):
+    """What the upload path learned about a photo's original."""
 
     photo_id: str
-    ticket_id: str
     original_key: str
     sha256: str
     format: str
     width: int
     height: int
     bytes: int
+
+    def original_facts(self) -> dict[str, Any]:
+        """Just these fields, to build another record about the same original."""
+        return self.model_dump(include=set(Original.model_fields))
+
+
+class PhotoManifest(Original):
+    """The photo's record on primary storage (``manifests/{photo_id}.json``)."""
+
+    ticket_id: str
     created_at: float
     sizes: dict[str, Derivative]
 
 
-class Ticket(BaseModel):
+class Ticket(Original):
     """The server's record of one upload's progress (kept in Redis for the retention period)."""
 
     id: str
     status: TicketStatus = TicketStatus.QUEUED
-    photo_id: str
-    original_key: str
-    sha256: str
-    format: str
-    width: int
-    height: int
-    bytes: int
     created_at: float = Field(default_factory=now)
     updated_at: float = Field(default_factory=now)
     attempts: int = 0

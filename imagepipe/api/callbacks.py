@@ -70,17 +70,11 @@ def _parse(body: bytes) -> CallbackEvent:
 
 
 def _manifest(ticket: Ticket, event: CallbackEvent) -> PhotoManifest:
+    facts = ticket.original_facts()
+    # the manifest records the photo upright (the worker applied its EXIF orientation)
+    facts.update(width=event.width or ticket.width, height=event.height or ticket.height)
     return PhotoManifest(
-        photo_id=ticket.photo_id,
-        ticket_id=ticket.id,
-        original_key=ticket.original_key,
-        sha256=ticket.sha256,
-        format=ticket.format,
-        width=event.width or ticket.width,
-        height=event.height or ticket.height,
-        bytes=ticket.bytes,
-        created_at=ticket.created_at,
-        sizes=event.sizes,
+        **facts, ticket_id=ticket.id, created_at=ticket.created_at, sizes=event.sizes
     )
 
 
