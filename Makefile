@@ -8,14 +8,14 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 CHAOS_ARGS ?= --uploads 200 --seconds 60
 
-.PHONY: install run up down test test-fast chaos lint format clean
+.PHONY: install run up down test test-fast chaos bench bench-quick lint format clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -38,14 +38,24 @@ test-fast: $(STAMP)
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
+# every row of the benchmark table beside its anchors; rewrites BENCHMARKS.md (several minutes).
+# Real photos join row 1 from IMAGEPIPE_CORPUS, by default ../shared/testdata where it exists.
+bench: $(STAMP)
+	IMAGEPIPE_CORPUS="$${IMAGEPIPE_CORPUS-$(abspath $(wildcard ../shared/testdata))}" \
+		$(BIN)/python -m bench
+
+# the same rows on small inputs (about a minute, writes nothing): CI runs it so bench/ cannot rot
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --quick
+
 lint: $(STAMP)
-	$(BIN)/ruff check imagepipe tests
-	$(BIN)/ruff format --check imagepipe tests
+	$(BIN)/ruff check imagepipe tests bench
+	$(BIN)/ruff format --check imagepipe tests bench
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format imagepipe tests
-	$(BIN)/ruff check --fix imagepipe tests
+	$(BIN)/ruff format imagepipe tests bench
+	$(BIN)/ruff check --fix imagepipe tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -62,7 +62,9 @@ def _texture(size: tuple[int, int], rng: random.Random) -> Image.Image:
 
 def _tinted(texture: Image.Image, dark: tuple[int, ...], light: tuple[int, ...]) -> Image.Image:
     """Map a grey texture onto a colour ramp (luminance detail, little chroma detail)."""
-    ramp = [round(d + (li - d) * v / 255) for d, li in zip(dark, light, strict=True) for v in range(256)]
+    ramp = [
+        round(d + (li - d) * v / 255) for d, li in zip(dark, light, strict=True) for v in range(256)
+    ]
     return Image.merge("RGB", [texture.point(ramp[i * 256 : (i + 1) * 256]) for i in range(3)])
 
 
@@ -82,7 +84,9 @@ def _shapes(im: Image.Image, rng: random.Random) -> None:
         shape((x, y - bh, x + bw, y), fill=colour)
     for _ in range(40):
         points = [(rng.randrange(w), rng.randrange(h)) for _ in range(2)]
-        draw.line(points, fill=tuple(rng.randrange(0, 90) for _ in range(3)), width=rng.randrange(1, 5))
+        draw.line(
+            points, fill=tuple(rng.randrange(0, 90) for _ in range(3)), width=rng.randrange(1, 5)
+        )
 
 
 def _sensor_noise(im: Image.Image, rng: random.Random) -> Image.Image:
@@ -92,8 +96,8 @@ def _sensor_noise(im: Image.Image, rng: random.Random) -> Image.Image:
     return ImageChops.subtract(ImageChops.add(im, grain), Image.new("RGB", im.size, (3, 3, 3)))
 
 
-@lru_cache(maxsize=4)
-def generated(name: str, width: int, height: int, seed: int = 4) -> Photo:
+@lru_cache(maxsize=8)
+def generated(name: str, width: int, height: int, seed: int = 4, quality: int = 92) -> Photo:
     """A photo-like JPEG of ``width`` x ``height`` (deterministic for a given seed)."""
     rng = random.Random(seed)
     size = (width, height)
@@ -105,7 +109,7 @@ def generated(name: str, width: int, height: int, seed: int = 4) -> Photo:
     _shapes(im, rng)
     im = _sensor_noise(im.filter(ImageFilter.GaussianBlur(0.6)), rng)
     out = BytesIO()
-    im.save(out, "JPEG", quality=92, subsampling="4:2:0")
+    im.save(out, "JPEG", quality=quality, subsampling="4:2:0")
     return Photo(f"generated {name} {width}x{height}", out.getvalue(), width, height)
 
 

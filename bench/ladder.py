@@ -22,13 +22,14 @@ from io import BytesIO
 
 os.environ.setdefault("VIPS_CONCURRENCY", "1")  # before pyvips loads libvips: one thread
 
-import pyvips  # noqa: E402 (after the concurrency setting)
-from PIL import Image, ImageChops, ImageCms, ImageOps, ImageStat  # noqa: E402
+import pyvips
+from PIL import Image, ImageChops, ImageCms, ImageOps, ImageStat
 
-from bench.inputs import Photo  # noqa: E402
-from bench.stats import Summary, paired_ratio, summarize  # noqa: E402
-from imagepipe import imaging  # noqa: E402
-from imagepipe.config import DEFAULT_SIZES, SizeSpec, parse_sizes  # noqa: E402
+from bench.inputs import Photo
+from bench.model import Row, table
+from bench.stats import Summary, paired_ratio, summarize
+from imagepipe import imaging
+from imagepipe.config import DEFAULT_SIZES, SizeSpec, parse_sizes
 
 LADDER = parse_sizes(DEFAULT_SIZES)
 QUALITY = 85
@@ -46,9 +47,7 @@ pyvips.cache_set_max(0)  # every run decodes afresh, as a worker would
 
 def imagepipe_ladder(data: bytes) -> Ladder:
     """imagepipe's own pipeline, as the worker's sandbox child calls it."""
-    rendered = imaging.render(
-        data, LADDER, formats=FORMATS, max_pixels=MAX_PIXELS, quality=QUALITY
-    )
+    rendered = imaging.render(data, LADDER, formats=FORMATS, max_pixels=MAX_PIXELS, quality=QUALITY)
     return {r.name: r.data for r in rendered.renditions}
 
 
@@ -61,7 +60,7 @@ def _jpeg(im: Image.Image) -> bytes:
 
 def naive_ladder(data: bytes) -> Ladder:
     """Decode every pixel, then make each size from the full image with Lanczos."""
-    im = Image.open(BytesIO(data))
+    im: Image.Image = Image.open(BytesIO(data))
     im.load()
     icc = im.info.get("icc_profile")
     im = ImageOps.exif_transpose(im)
@@ -225,3 +224,115 @@ def step_profile(data: bytes, repeats: int) -> dict[str, Summary]:
             imaging.run_step(step, job)
             per_step[step.__name__].append((time.process_time() - started) * 1000)
     return {name: summarize(values[1:]) for name, values in per_step.items()}
+
+
+# -- the row -----------------------------------------------------------------------------------
+
+VIPS_SHARE, NAIVE_TIMES, MIN_PSNR = 0.9, 8.0, 38.0
+
+
+def _psnr_text(values: dict[str, float]) -> str:
+    worst = min(values, key=lambda name: values[name])
+    return "identical" if math.isinf(values[worst]) else f"{values[worst]:.1f} ({worst})"
+
+
+def _quality(photos: Sequence[Photo]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per photo, per contender: PSNR of each size against the naive (reference) ladder."""
+    quality = {}
+    for photo in photos:
+        reference = naive_ladder(photo.data)
+        quality[photo.name] = {
+            name: ladder_psnr(CONTENDERS[name](photo.data), reference)
+            for name in ("imagepipe", "libvips")
+        }
+    return quality
+
+
+def _photo_lines(
+    samples: dict[tuple[str, str], Samples],
+    photos: Sequence[Photo],
+    quality: dict[str, dict[str, dict[str, float]]],
+) -> list[list[str]]:
+    lines = []
+    for p in photos:
+        cpu = {name: cpu_summary(samples, p.name, name) for name in CONTENDERS}
+        lines.append(
+            [
+                f"{p.name} ({p.megapixels:.1f} MP)",
+                cpu["imagepipe"].text("", 0),
+                cpu["libvips"].text("", 0),
+                cpu["naive Pillow"].text("", 0),
+                f"{photo_ratio(samples, p.name, 'imagepipe', 'libvips').median:.2f}×",
+                f"{photo_ratio(samples, p.name, 'naive Pillow', 'imagepipe').median:.1f}×",
+                _psnr_text(quality[p.name]["imagepipe"]),
+                _psnr_text(quality[p.name]["libvips"]),
+            ]
+        )
+    return lines
+
+
+def _profile_lines(profile: dict[str, Summary]) -> list[list[str]]:
+    total = sum(s.median for s in profile.values())
+    return [
+        [name, f"{s.median:.1f}", f"{100 * s.median / total:.0f}%"]
+        for name, s in profile.items()
+        if s.median >= 0.05
+    ]
+
+
+def row(photos: Sequence[Photo], rounds: int) -> Row:
+    """Row 1: every contender on every photo, paired ratios, PSNR and a step profile."""
+    samples = measure(photos, CONTENDERS, rounds)
+    quality = _quality(photos)
+    vs_vips = set_ratio(samples, photos, "imagepipe", "libvips")
+    vs_naive = set_ratio(samples, photos, "naive Pillow", "imagepipe")
+    worst = min(min(q["imagepipe"].values()) for q in quality.values())
+    worst_vips = min(min(q["libvips"].values()) for q in quality.values())
+    biggest = max(photos, key=lambda p: (p.name.startswith("generated"), -abs(p.megapixels - 12)))
+    profile = step_profile(biggest.data, max(3, rounds))
+    details = [
+        f"CPU ms per photo, median (p10–p90) of {rounds} interleaved rounds; ratios are "
+        "medians of per-round ratios; PSNR is the worst size against the naive ladder "
+        "(Lanczos from every decoded pixel, same JPEG settings).",
+        "",
+        *table(
+            [
+                "photo",
+                "imagepipe",
+                "libvips",
+                "naive",
+                "imagepipe ÷ libvips",
+                "naive ÷ imagepipe",
+                "PSNR imagepipe",
+                "PSNR libvips",
+            ],
+            _photo_lines(samples, photos, quality),
+        ),
+        "",
+        f"Whole set, per round: imagepipe ÷ libvips {vs_vips.text('×', 2)}; "
+        f"naive ÷ imagepipe {vs_naive.text('×', 1)}. Worst size anywhere: imagepipe "
+        f"{worst:.1f} dB, libvips {worst_vips:.1f} dB.",
+        "",
+        f"Where imagepipe's time goes on {biggest.name} (CPU ms per step, median):",
+        "",
+        *table(["step", "ms", "share"], _profile_lines(profile)),
+    ]
+    data = {
+        "cpu_ms": {f"{p} | {c}": s.cpu for (p, c), s in samples.items()},
+        "wall_ms": {f"{p} | {c}": s.wall for (p, c), s in samples.items()},
+        "psnr": quality,
+        "profile_ms": {name: s.median for name, s in profile.items()},
+    }
+    met = vs_vips.median <= VIPS_SHARE and vs_naive.median >= NAIVE_TIMES and worst >= MIN_PSNR
+    return Row(
+        1,
+        "derivative ladder per photo (one process, one thread)",
+        "naive Pillow; libvips thumbnail-once-then-resize",
+        f"≤ {VIPS_SHARE}× libvips, ≥ {NAIVE_TIMES:.0f}× naive, ≥ {MIN_PSNR:.0f} dB PSNR",
+        vs_vips.median,
+        f"{vs_vips.median:.2f}× libvips, {vs_naive.median:.1f}× faster than naive, "
+        f"worst size {worst:.1f} dB",
+        met,
+        details=details,
+        data=data,
+    )

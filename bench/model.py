@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -18,7 +19,7 @@ class Row:
     met: bool | None = None  # None: not measured (skipped, or no anchor)
     reading: str = ""  # a short interpretation, where the time goes
     details: list[str] = field(default_factory=list)  # markdown lines (tables, notes)
-    data: dict[str, object] = field(default_factory=dict)  # raw numbers for --json
+    data: dict[str, Any] = field(default_factory=dict)  # raw numbers for --json
 
     @property
     def verdict(self) -> str:

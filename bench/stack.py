@@ -45,10 +45,10 @@ class Stack:
 
     @classmethod
     @contextlib.contextmanager
-    def running(cls, workers: int = 2) -> Iterator[Stack]:
+    def running(cls, workers: int = 2, env: dict[str, str] | None = None) -> Iterator[Stack]:
         """A stack in a fresh temp dir, torn down (roles, then servers) on exit."""
         with tempfile.TemporaryDirectory(prefix="imagepipe-bench-") as tmp:
-            stack = cls(Path(tmp), workers)
+            stack = cls(Path(tmp), workers, dict(env or {}))
             try:
                 stack.start_servers()
                 yield stack

@@ -120,21 +120,44 @@ def rows(stack: Stack, photo: Photo, count: int) -> tuple[Row, Row]:
     details = table(
         ["what", "photos/s", "ratio to ceiling"],
         [
-            [f"imaging only, {stack.workers} processes (before, after)",
-             f"{ceiling:.2f}, {ceiling_again:.2f}", "1"],
-            ["worker: arq + sandbox + storage + callbacks", f"{worker:.2f}",
-             f"{worker / ceiling_mean:.2f}"],
-            ["end to end: upload → completed → on backup", f"{e2e:.2f}",
-             f"{e2e / ceiling_mean:.2f}"],
+            [
+                f"imaging only, {stack.workers} processes (before, after)",
+                f"{ceiling:.2f}, {ceiling_again:.2f}",
+                "1",
+            ],
+            [
+                "worker: arq + sandbox + storage + callbacks",
+                f"{worker:.2f}",
+                f"{worker / ceiling_mean:.2f}",
+            ],
+            [
+                "end to end: upload → completed → on backup",
+                f"{e2e:.2f}",
+                f"{e2e / ceiling_mean:.2f}",
+            ],
         ],
     )
     details.append(f"\n{count} uploads of {photo.name} ({len(photo.data) / 1e6:.1f} MB).")
     return (
-        Row(2, "worker throughput at saturation", "imaging-only throughput, same processes",
-            "≥ 0.85 of imaging-only", worker / ceiling_mean,
-            f"{worker / ceiling_mean:.2f} of imaging-only", worker / ceiling_mean >= 0.85,
-            details=details, data=data),
-        Row(3, "end-to-end throughput, whole local stack", "the imaging-only ceiling of #2",
-            "≥ 0.6 of the ceiling", e2e / ceiling_mean, f"{e2e / ceiling_mean:.2f} of the ceiling",
-            e2e / ceiling_mean >= 0.6, data=data),
+        Row(
+            2,
+            "worker throughput at saturation",
+            "imaging-only throughput, same processes",
+            "≥ 0.85 of imaging-only",
+            worker / ceiling_mean,
+            f"{worker / ceiling_mean:.2f} of imaging-only",
+            worker / ceiling_mean >= 0.85,
+            details=details,
+            data=data,
+        ),
+        Row(
+            3,
+            "end-to-end throughput, whole local stack",
+            "the imaging-only ceiling of #2",
+            "≥ 0.6 of the ceiling",
+            e2e / ceiling_mean,
+            f"{e2e / ceiling_mean:.2f} of the ceiling",
+            e2e / ceiling_mean >= 0.6,
+            data=data,
+        ),
     )

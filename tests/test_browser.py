@@ -365,29 +365,38 @@ class FlakyLink:
     def __init__(self, upstream: str) -> None:
         self.upstream_port = int(upstream.rsplit(":", 1)[1])
         self.armed = True
-        self.clients: set[asyncio.StreamWriter] = set()
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # strong references, awaited on stop
 
     async def start(self) -> str:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
     async def stop(self) -> None:
+        """Close the listener and every connection still open; wait for their tasks."""
         self.server.close()
-        for writer in self.clients:
+        for writer in self.writers:
             writer.transport.abort()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.clients.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self.writers |= {writer, up_writer}
         uploading = asyncio.Event()
-        await asyncio.gather(
-            self._up(reader, up_writer, uploading),
-            self._down(up_reader, writer, uploading),
-            return_exceptions=True,
-        )
-        up_writer.transport.abort()
-        writer.transport.abort()
-        self.clients.discard(writer)
+        pipes = [
+            asyncio.create_task(self._up(reader, up_writer, uploading)),
+            asyncio.create_task(self._down(up_reader, writer, uploading)),
+        ]
+        # one side has closed: close the other too, as a plain TCP proxy would
+        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        for each in (writer, up_writer):
+            each.transport.abort()
+        await asyncio.gather(*pipes, return_exceptions=True)
+        self.writers -= {writer, up_writer}
+        self.tasks.discard(task)
 
     async def _up(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, uploading: asyncio.Event

@@ -1,0 +1,155 @@
+"""Row 7: backup lag at a steady 10 uploads/s, and catch-up after a backup outage.
+
+Whole stack; small photos so that 10 uploads/s (each one original, six sizes and a manifest:
+8 objects) stays within what the worker can do on a small machine. The lag of each object is
+read from the replication log itself (``updated_at - enqueued_at`` of its completed state).
+The outage stops rclone's S3 server, keeps uploading, starts it again on the same port and
+times the drain. The anchor PUTs the same objects one after another to the same server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any, cast
+
+import boto3
+import httpx
+from botocore.config import Config
+from redis.asyncio import Redis
+
+from bench.inputs import Photo
+from bench.loadgen import open_loop
+from bench.model import Row, table
+from bench.stack import ACCESS_KEY, BUCKET, SECRET_KEY, Stack, upload, wait_ready
+from bench.stats import percentile
+from imagepipe import keys
+
+RATE = 10.0
+LAG_BUDGET_S = 2.0
+SHARE = 0.7
+
+
+async def _states(redis: Redis) -> dict[str, dict[str, Any]]:
+    raw = await cast(Any, redis.hgetall(keys.REPLICATION_STATE))
+    return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+
+async def _drained(redis: Redis, timeout_s: float) -> float:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not await redis.zcard(keys.REPLICATION_PENDING):
+            return time.monotonic()
+        await asyncio.sleep(0.05)
+    raise TimeoutError("the replication backlog never drained")
+
+
+async def _uploads(client: httpx.AsyncClient, photo: Photo, duration_s: float) -> int:
+    send = lambda c: c.post(  # noqa: E731
+        "/photos", content=photo.data, headers={"Content-Type": "image/jpeg"}
+    )
+    load = await open_loop(client, send, rate=RATE, duration_s=duration_s, ok=(202,))
+    if load.failures:
+        raise RuntimeError(f"{load.failures} uploads refused")
+    return len(load.latencies)
+
+
+async def measure(stack: Stack, photo: Photo, steady_s: float, outage_s: float) -> dict[str, Any]:
+    """Steady-state lags, then the backlog an outage leaves and how fast it drains."""
+    assert stack.valkey is not None and stack.s3 is not None
+    for role in ("api", "worker", "replicator"):
+        stack.start(role)
+    redis = Redis.from_url(stack.valkey.url)
+    try:
+        async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
+            await wait_ready(client, stack)
+            await upload(client, photo.data)
+            await _drained(redis, 60)
+            before = set(await _states(redis))
+            uploaded = await _uploads(client, photo, steady_s)
+            await asyncio.sleep(2)  # the last uploads' sizes reach the log
+            await _drained(redis, 120)
+            states = await _states(redis)
+            lags = [
+                s["updated_at"] - s["enqueued_at"] for k, s in states.items() if k not in before
+            ]
+            stack.s3.stop()
+            outage_uploads = await _uploads(client, photo, outage_s)
+            await asyncio.sleep(2)
+            backlog = int(await redis.zcard(keys.REPLICATION_PENDING))
+            stack.s3.start()
+            restarted = time.monotonic()
+            drained = await _drained(redis, 300)
+    finally:
+        await redis.aclose()
+        stack.stop("replicator", "worker", "api")
+    steady_keys = [k for k in states if k not in before]
+    return {
+        "uploaded": uploaded,
+        "lags_s": lags,
+        "outage_uploads": outage_uploads,
+        "backlog": backlog,
+        "drain_s": drained - restarted,
+        "steady_keys": steady_keys,
+    }
+
+
+def put_rate(stack: Stack, object_keys: list[str], max_s: float) -> float:
+    """Objects per second PUT one after another to the backup server (plain boto3)."""
+    assert stack.s3 is not None
+    client = boto3.client(
+        "s3",
+        endpoint_url=stack.s3.url,
+        region_name="us-east-1",
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        config=Config(s3={"addressing_style": "path"}),
+    )
+    bodies = [(stack.root / "primary" / key).read_bytes() for key in object_keys]
+    client.put_object(Bucket=BUCKET, Key="put-anchor/warm", Body=bodies[0])
+    sent, started = 0, time.perf_counter()
+    for i, body in enumerate(bodies):
+        client.put_object(Bucket=BUCKET, Key=f"put-anchor/{i}", Body=body)
+        sent += 1
+        if time.perf_counter() - started > max_s:
+            break
+    return sent / (time.perf_counter() - started)
+
+
+def row(stack: Stack, photo: Photo, steady_s: float, outage_s: float) -> Row:
+    """Row 7."""
+    result = asyncio.run(measure(stack, photo, steady_s, outage_s))
+    anchor = put_rate(stack, result["steady_keys"], 20)
+    lags = result["lags_s"]
+    p50, p99 = percentile(lags, 50), percentile(lags, 99)
+    catch_up = result["backlog"] / result["drain_s"] if result["drain_s"] > 0 else 0.0
+    share = catch_up / anchor
+    details = table(
+        ["what", "value"],
+        [
+            ["steady: uploads at 10/s", f"{result['uploaded']} uploads, {len(lags)} objects"],
+            ["steady: lag p50 / p99 / max", f"{p50:.2f} / {p99:.2f} / {max(lags):.2f} s"],
+            [
+                f"outage: backup S3 down for {outage_s:.0f} s",
+                f"{result['outage_uploads']} uploads, {result['backlog']} objects pending",
+            ],
+            [
+                "catch-up: drain after restart",
+                f"{result['drain_s']:.1f} s = {catch_up:.1f} objects/s",
+            ],
+            ["anchor: single-stream PUT, same objects", f"{anchor:.1f} objects/s"],
+        ],
+    )
+    data = {k: v for k, v in result.items() if k != "steady_keys"} | {"put_per_s": anchor}
+    return Row(
+        7,
+        "replication: steady lag and catch-up",
+        "single-stream S3 PUT rate, same objects",
+        f"lag p99 ≤ {LAG_BUDGET_S:.0f} s; catch-up ≥ {SHARE} of PUT rate",
+        share,
+        f"lag p99 {p99:.2f} s; catch-up {share:.2f} of PUT rate",
+        p99 <= LAG_BUDGET_S and share >= SHARE,
+        details=details,
+        data=data,
+    )

@@ -1,0 +1,81 @@
+"""The benchmark suite still runs: `python -m bench --quick`, checked for shape, never for speed.
+
+Times on a shared machine say nothing in a unit test; `make bench` is where speed lives. This
+only proves that every row runs end to end and reports sane, complete numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.bench, pytest.mark.timeout(600)]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], str]:
+    """Run the quick suite once: (rows as JSON, the markdown report)."""
+    out = tmp_path_factory.mktemp("bench")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--json",
+            str(out / "rows.json"),
+            "--output",
+            str(out / "report.md"),
+        ],
+        cwd=ROOT,
+        check=True,
+        timeout=540,
+    )
+    return json.loads((out / "rows.json").read_text()), (out / "report.md").read_text()
+
+
+def test_every_row_of_the_table_is_measured(quick: tuple[list[dict[str, Any]], str]) -> None:
+    rows, _ = quick
+    assert [r["number"] for r in rows] == list(range(1, 9))
+    for row in rows:
+        assert row["met"] in (True, False), row["title"]
+        assert math.isfinite(row["ratio"]) and row["ratio"] >= 0, row["title"]
+        assert row["ratio_text"] and row["goal"] and row["anchor"]
+
+
+def test_the_report_has_the_machine_the_summary_and_every_row(
+    quick: tuple[list[dict[str, Any]], str],
+) -> None:
+    rows, markdown = quick
+    assert "## Machine" in markdown and "libvips" in markdown and "## Summary" in markdown
+    for row in rows:
+        assert f"## {row['number']}. {row['title']}" in markdown
+    assert "Quick run" in markdown
+
+
+def test_the_ladder_row_compares_like_with_like(quick: tuple[list[dict[str, Any]], str]) -> None:
+    ladder = quick[0][0]["data"]
+    contenders = {key.split(" | ")[1] for key in ladder["cpu_ms"]}
+    assert contenders == {"imagepipe", "libvips", "naive Pillow"}
+    assert all(len(v) >= 3 and min(v) > 0 for v in ladder["cpu_ms"].values())
+    for per_photo in ladder["psnr"].values():
+        assert set(per_photo["imagepipe"]) == {"sq", "t", "s", "m", "l", "xl"}
+        assert min(per_photo["imagepipe"].values()) > 30  # same pictures, not just same sizes
+    assert set(ladder["profile_ms"]) >= {"decode", "cascade", "encode"}
+
+
+def test_stack_rows_report_their_samples(quick: tuple[list[dict[str, Any]], str]) -> None:
+    rows = {r["number"]: r["data"] for r in quick[0]}
+    assert rows[2]["worker_per_s"] > 0 and all(c > 0 for c in rows[2]["ceiling_per_s"])
+    assert rows[4]["polled_ms"] and rows[4]["pushed_ms"]
+    assert rows[5]["closed"]["latencies"] and rows[5]["open"]["latencies"]
+    assert set(rows[6]) == {"bare", "ticket", "ticket 304"}
+    assert rows[7]["lags_s"] and rows[7]["backlog"] >= 0
+    assert rows[8]["api_peak_mb"] >= rows[8]["api_baseline_mb"] > 0
