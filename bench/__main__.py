@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -86,10 +87,23 @@ def _stack_rows(
     ]
     for numbers, step in steps:
         if set(numbers) & set(rows):
-            result = step()
-            for row in result if isinstance(result, tuple) else (result,):
+            stack.reset()
+            for row in _attempt(numbers, step):
                 if row.number in rows:
                     yield row
+
+
+def _attempt(
+    numbers: tuple[int, ...], step: Callable[[], Row | tuple[Row, ...]]
+) -> tuple[Row, ...]:
+    """Run one benchmark; a crash becomes a row marked not measured, and the run goes on."""
+    try:
+        result = step()
+    except Exception as exc:  # one broken benchmark must not lose the others' numbers
+        traceback.print_exc()
+        reason = f"not measured: {type(exc).__name__}: {exc}"[:300]
+        return tuple(Row(n, f"row {n}", "", "", ratio_text=reason) for n in numbers)
+    return result if isinstance(result, tuple) else (result,)
 
 
 _LAST = [time.monotonic()]  # when the previous row was announced
@@ -98,6 +112,9 @@ _LAST = [time.monotonic()]  # when the previous row was announced
 def _announce(row: Row) -> Row:
     now = time.monotonic()
     took, _LAST[0] = now - _LAST[0], now
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    if took >= 1:  # rows 2 and 3 come out of one benchmark
+        row.details.append(f"\nThis benchmark took {took:.0f} s; load average after it: {load}.")
     print(f"[{row.number}] {row.title}: {row.ratio_text} ({row.verdict}, {took:.0f} s)", flush=True)
     return row
 

@@ -20,6 +20,7 @@ from bench.ladder import imagepipe_ladder
 from bench.model import Row, table
 from bench.stack import Stack, upload, wait_for, wait_ready
 from bench.stats import summarize
+from imagepipe.embedded import free_port
 
 POLL_S = 0.01
 IDLE_GAP_S = 0.5  # between samples: the stack is idle when each upload arrives
@@ -46,14 +47,35 @@ async def _pushed(client: httpx.AsyncClient, ticket_id: str) -> float:
     raise RuntimeError("the event stream ended before the ticket completed")
 
 
-async def one_photo(client: httpx.AsyncClient, photo: Photo) -> tuple[float, float]:
-    """(ms to completed seen by polling, ms to completed pushed over SSE)."""
+Sample = dict[str, float]  # milliseconds: accepted, polled, pushed, job
+
+
+async def job_seconds(client: httpx.AsyncClient, metrics_url: str) -> float:
+    """Total seconds the worker spent in process_photo so far (its Prometheus histogram)."""
+    text = (await client.get(metrics_url)).text
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("imagepipe_job_duration_seconds_sum")
+    )
+
+
+async def one_photo(client: httpx.AsyncClient, photo: Photo, metrics_url: str) -> Sample:
+    """One upload, timed to its 202, to completed (polled and pushed), and its job's time."""
+    job_before = await job_seconds(client, metrics_url)
     sent = time.monotonic()
     ticket_id = await upload(client, photo.data)
+    accepted = time.monotonic()
     polled, pushed = await asyncio.wait_for(
         asyncio.gather(_polled(client, ticket_id, 30), _pushed(client, ticket_id)), 60
     )
-    return (polled - sent) * 1000, (pushed - sent) * 1000
+    job = await job_seconds(client, metrics_url) - job_before
+    return {
+        "accepted": (accepted - sent) * 1000,
+        "polled": (polled - sent) * 1000,
+        "pushed": (pushed - sent) * 1000,
+        "job": job * 1000,
+    }
 
 
 def imaging_ms(photo: Photo, repeats: int) -> list[float]:
@@ -67,11 +89,13 @@ def imaging_ms(photo: Photo, repeats: int) -> list[float]:
     return samples
 
 
-async def measure(stack: Stack, photo: Photo, samples: int) -> tuple[list[float], list[float]]:
+async def measure(stack: Stack, photo: Photo, samples: int) -> list[Sample]:
     """Upload one photo at a time on the whole idle stack, ``samples`` times."""
-    for role in ("api", "worker", "replicator"):
-        stack.start(role)
-    polled, pushed = [], []
+    metrics_port = free_port()
+    stack.start("api")
+    stack.start("worker", IMAGEPIPE_METRICS_PORT=str(metrics_port))
+    stack.start("replicator")
+    results = []
     try:
         async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
             await wait_ready(client, stack)
@@ -79,49 +103,72 @@ async def measure(stack: Stack, photo: Photo, samples: int) -> tuple[list[float]
             await wait_for(client, [warm], backup=True)
             for _ in range(samples):
                 await asyncio.sleep(IDLE_GAP_S)
-                by_poll, by_push = await one_photo(client, photo)
-                polled.append(by_poll)
-                pushed.append(by_push)
+                results.append(await one_photo(client, photo, f"http://127.0.0.1:{metrics_port}/"))
                 await asyncio.sleep(IDLE_GAP_S)  # let the replicator's copies finish
     finally:
         stack.stop("replicator", "worker", "api")
-    return polled, pushed
+    return results
+
+
+def _details(samples: list[Sample], anchor: float, photo: Photo) -> list[str]:
+    by = {key: summarize([s[key] for s in samples]) for key in samples[0]}
+    rest = summarize([s["polled"] - s["accepted"] - s["job"] for s in samples])
+    lines = table(
+        ["what", "p50 (p10–p90) ms", "over imaging, p50"],
+        [
+            ["imaging.render alone, in this process (wall)", f"{anchor:.0f}", "—"],
+            [
+                "upload sent → completed (polled every 10 ms)",
+                by["polled"].text("", 0),
+                f"+{by['polled'].median - anchor:.0f} ms",
+            ],
+            [
+                "upload sent → completed (SSE event)",
+                by["pushed"].text("", 0),
+                f"+{by['pushed'].median - anchor:.0f} ms",
+            ],
+        ],
+    )
+    lines += ["", "Where the polled time goes (p50 of each part):", ""]
+    lines += table(
+        ["part", "ms"],
+        [
+            [
+                "upload sent → 202 (stream to primary, fsync, ticket, enqueue)",
+                by["accepted"].text("", 0),
+            ],
+            [
+                "the worker's process_photo (sandbox render, writes, events queued)",
+                by["job"].text("", 0),
+            ],
+            [
+                "the rest: queue pick-up, the completion callback job, its POST, the poll",
+                rest.text("", 0),
+            ],
+        ],
+    )
+    lines.append(
+        f"\n{len(samples)} uploads of {photo.name} ({len(photo.data) / 1e6:.1f} MB), one at a "
+        "time, api + worker + replicator running."
+    )
+    return lines
 
 
 def row(stack: Stack, photo: Photo, samples: int) -> Row:
     """Row 4."""
     before = imaging_ms(photo, samples)
-    polled, pushed = asyncio.run(measure(stack, photo, samples))
+    results = asyncio.run(measure(stack, photo, samples))
     anchor = statistics.median(before + imaging_ms(photo, samples))
-    poll, push = summarize(polled), summarize(pushed)
-    overhead = poll.median - anchor
-    details = table(
-        ["what", "p50 (p10–p90) ms", "over imaging, p50"],
-        [
-            ["imaging.render alone (wall)", f"{anchor:.0f}", "—"],
-            [
-                "upload sent → completed (polled every 10 ms)",
-                poll.text("", 0),
-                f"+{overhead:.0f} ms",
-            ],
-            [
-                "upload sent → completed (SSE event)",
-                push.text("", 0),
-                f"+{push.median - anchor:.0f} ms",
-            ],
-        ],
-    )
-    details.append(
-        f"\n{samples} uploads of {photo.name} ({len(photo.data) / 1e6:.1f} MB), one at a time."
-    )
+    polled = statistics.median(s["polled"] for s in results) - anchor
+    pushed = statistics.median(s["pushed"] for s in results) - anchor
     return Row(
         4,
         "end-to-end latency of one photo, idle stack",
         "imaging time of that photo",
         f"p50 ≤ imaging + {BUDGET_MS} ms",
-        overhead,
-        f"imaging + {overhead:.0f} ms (poll), + {push.median - anchor:.0f} ms (SSE)",
-        overhead <= BUDGET_MS,
-        details=details,
-        data={"imaging_ms": anchor, "polled_ms": polled, "pushed_ms": pushed},
+        polled,
+        f"imaging + {polled:.0f} ms (poll), + {pushed:.0f} ms (SSE)",
+        polled <= BUDGET_MS,
+        details=_details(results, anchor, photo),
+        data={"imaging_ms": anchor, "samples_ms": results},
     )

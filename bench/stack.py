@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +18,13 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
+import redis
 
 from imagepipe.embedded import EmbeddedS3, EmbeddedValkey, free_port
 
@@ -136,6 +139,21 @@ class Stack:
                 tail = (self.root / f"{role}.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"{role} exited with {proc.returncode}:\n{tail}")
 
+    def reset(self) -> None:
+        """Between benchmarks: no roles, an empty Valkey, an empty primary store.
+
+        Without it a benchmark inherits the queue and the replication backlog of the one
+        before (row 5 leaves hundreds of unprocessed uploads behind).
+        """
+        assert self.valkey is not None
+        self.stop()
+        client = redis.Redis.from_url(self.valkey.url)
+        try:
+            client.flushall()
+        finally:
+            client.close()
+        shutil.rmtree(self.root / "primary", ignore_errors=True)
+
     def close(self) -> None:
         """Stop every role, then the servers."""
         self.stop()
@@ -150,6 +168,29 @@ class Stack:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, CPU clock ticks used), for every process now alive."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                # the fields after the command name (which may hold spaces): state ppid ...
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                table[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return table
+
+
+def cpu_s(pid: int, descendants: bool = True) -> float:
+    """CPU seconds (user + system) used so far by a process (and its live descendants)."""
+    table, total, todo = _proc_table(), 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += table.get(current, (0, 0))[1]
+        if descendants:
+            todo += [child for child, (parent, _) in table.items() if parent == current]
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _signal_group(proc: subprocess.Popen[bytes], signum: signal.Signals) -> None:
@@ -198,6 +239,19 @@ async def wait_for(
     poll_s: float = 0.05,
 ) -> float:
     """Poll until every ticket is terminal (and backed up); the monotonic time it was seen."""
+    await wait_tickets(client, ids, backup=backup, timeout_s=timeout_s, poll_s=poll_s)
+    return time.monotonic()
+
+
+async def wait_tickets(
+    client: httpx.AsyncClient,
+    ids: Sequence[str],
+    *,
+    backup: bool = False,
+    timeout_s: float = 300,
+    poll_s: float = 0.05,
+) -> dict[str, Any]:
+    """Poll until every ticket is terminal (and backed up); the tickets as last seen."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         found = await tickets(client, ids)
@@ -208,6 +262,11 @@ async def wait_for(
             failed = [t["error"] for t in found.values() if t["status"] == "failed"]
             if failed:
                 raise RuntimeError(f"{len(failed)} tickets failed, e.g. {failed[0]}")
-            return time.monotonic()
+            return found
         await asyncio.sleep(poll_s)
     raise TimeoutError(f"{len(ids)} tickets not done within {timeout_s:.0f} s")
+
+
+def last_update(found: dict[str, Any]) -> float:
+    """The latest ``updated_at`` of these tickets, as a Unix time."""
+    return max(datetime.fromisoformat(t["updated_at"]).timestamp() for t in found.values())

@@ -11,7 +11,7 @@ import logging
 from typing import cast
 
 from arq.connections import ArqRedis
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from imagepipe.config import Settings
@@ -32,11 +32,11 @@ def redis_client(settings: Settings) -> ArqRedis:
     """A client that connects lazily: bounded pool, connect and read timeouts from settings."""
     if not settings.redis_url:
         raise ValueError("IMAGEPIPE_REDIS_URL is not set (only `imagepipe dev` starts one)")
-    pool = BlockingConnectionPool.from_url(
+    # a plain pool (past the bound: an error at once), as arq's own: with redis-py's
+    # BlockingConnectionPool an arq worker sometimes ran on after SIGTERM
+    pool = ConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
-        # when every connection is busy, wait this long for one rather than fail at once
-        timeout=settings.redis_connect_timeout_ms / 1000,
         socket_connect_timeout=settings.redis_connect_timeout_ms / 1000,
         socket_timeout=settings.redis_timeout_ms / 1000,
         health_check_interval=HEALTH_CHECK_S,

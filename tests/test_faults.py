@@ -164,6 +164,11 @@ class DropFirstResponse:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         return int(self.server.sockets[0].getsockname()[1])
 
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.target_port)
         pump = asyncio.create_task(_pipe(reader, upstream_w))
@@ -211,6 +216,7 @@ async def test_callback_delivered_but_response_lost_is_applied_once(tmp_path: Pa
         assert (await cluster.tickets(client))[ticket["id"]]["version"] == ticket["version"]
     finally:
         cluster.stop()
+        await proxy.stop()
 
 
 # -- replication ------------------------------------------------------------------------------

@@ -19,8 +19,6 @@ from imagepipe.storage import Storage
 from imagepipe.storage.factory import primary_storage
 from imagepipe.tickets import TicketStore
 
-UPLOAD_IDLE_S = 30.0  # a client silent this long mid-body gets a 408
-
 
 @dataclass
 class Services:
