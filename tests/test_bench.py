@@ -76,6 +76,6 @@ def test_stack_rows_report_their_samples(quick: tuple[list[dict[str, Any]], str]
     assert rows[2]["worker_per_s"] > 0 and all(c > 0 for c in rows[2]["ceiling_per_s"])
     assert {"accepted", "polled", "pushed", "job"} <= set(rows[4]["samples_ms"][0])
     assert rows[5]["closed"]["latencies"] and rows[5]["open"]["latencies"]
-    assert set(rows[6]) == {"bare", "ticket", "ticket 304"}
+    assert set(rows[6]["per_s"]) == set(rows[6]["api_cpu_ms"]) == {"bare", "ticket", "ticket 304"}
     assert rows[7]["lags_s"] and rows[7]["backlog"] >= 0
     assert rows[8]["api_peak_mb"] >= rows[8]["api_baseline_mb"] > 0

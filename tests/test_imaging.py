@@ -229,6 +229,13 @@ def test_plan_draft_shrinks_a_jpeg_on_load(ladder: str, drafted: tuple[int, int]
     assert job.stored_size == (4000, 3000)
 
 
+def test_a_phone_photo_decodes_at_half_scale_then_reaches_2048() -> None:
+    # 4032 px is the commonest phone size: 1/2 falls 1.6% short of 2048, within the slack
+    job = job_after(images.jpeg(4032, 3024), "shrink_to_base")
+    assert job.image.size == (2048, 1536)
+    assert job_after(images.jpeg(4032, 3024), "decode").image.size == (2016, 1512)
+
+
 def test_plan_draft_is_orientation_blind_and_decode_honours_it() -> None:
     job = job_after(images.jpeg(4000, 3000, orientation=6), "decode", parse_sizes("l:1024"))
     assert job.image.size == (1000, 750)  # 1/4 of the stored pixels, as for orientation 1
