@@ -65,14 +65,18 @@ because Huffman decoding costs the same at any scale and only the IDCT and colou
 shrink; the one resize to 2048 (here the 1.6% upscale of 3 MP) is the largest single step;
 every smaller size together, then encoding, share the rest.
 
-**Why not every goal is met.** *vs libvips:* imagepipe wins where shrink-on-load applies
-(12 and 24 MP) and on small photos whose `xl` needs no resize; on 6-9 MP photos both decode
-every pixel and resample ~3 MP to 2048, and Pillow's resampler is plain C while libvips's is
-vectorised, so it is parity there. *vs naive >= 8x:* met on 24 MP; naive's cost grows with
-pixels x sizes while imagepipe's floor is a full entropy decode plus a 2048 px resample and
-encode, so on 3-12 MP photos it is 2-7x (the issue's 10x, 40 vs 400 ms, was without the
-2048 size). Going further needs a SIMD resampler (Pillow-SIMD does not follow Pillow 12+) or
-a decoder that scales by M/8 (libjpeg-turbo can; Pillow's `draft` only offers 1/2^n).
+**Why not every goal is met.** *vs libvips:* over the whole set imagepipe takes less time
+than libvips, but photo by photo the paired ratios move by 10-20% between runs on this
+loaded machine. It wins clearly on photos whose `xl` needs no resize (3 MP) and where
+shrink-on-load applies (24 MP); on 6-12 MP photos both decode every pixel (or, for 4032 px,
+imagepipe decodes half and upscales 1.6%) and resample ~3 MP, and Pillow's resampler is
+plain C while libvips's is vectorised, so it is about even there: the 2048 px resize is now
+the largest step of a 12 MP render. *vs naive >= 8x:* met on 24 MP; naive's cost grows with
+pixels x sizes while imagepipe's floor is an entropy decode of every coefficient plus a
+2048 px resample and encode, so on 3-12 MP photos it is 2-7x (the issue's 10x, 40 vs 400 ms,
+was without the 2048 size). Going further needs a SIMD resampler (Pillow-SIMD does not follow
+Pillow 12+) or a decoder that scales by M/8 (libjpeg-turbo can, e.g. 9/16 would land a
+4032 px photo at 2268 px; Pillow's `draft` only offers 1/2^n).
 *PSNR:* the reference is Lanczos from every pixel; small rungs made by any cascade differ
 from it most, and the filter choice there moves PSNR by several dB (libvips lands at
 34.5-40 dB on the same sizes). imagepipe's worst size is now at or above 38 dB on all but the
@@ -81,27 +85,34 @@ threshold) and, marginally, the 4608 px photo's `xl`.
 """,
     2: """
 **How.** The batch is uploaded while the worker is frozen (SIGSTOP on its process group,
-decode children included), then thawed; the time runs from the thaw to the last ticket's own
-`updated_at` (so the slow poll that detects it costs nothing). The anchor runs
-`imaging.render` on the same photo in the same number of warm processes. The CPU table
-splits where the pipeline spends beyond imaging: the decode children match the anchor (the
-sandbox adds no measurable cost: 219 vs 229 ms for a 12 MP photo in a pool vs in-process),
-the worker process (reading the original, pickling it to a child, six atomic writes with
-SHA-256, Redis, signing and sending two callbacks) and the API (applying two callbacks,
-writing the manifest, publishing to SSE) together add ~60 ms per 12 MP photo to ~180 ms of
-imaging, on 2 cores shared by all three.
+decode children included), then thawed; the wall time runs from the thaw to the last
+ticket's own `updated_at`. The anchor runs `imaging.render` on the same photo in as many
+warm processes as the worker has decode slots. The verdict uses CPU per photo: at saturation
+every core is busy, so photos/s = cores / CPU per photo, and the ratio of CPU per photo is
+the throughput ratio without the noise that other tenants put into wall-clock rates (the
+wall-clock ratio, shown too, can even exceed 1 when the anchor happened to run during a
+busier minute).
 
-**To close the gap:** pipeline the callback's Redis writes in the API, deliver the
-completion callback inline from `process_photo` (a job of its own only when the POST fails),
-and hash derivatives in the child that already holds their bytes.
+**Where the time goes.** The decode children match the anchor (the sandbox adds no
+measurable cost: 219 vs 229 ms for a 12 MP photo in a pool vs in-process). Beyond imaging:
+the worker process (reading the original, pickling it to a child, six atomic writes with
+SHA-256, Redis, signing and sending two callbacks), the API (applying the two callbacks,
+writing the manifest, publishing to SSE) and Valkey. **To close the gap:** deliver the
+completion callback inline from `process_photo` (its own job only when the POST fails) and
+drop the `processing.started` callback's separate round trip (fold it into the ticket update
+the worker can make directly); pipeline the callback's Redis writes in the API.
 """,
     3: """
 **How.** Whole local stack (api, worker, replicator, Valkey, rclone S3), four concurrent
 uploaders, timed from the first upload to the last ticket showing every object verified on
-backup. On this 2-core machine imaging is not alone: the uploads, the worker's writes, the
-API's callbacks and the replicator's 8 copies + 8 read-backs per photo (boto3, Python-heavy)
-all compete for the same two cores, so the ratio to imaging-only is mostly the share of CPU
-left to imaging. More cores (or a replicator on another machine, as in production) raise it.
+backup; the verdict is imaging-only CPU per photo over the whole stack's CPU per photo
+(the uploading client is not counted: it stands for the browsers). What the ceiling does
+not pay: receiving and hashing the upload, the replicator's 8 copies and 8 read-backs per
+photo through boto3 (Python-heavy signing and hashing) and rclone serving them. In
+production the replicator and the backup store run elsewhere; on one 2-core machine they
+take their CPU from imaging. **Proposals:** verify backup copies from the PUT's checksum
+(S3 `ChecksumSHA256`) instead of reading every object back; hash derivatives once, in the
+child that made them.
 """,
     4: """
 **How.** One 12 MP upload at a time on the idle stack; a poller (every 10 ms) and an SSE
@@ -126,29 +137,34 @@ clients finds the capacity; then an open loop at half that rate, each latency me
 its scheduled start (no coordinated omission). The anchor writes the same bytes the way the
 filesystem store does (temp file, fsync, rename, fsync the folder), one file after another.
 
-**Reading.** Throughput is fine (a good share of the disk's rate through one API process).
-Latency is not: one API process is one event loop on one core, and each 2.6 MB upload costs
-it the CPU shown below the table (receiving 64 KB chunks, SHA-256, writing, the header
-probe, and about six Redis round trips: the overload check, the ticket transaction, arq's
-enqueue, then the backup state and the queue depth again for the 202's body and
-`Retry-After`), while the load generator (httpx, same machine) takes much of the other core.
-At half of capacity the loop is busy about half the time, so a request often waits behind
-another's chunks: p50 is fine, p99 is queueing. **Proposals:** one API process per core
-(`uvicorn --workers`, or several `imagepipe api` behind the load balancer, as DESIGN.md
-scales it); reuse the overload check's queue depth for `Retry-After` and answer a new
-ticket's backup state (`pending`) without reading it: two round trips fewer per upload.
+**Reading.** Throughput is fine: a good share of the disk's own rate through one API
+process. Latency is not, and the API's own CPU (below the table: receiving 64 KB chunks,
+SHA-256, writing, the header probe, about six Redis round trips) is not the reason: at the
+open loop's rate one API process is only about a third busy. The tail comes from sharing two
+cores: the load generator (one Python process pushing ~75 MB/s of bodies), Valkey, the API
+and the machine's other tenants (load average below) all queue for a CPU, and a request that
+waits behind another's 2.6 MB in the single event loop, or behind the client, waits for
+tens of ms at a time. The closed loop's 16 clients show the same queueing at full load.
+**Proposals:** one API process per core (`uvicorn --workers`, or several `imagepipe api`
+behind the load balancer, as DESIGN.md scales it); reuse the overload check's queue depth
+for `Retry-After` and answer a new ticket's backup state (`pending`) without reading it:
+two Redis round trips fewer per upload; rerun on a quiet machine with a native load
+generator before tuning further.
 """,
     6: """
 **How.** The same API process serves three endpoints to the same 8 closed-loop clients,
 interleaved three times (bare, ticket, 304, ...). The ticket polled is a queued one: what a
-client polls while waiting, `Retry-After` included.
+client polls while waiting, `Retry-After` included. The verdict is capacity: one API
+process saturates at 1 / (its CPU per request), measured from /proc. The request rates seen
+are bound by the clients (Python, same process, same two cores), so they understate the
+difference; a native load generator would show the capacity ratio.
 
 **Reading.** A ticket GET costs three sequential Redis round trips (the ticket, the queue
-depth for `Retry-After`, the backup state of its objects), JSON with sorted keys and a blake2b
-ETag; the 304 does the same work and only skips the body (so it is no faster). The bare
-endpoint does none of it. **Proposals:** one pipelined round trip for the three Redis reads;
-cache the queue depth for ~100 ms per process (it only feeds `Retry-After`); answer a 304
-from a per-ticket version (`ticket.version` is already in the body) before building the body.
+depth for `Retry-After`, the backup state of its objects), a pydantic model, JSON with sorted
+keys and a blake2b ETag; the 304 does the same work and only skips sending the body. The
+bare endpoint does none of it. **Proposals:** one pipelined round trip for the three Redis
+reads; cache the queue depth for ~100 ms per process (it only feeds `Retry-After`); answer a
+304 from the ticket's `version` (already in the body) before building the body; orjson.
 """,
     7: """
 **How.** Whole stack; small photos (800x600) so 10 uploads/s (80 objects/s: original, six

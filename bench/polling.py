@@ -66,18 +66,26 @@ async def measure(
 
 
 def row(stack: Stack, photo: Photo, duration_s: float) -> Row:
-    """Row 6."""
+    """Row 6: capacity by the API's CPU per request; the client-bound rates beside it."""
     rates, cpu = asyncio.run(measure(stack, photo, duration_s))
-    plain, conditional = rates["ticket"] / rates["bare"], rates["ticket 304"] / rates["bare"]
     names = {
         "bare": "GET /healthz (bare)",
         "ticket": "GET /tickets/{id}",
         "ticket 304": "GET /tickets/{id} + If-None-Match (304)",
     }
+    # One API process saturates at 1 / (CPU per request); the clients, Python in this same
+    # process on the same cores, run out first, so their rates understate the difference.
+    capacity = {key: cpu["bare"] / cpu[key] for key in names}
     details = table(
-        ["endpoint", "requests/s", "ratio to bare", "API CPU ms per request"],
+        ["endpoint", "API CPU ms per request", "capacity ÷ bare", "requests/s seen", "seen ÷ bare"],
         [
-            [label, f"{rates[key]:.0f}", f"{rates[key] / rates['bare']:.2f}", f"{cpu[key]:.2f}"]
+            [
+                label,
+                f"{cpu[key]:.2f}",
+                f"{capacity[key]:.2f}",
+                f"{rates[key]:.0f}",
+                f"{rates[key] / rates['bare']:.2f}",
+            ]
             for key, label in names.items()
         ],
     )
@@ -85,14 +93,16 @@ def row(stack: Stack, photo: Photo, duration_s: float) -> Row:
         f"\n{CLIENTS} closed-loop clients in this process (httpx), one API process, "
         f"{PASSES} interleaved passes of {duration_s:g} s per endpoint."
     )
-    worst = min(plain, conditional)
+    worst = min(capacity["ticket"], capacity["ticket 304"])
     return Row(
         6,
         "ticket polling",
         "a bare endpoint on the same server",
         f"≥ {SHARE} of the bare endpoint",
         worst,
-        f"{plain:.2f} (200), {conditional:.2f} (304)",
+        f"{capacity['ticket']:.2f} (200), {capacity['ticket 304']:.2f} (304) of bare by API CPU "
+        f"per request (client-bound rates: {rates['ticket'] / rates['bare']:.2f}, "
+        f"{rates['ticket 304'] / rates['bare']:.2f})",
         worst >= SHARE,
         details=details,
         data={"per_s": rates, "api_cpu_ms": cpu},

@@ -67,9 +67,24 @@ async def _warm_up(
 
 
 def _cpu_by_role(stack: Stack) -> dict[str, float]:
-    worker, api = stack.pid("worker"), stack.pid("api")
-    own = cpu_s(worker, descendants=False)
-    return {"decode children": cpu_s(worker) - own, "worker process": own, "api": cpu_s(api)}
+    """CPU seconds used so far by every process of the stack, by role."""
+    assert stack.valkey is not None and stack.s3 is not None
+    used = {}
+    if "worker" in stack.roles:
+        own = cpu_s(stack.pid("worker"), descendants=False)
+        used["decode children"] = cpu_s(stack.pid("worker")) - own
+        used["worker process"] = own
+    for role in ("api", "replicator"):
+        if role in stack.roles:
+            used[role] = cpu_s(stack.pid(role))
+    used["valkey"] = cpu_s(stack.valkey.pid or 0)
+    if "replicator" in stack.roles:
+        used["rclone (backup S3)"] = cpu_s(stack.s3.pid or 0)
+    return used
+
+
+def _per_photo(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+    return {role: 1000 * (after[role] - before[role]) / count for role in after}
 
 
 async def worker_rate(stack: Stack, photo: Photo, count: int) -> tuple[float, dict[str, float]]:
@@ -89,8 +104,7 @@ async def worker_rate(stack: Stack, photo: Photo, count: int) -> tuple[float, di
             after = _cpu_by_role(stack)
     finally:
         stack.stop("worker", "api")
-    cpu = {role: 1000 * (after[role] - before[role]) / count for role in after}
-    return count / (last_update(found) - started), cpu
+    return count / (last_update(found) - started), _per_photo(before, after, count)
 
 
 async def _upload_all(client: httpx.AsyncClient, data: bytes, count: int) -> list[str]:
@@ -106,29 +120,29 @@ async def _upload_all(client: httpx.AsyncClient, data: bytes, count: int) -> lis
     return ids
 
 
-async def end_to_end_rate(stack: Stack, photo: Photo, count: int) -> float:
-    """Photos per second from the first upload to the last object verified on backup."""
+async def end_to_end_rate(stack: Stack, photo: Photo, count: int) -> tuple[float, dict[str, float]]:
+    """(photos per second from first upload to last backup copy, CPU ms per photo by role)."""
     for role in ("api", "worker", "replicator"):
         stack.start(role)
     try:
         async with httpx.AsyncClient(base_url=stack.url, timeout=60) as client:
             await _warm_up(client, stack, photo, backup=True)  # and nothing left in flight
+            before = _cpu_by_role(stack)
             started = time.monotonic()
             ids = await _upload_all(client, photo.data, count)
             finished = await wait_for(
                 client, ids, backup=True, timeout_s=60 + count * 8, poll_s=POLL_S
             )
+            after = _cpu_by_role(stack)
     finally:
         stack.stop("replicator", "worker", "api")
-    return count / (finished - started)
+    return count / (finished - started), _per_photo(before, after, count)
 
 
-def _details(
-    photo: Photo, count: int, ceilings: list[float], rates: dict[str, float], cpu: dict[str, float]
-) -> list[str]:
+def _details(photo: Photo, count: int, ceilings: list[float], rates: dict[str, float]) -> list[str]:
     ceiling = statistics.median(ceilings)
     lines = table(
-        ["what", "photos/s", "ratio to ceiling"],
+        ["what (wall clock)", "photos/s", "ratio to ceiling"],
         [
             ["imaging only (before, between, after)", ", ".join(f"{c:.2f}" for c in ceilings), "1"],
             [
@@ -143,27 +157,32 @@ def _details(
             ],
         ],
     )
-    lines += [
-        "",
-        f"{count} uploads of {photo.name} ({len(photo.data) / 1e6:.1f} MB). "
-        "CPU ms per photo while the worker drained the batch (row 2):",
-        "",
-    ]
-    lines += table(["process", "CPU ms per photo"], [[k, f"{v:.0f}"] for k, v in cpu.items()])
+    lines.append(f"\n{count} uploads of {photo.name} ({len(photo.data) / 1e6:.1f} MB).")
     return lines
 
 
+def _cpu_table(anchor: float, cpu: dict[str, float]) -> list[str]:
+    rows = [["imaging only (the anchor)", f"{anchor:.0f}", "—"]]
+    rows += [[role, f"{ms:.0f}", ""] for role, ms in cpu.items()]
+    rows.append(
+        ["**all processes**", f"{sum(cpu.values()):.0f}", f"{anchor / sum(cpu.values()):.2f}"]
+    )
+    return table(["process", "CPU ms per photo", "imaging-only ÷ all"], rows)
+
+
 def rows(stack: Stack, photo: Photo, count: int) -> tuple[Row, Row]:
-    """Rows 2 and 3, both against the imaging-only ceiling (median of three measurements)."""
-    first, imaging_cpu = imaging_ceiling(photo, count, stack.workers)
-    worker, cpu = asyncio.run(worker_rate(stack, photo, count))
+    """Rows 2 and 3: CPU per photo against imaging's (the verdict), and wall-clock rates."""
+    first, anchor = imaging_ceiling(photo, count, stack.workers)
+    worker, worker_cpu = asyncio.run(worker_rate(stack, photo, count))
     second, _ = imaging_ceiling(photo, count, stack.workers)  # the machine drifts: measure again
-    e2e = asyncio.run(end_to_end_rate(stack, photo, count))
+    e2e, e2e_cpu = asyncio.run(end_to_end_rate(stack, photo, count))
     third, _ = imaging_ceiling(photo, count, stack.workers)
     ceilings = [first, second, third]
+    wall = {"worker": worker, "e2e": e2e}
     ceiling = statistics.median(ceilings)
-    cpu = {"imaging only (anchor)": imaging_cpu, **cpu}
-    rates = {"worker": worker, "e2e": e2e}
+    # At saturation every core is busy, so photos/s = cores / CPU per photo: the ratio of CPU
+    # per photo is the throughput ratio, and unlike wall clock it ignores other tenants' load.
+    ratio2, ratio3 = anchor / sum(worker_cpu.values()), anchor / sum(e2e_cpu.values())
     data: dict[str, Any] = {
         "photo": photo.name,
         "count": count,
@@ -171,7 +190,9 @@ def rows(stack: Stack, photo: Photo, count: int) -> tuple[Row, Row]:
         "ceiling_per_s": ceilings,
         "worker_per_s": worker,
         "end_to_end_per_s": e2e,
-        "cpu_ms_per_photo": cpu,
+        "imaging_cpu_ms": anchor,
+        "worker_cpu_ms": worker_cpu,
+        "end_to_end_cpu_ms": e2e_cpu,
     }
     return (
         Row(
@@ -179,10 +200,10 @@ def rows(stack: Stack, photo: Photo, count: int) -> tuple[Row, Row]:
             "worker throughput at saturation",
             "imaging-only throughput, same processes",
             "≥ 0.85 of imaging-only",
-            worker / ceiling,
-            f"{worker / ceiling:.2f} of imaging-only",
-            worker / ceiling >= 0.85,
-            details=_details(photo, count, ceilings, rates, cpu),
+            ratio2,
+            f"{ratio2:.2f} of imaging-only by CPU per photo ({worker / ceiling:.2f} by wall clock)",
+            ratio2 >= 0.85,
+            details=[*_cpu_table(anchor, worker_cpu), "", *_details(photo, count, ceilings, wall)],
             data=data,
         ),
         Row(
@@ -190,10 +211,10 @@ def rows(stack: Stack, photo: Photo, count: int) -> tuple[Row, Row]:
             "end-to-end throughput, whole local stack",
             "the imaging-only ceiling of #2",
             "≥ 0.6 of the ceiling",
-            e2e / ceiling,
-            f"{e2e / ceiling:.2f} of the ceiling",
-            e2e / ceiling >= 0.6,
-            details=["Measured with row 2; see its table."],
+            ratio3,
+            f"{ratio3:.2f} of the ceiling by CPU per photo ({e2e / ceiling:.2f} by wall clock)",
+            ratio3 >= 0.6,
+            details=[*_cpu_table(anchor, e2e_cpu), "", "Wall-clock rates: see row 2."],
             data=data,
         ),
     )

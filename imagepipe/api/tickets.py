@@ -14,7 +14,7 @@ from imagepipe.api.deps import ServicesDep
 from imagepipe.api.services import Services
 from imagepipe.api.views import cached_json, json_bytes, ticket_view
 from imagepipe.errors import BadRequest
-from imagepipe.models import Ticket
+from imagepipe.models import BackupState, Ticket
 
 router = APIRouter(tags=["tickets"])
 MAX_BATCH = 100
@@ -24,6 +24,8 @@ HEARTBEAT_S = 15
 async def ticket_body(services: Services, ticket: Ticket) -> dict[str, Any]:
     """The public ticket, with its photo's backup state."""
     backup = await services.replication.backup_state(ticket.object_keys())
+    if not ticket.status.terminal and backup is BackupState.COMPLETED:
+        backup = BackupState.PENDING  # the original is copied, the derivatives are to come
     return ticket_view(ticket, backup)
 
 
