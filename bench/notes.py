@@ -66,8 +66,9 @@ shrink; the one resize to 2048 (here the 1.6% upscale of 3 MP) is the largest si
 every smaller size together, then encoding, share the rest.
 
 **Why not every goal is met.** *vs libvips:* over the whole set imagepipe takes less time
-than libvips, but photo by photo the paired ratios move by 10-20% between runs on this
-loaded machine. It wins clearly on photos whose `xl` needs no resize (3 MP) and where
+than libvips (0.84x, 0.87x and 0.92x in the three full runs before this one: the 0.9 line
+is within this machine's run-to-run noise), and photo by photo the paired ratios move by
+10-20% between runs. It wins clearly on photos whose `xl` needs no resize (3 MP) and where
 shrink-on-load applies (24 MP); on 6-12 MP photos both decode every pixel (or, for 4032 px,
 imagepipe decodes half and upscales 1.6%) and resample ~3 MP, and Pillow's resampler is
 plain C while libvips's is vectorised, so it is about even there: the 2048 px resize is now

@@ -60,7 +60,7 @@ def _meminfo_gb() -> float:
 def summary(rows: Sequence[Row]) -> list[str]:
     """The issue's table, with what was measured and the verdict."""
     return table(
-        ["#", "what", "anchor (same run)", "goal", "measured", "goal"],
+        ["#", "what", "anchor (same run)", "goal", "measured", "verdict"],
         [[str(r.number), r.title, r.anchor, r.goal, r.ratio_text, r.verdict] for r in rows],
     )
 
@@ -68,8 +68,8 @@ def summary(rows: Sequence[Row]) -> list[str]:
 def console(rows: Sequence[Row]) -> str:
     """A plain-text table for the terminal."""
     width = max(len(r.title) for r in rows)
-    lines = [f"{'#':>2}  {'what':<{width}}  {'goal':<10}  measured"]
-    lines += [f"{r.number:>2}  {r.title:<{width}}  {r.verdict:<10}  {r.ratio_text}" for r in rows]
+    lines = [f"{'#':>2}  {'what':<{width}}  {'verdict':<12}  measured"]
+    lines += [f"{r.number:>2}  {r.title:<{width}}  {r.verdict:<12}  {r.ratio_text}" for r in rows]
     return "\n".join(lines)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,7 +195,7 @@ async def _post(http: httpx.AsyncClient, item: Upload, bars: Bars) -> httpx.Resp
     return await http.post("/photos", content=body, headers=headers)
 
 
-async def _read(path: Path, sent: Any) -> AsyncIterator[bytes]:
+async def _read(path: Path, sent: Callable[[int], None]) -> AsyncIterator[bytes]:
     """The file in chunks, counted as the HTTP client takes them (real progress)."""
     async with await anyio.open_file(path, "rb") as file:
         while chunk := await file.read(CHUNK_SIZE):
@@ -204,7 +204,7 @@ async def _read(path: Path, sent: Any) -> AsyncIterator[bytes]:
 
 
 def _answered(item: Upload, response: httpx.Response) -> None:
-    if response.status_code == 202:
+    if response.is_success:  # 202, the ticket (a replayed key answers the same)
         item.apply(response.json())
         return
     item.end("refused", f"{response.status_code} {_problem(response)}")

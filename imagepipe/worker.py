@@ -35,6 +35,7 @@ from imagepipe.storage.factory import primary_storage
 from imagepipe.tickets import TicketStore
 
 log = logging.getLogger(__name__)
+STOP_RECHECK_S = 0.1  # after SIGTERM, how often to make sure the worker is stopping
 Upright = tuple[int, int]  # width, height after EXIF orientation
 RECONNECT_S = 1.0
 
@@ -179,7 +180,7 @@ def build_worker(
 ) -> Worker:
     """An arq Worker for one lane; tests run it with burst=True."""
     slots = concurrency(settings)
-    return Worker(
+    worker = Worker(
         functions=[
             func(
                 process_photo,
@@ -205,6 +206,21 @@ def build_worker(
         handle_signals=not burst,
         keep_result=3600,
     )
+    worker.on_stop = lambda _signal: cancel_until_stopped(worker)
+    return worker
+
+
+def cancel_until_stopped(worker: Worker) -> None:
+    """Cancel arq's main task again until it ends (arq's handle_sig cancels it only once).
+
+    A cancel that lands while arq's start_jobs runs its WATCH/EXEC transaction can be lost:
+    the task ends that step in a WatchError, which arq catches, and the worker ran on after
+    SIGTERM (seen in tests/test_faults.py under load).
+    """
+    task = worker.main_task
+    if task is not None and not task.done():
+        task.cancel()
+        worker.loop.call_later(STOP_RECHECK_S, cancel_until_stopped, worker)
 
 
 def finish_cancelled_jobs(worker: Worker) -> None:

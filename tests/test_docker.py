@@ -156,10 +156,12 @@ def test_dependencies_wait_for_health_or_completion(services: dict[str, Any]) ->
         assert needs["buckets"]["condition"] == "service_completed_successfully"
 
 
-def test_workers_scale_and_only_the_api_publishes_a_port(services: dict[str, Any]) -> None:
+def test_workers_scale_and_published_ports_stay_on_loopback(services: dict[str, Any]) -> None:
     for name in ROLES:
         assert "container_name" not in services[name]
     assert "ports" not in services["worker"] and "ports" not in services["replicator"]
+    published = [port for service in services.values() for port in service.get("ports", [])]
+    assert all(port.startswith("127.0.0.1:") for port in published)  # loopback only
     assert services["api"]["ports"][0].endswith(":8000")
     assert services["api"]["environment"]["IMAGEPIPE_HOST"] == "0.0.0.0"
 
