@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from imagepipe import jobs, keys, metrics
 from imagepipe.api.bodies import (
@@ -232,5 +232,10 @@ async def get_photo_size(
     headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "X-Content-Type-Options": "nosniff"}
     if not_modified(request, etag):
         return Response(status_code=304, headers=headers)
-    headers["Content-Length"] = str(info.size)
-    return StreamingResponse(services.primary.open(key), media_type="image/jpeg", headers=headers)
+    # derivatives are small (the largest rung is well under a few MB): read whole, so no open
+    # file outlives a client that hangs up mid-download
+    try:
+        data = await services.primary.read(key)
+    except ObjectNotFound:
+        raise NotFound("no such photo size") from None
+    return Response(data, media_type="image/jpeg", headers=headers)
