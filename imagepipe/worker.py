@@ -126,6 +126,16 @@ async def _write_sizes(
 async def process_photo(ctx: dict[str, Any], ticket_id: str) -> str:
     """arq job: make every derivative of one photo, then queue the callback."""
     try:
+        return await _process_ticket(ctx, ticket_id)
+    except RedisError as exc:
+        # Redis went away mid-job (reading the ticket, queueing a callback): run it again
+        # later rather than let arq mark it failed and leave the ticket stuck
+        log.warning("redis error, will retry: %s", exc, extra={"ticket_id": ticket_id})
+        raise Retry(defer=backoff.delay(ctx["job_try"])) from exc
+
+
+async def _process_ticket(ctx: dict[str, Any], ticket_id: str) -> str:
+    try:
         ticket = await ctx["tickets"].get(ticket_id)
     except NotFound:
         log.warning("ticket vanished before processing", extra={"ticket_id": ticket_id})

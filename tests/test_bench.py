@@ -74,6 +74,7 @@ def test_the_ladder_row_compares_like_with_like(quick: tuple[list[dict[str, Any]
 def test_stack_rows_report_their_samples(quick: tuple[list[dict[str, Any]], str]) -> None:
     rows = {r["number"]: r["data"] for r in quick[0]}
     assert rows[2]["worker_per_s"] > 0 and all(c > 0 for c in rows[2]["ceiling_per_s"])
+    assert rows[2]["worker_cpu_ms"]["decode children"] > 0  # the verdict's numerator
     assert {"accepted", "polled", "pushed", "job"} <= set(rows[4]["samples_ms"][0])
     assert rows[5]["closed"]["latencies"] and rows[5]["open"]["latencies"]
     assert set(rows[6]["per_s"]) == set(rows[6]["api_cpu_ms"]) == {"bare", "ticket", "ticket 304"}
