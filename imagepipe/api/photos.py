@@ -21,7 +21,7 @@ from imagepipe.api.bodies import (
 )
 from imagepipe.api.deps import ServicesDep
 from imagepipe.api.problems import problem
-from imagepipe.api.services import Services
+from imagepipe.api.services import Services, retry_after_for
 from imagepipe.api.tickets import ticket_body
 from imagepipe.api.views import iso, not_modified, sizes_view
 from imagepipe.errors import (
@@ -75,16 +75,18 @@ def _body(request: Request, services: Services, received: Received) -> AsyncIter
     return file_stream(content_type, body)
 
 
-async def _accepted(services: Services, ticket: Ticket) -> JSONResponse:
+async def _accepted(services: Services, ticket: Ticket, retry_after: int) -> JSONResponse:
     body = await ticket_body(services, ticket)
     headers = {
         "Location": f"/tickets/{ticket.id}",
-        "Retry-After": str(await services.retry_after()),
+        "Retry-After": str(retry_after),
     }
     return JSONResponse(body, status_code=202, headers=headers)
 
 
-async def _replay(services: Services, body: AsyncIterator[bytes], earlier: Reservation) -> Response:
+async def _replay(
+    services: Services, body: AsyncIterator[bytes], earlier: Reservation, depth: int
+) -> Response:
     """The same key again: same content -> the same ticket; different content -> 422."""
     digest = hashlib.sha256()
     async for chunk in limit_bytes(body, services.settings.max_upload_bytes):
@@ -92,7 +94,8 @@ async def _replay(services: Services, body: AsyncIterator[bytes], earlier: Reser
     if digest.hexdigest() != earlier.sha256:
         raise IdempotencyMismatch("this Idempotency-Key was used for a different file")
     assert earlier.ticket_id is not None
-    return await _accepted(services, await services.tickets.get(earlier.ticket_id))
+    ticket = await services.tickets.get(earlier.ticket_id)
+    return await _accepted(services, ticket, retry_after_for(depth))
 
 
 def _refused(
@@ -135,11 +138,11 @@ async def upload_photo(
 async def _upload(
     request: Request, services: Services, idempotency_key: str | None, received: Received
 ) -> Response:
-    await services.refuse_if_overloaded()
+    depth = await services.refuse_if_overloaded()
     body = _body(request, services, received)
     reservation = await services.idempotency.reserve(idempotency_key) if idempotency_key else None
     if reservation is not None and reservation.ticket_id is not None:
-        return await _replay(services, body, reservation)
+        return await _replay(services, body, reservation, depth)
     # a keyed upload's ids come from its key, so a retry after a crash converges on one photo
     photo_id, ticket_id = (
         (reservation.photo_id, reservation.new_ticket_id)
@@ -156,7 +159,7 @@ async def _upload(
         raise
     metrics.UPLOAD_BYTES.inc(stored.info.size)
     metrics.TICKET_TRANSITIONS.labels("queued").inc()
-    return await _accepted(services, ticket)
+    return await _accepted(services, ticket, retry_after_for(depth + 1))  # + this upload's job
 
 
 @router.get("/photos")

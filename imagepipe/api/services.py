@@ -66,10 +66,13 @@ class Services:
 
     async def retry_after(self) -> int:
         """Seconds a poller should wait: grows with the queue, 1 when it is empty."""
-        return min(30, 1 + math.ceil(await self.queue_depth() / 8))
+        return retry_after_for(await self.queue_depth())
 
-    async def refuse_if_overloaded(self) -> None:
-        """Shed load rather than accept work that cannot finish (503 + Retry-After)."""
+    async def refuse_if_overloaded(self) -> int:
+        """Shed load rather than accept work that cannot finish (503 + Retry-After).
+
+        Returns the queue depth it read, so the accept path need not read it again.
+        """
         depth = await self.queue_depth()
         if depth >= self.settings.max_queue_depth:
             raise ServiceOverloaded(f"{depth} photos are waiting; try later", retry_after=30)
@@ -77,3 +80,9 @@ class Services:
         on_disk = not self.settings.primary_is_s3 and root.exists()  # S3 has no disk to fill
         if on_disk and shutil.disk_usage(root).free < self.settings.min_free_disk_bytes:
             raise ServiceOverloaded("primary storage is nearly full", retry_after=60)
+        return depth
+
+
+def retry_after_for(depth: int) -> int:
+    """Seconds a poller should wait with ``depth`` jobs queued: 1 when empty, at most 30."""
+    return min(30, 1 + math.ceil(depth / 8))
