@@ -142,16 +142,8 @@ class Cluster:
     # -- client side -----------------------------------------------------------------------
 
     async def wait_ready(self, timeout_s: float = 30) -> None:
-        async with httpx.AsyncClient(base_url=self.url) as client:
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"the API never became ready:\n{self.log('api')[-3000:]}")
+        if not await until_ready(self.url, timeout_s):
+            raise AssertionError(f"the API never became ready:\n{self.log('api')[-3000:]}")
 
     async def upload(
         self, client: httpx.AsyncClient, data: bytes, key: str | None = None
@@ -229,6 +221,20 @@ class Cluster:
             if hashlib.sha256(copy).digest() != hashlib.sha256(path.read_bytes()).digest():
                 wrong.append(f"{key}: backup copy differs")
         return wrong
+
+
+async def until_ready(url: str, timeout_s: float) -> bool:
+    """Poll /readyz until it answers 200 (True) or the time is up (False)."""
+    async with httpx.AsyncClient(base_url=url) as client:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if (await client.get("/readyz")).status_code == 200:
+                    return True
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    return False
 
 
 def _done(ticket: dict[str, Any] | None, what: str) -> bool:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from imagepipe.config import Settings
 from tests import images
+from tests.cluster import until_ready
 from tests.test_flow import assert_backup_matches_primary, primary_objects, s3_client
 
 pytestmark = pytest.mark.e2e
@@ -104,15 +105,7 @@ def primary_env(settings: Settings) -> dict[str, str]:
 
 
 async def wait_ready(url: str) -> None:
-    async with httpx.AsyncClient(base_url=url) as client:
-        for _ in range(200):
-            try:
-                if (await client.get("/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("the API never became ready")
+    assert await until_ready(url, timeout_s=20), "the API never became ready"
 
 
 async def wait_terminal(client: httpx.AsyncClient, ids: list[str]) -> dict[str, dict]:  # type: ignore[type-arg]
