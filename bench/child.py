@@ -27,5 +27,5 @@ def render_and_peak(data: bytes) -> tuple[float, float]:
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     before = _status_mb("VmRSS")
-    imaging.render(data, LADDER, formats=("JPEG",), max_pixels=50_000_000, quality=85)
+    imaging.render(data, LADDER, formats=("JPEG",), max_pixels=50_000_000, qualities={"JPEG": 85})
     return before, _status_mb("VmHWM")

@@ -33,6 +33,7 @@ from imagepipe.config import DEFAULT_SIZES, SizeSpec, parse_sizes
 
 LADDER = parse_sizes(DEFAULT_SIZES)
 QUALITY = 85
+QUALITIES = {"JPEG": QUALITY}
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 MAX_PIXELS = 50_000_000
 _SRGB = ImageCms.createProfile("sRGB")
@@ -47,7 +48,9 @@ pyvips.cache_set_max(0)  # every run decodes afresh, as a worker would
 
 def imagepipe_ladder(data: bytes) -> Ladder:
     """imagepipe's own pipeline, as the worker's sandbox child calls it."""
-    rendered = imaging.render(data, LADDER, formats=FORMATS, max_pixels=MAX_PIXELS, quality=QUALITY)
+    rendered = imaging.render(
+        data, LADDER, formats=FORMATS, max_pixels=MAX_PIXELS, qualities=QUALITIES
+    )
     return {r.name: r.data for r in rendered.renditions}
 
 
@@ -218,7 +221,7 @@ def step_profile(data: bytes, repeats: int) -> dict[str, Summary]:
     """CPU milliseconds of each RENDER_STEPS step on one photo."""
     per_step: dict[str, list[float]] = {s.__name__: [] for s in imaging.RENDER_STEPS}
     for _ in range(repeats + 1):  # the first pass warms up and is dropped
-        job = imaging.Job(data, LADDER, FORMATS, MAX_PIXELS, QUALITY)
+        job = imaging.Job(data, LADDER, FORMATS, MAX_PIXELS, QUALITIES)
         for step in imaging.RENDER_STEPS:
             started = time.process_time()
             imaging.run_step(step, job)

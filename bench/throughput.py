@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from bench.inputs import Photo
-from bench.ladder import FORMATS, LADDER, MAX_PIXELS, QUALITY
+from bench.ladder import FORMATS, LADDER, MAX_PIXELS, QUALITIES
 from bench.model import Row, table
 from bench.stack import (
     Stack,
@@ -44,7 +44,7 @@ def _keep(data: bytes) -> None:
 
 def _render(_: int) -> float:
     started = time.process_time()
-    imaging.render(_photo, LADDER, formats=FORMATS, max_pixels=MAX_PIXELS, quality=QUALITY)
+    imaging.render(_photo, LADDER, formats=FORMATS, max_pixels=MAX_PIXELS, qualities=QUALITIES)
     return time.process_time() - started
 
 

@@ -73,7 +73,7 @@ class PhotoObjects:
     """What primary holds for one photo."""
 
     original: ObjectInfo | None = None
-    derivatives: set[str] = field(default_factory=set)
+    derivatives: set[str] = field(default_factory=set)  # storage keys
     manifest: bool = False
 
 
@@ -126,7 +126,7 @@ class Auditor:
             self.report.add("orphan_derivatives", photo_id)
             return
         ticket = await self._ticket(photo_id)
-        complete = held.manifest and {s.name for s in self.settings.sizes} <= held.derivatives
+        complete = held.manifest and derivative_keys(photo_id, self.settings) <= held.derivatives
         if ticket is None or ticket.status is TicketStatus.COMPLETED:
             if not complete:
                 await self.reprocess(held.original, "no ticket" if ticket is None else "missing")
@@ -252,6 +252,18 @@ FINDING_KINDS = (
 )
 
 
+def derivative_keys(photo_id: str, settings: Settings) -> set[str]:
+    """Every derivative the configured ladder makes of a photo, each size in each format.
+
+    So a format added to a size later is made for the photos already processed, too.
+    """
+    return {
+        keys.derivative(photo_id, size.name, imaging.EXTENSIONS[fmt])
+        for size in settings.sizes
+        for fmt in size.formats
+    }
+
+
 def photo_of(key: str) -> str:
     """The photo id in an original's, derivative's or manifest's key."""
     return key.split("/", 2)[1].split(".", 1)[0]
@@ -267,7 +279,7 @@ def group_by_photo(objects: list[ObjectInfo]) -> dict[str, PhotoObjects]:
         if info.key.startswith(keys.ORIGINALS):
             held.original = info
         elif info.key.startswith(keys.DERIVATIVES):
-            held.derivatives.add(info.key.rsplit("/", 1)[1].split(".", 1)[0])
+            held.derivatives.add(info.key)
         elif info.key.startswith(keys.MANIFESTS):
             held.manifest = True
     return dict(photos)

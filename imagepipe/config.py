@@ -6,34 +6,73 @@ environment at import time.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Annotated, Literal
 
+from PIL import features
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_CALLBACK_SECRET = "dev-only-callback-secret-change-me"  # noqa: S105 (refused outside dev)
 DEFAULT_SIZES = "sq:75:crop,t:100,s:240,m:500,l:1024,xl:2048"
 _SIZE_NAME = re.compile(r"^[a-z0-9]{1,8}$")
+# Formats a derivative can be written in, least to most compact (the order content
+# negotiation breaks ties in); each needs its encoder in this Pillow build.
+OUTPUT_FORMATS = ("JPEG", "WEBP", "AVIF")
+
+
+def decodable_formats() -> tuple[str, ...]:
+    """The upload formats this installation can decode: HEIC needs the `heif` extra."""
+    found = ["JPEG", "PNG", "WEBP", "GIF"]
+    if features.check("avif"):
+        found.append("AVIF")
+    if importlib.util.find_spec("pillow_heif") is not None:
+        found.append("HEIF")
+    return tuple(found)
+
+
+def _output_formats(text: str) -> tuple[str, ...]:
+    """``jpeg+webp`` (or ``jpeg,webp``) -> ("JPEG", "WEBP"), checked against the encoders."""
+    names = tuple(dict.fromkeys(f.strip().upper() for f in re.split(r"[+,]", text) if f.strip()))
+    for name in names:
+        if name not in OUTPUT_FORMATS:
+            raise ValueError(f"output format {name!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+        if name != "JPEG" and not features.check(name.lower()):
+            raise ValueError(f"this Pillow build cannot encode {name}")
+    return names
 
 
 class SizeSpec(BaseModel, frozen=True):
-    """One rung of the derivative ladder: long edge in pixels, or a centred square crop."""
+    """One rung of the derivative ladder: long edge in pixels, or a centred square crop.
+
+    ``formats``: what the rung is written as, the first one served to clients that name
+    none of them; empty until Settings fills in its ``output_formats``.
+    """
 
     name: str
     edge: int = Field(gt=0, le=8192)
     crop: bool = False
+    formats: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, text: str) -> SizeSpec:
-        """Parse ``name:edge`` or ``name:edge:crop``."""
-        parts = text.strip().split(":")
-        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "crop"):
-            raise ValueError(f"size {text!r} is not name:edge[:crop]")
-        if not _SIZE_NAME.match(parts[0]):
-            raise ValueError(f"size name {parts[0]!r} must be 1-8 lowercase letters or digits")
-        return cls(name=parts[0], edge=int(parts[1]), crop=len(parts) == 3)
+        """Parse ``name:edge[:crop][:format+format...]``, e.g. ``l:1024:jpeg+webp``."""
+        name, _, rest = text.strip().partition(":")
+        edge, *options = rest.split(":")
+        crop = bool(options) and options[0] == "crop"
+        formats = options[1:] if crop else options
+        if not edge.isdigit() or len(formats) > 1:
+            raise ValueError(f"size {text!r} is not name:edge[:crop][:format+format]")
+        if not _SIZE_NAME.match(name):
+            raise ValueError(f"size name {name!r} must be 1-8 lowercase letters or digits")
+        output = _output_formats(formats[0]) if formats else ()
+        return cls(name=name, edge=int(edge), crop=crop, formats=output)
+
+    def with_default_formats(self, formats: tuple[str, ...]) -> SizeSpec:
+        """This rung, written as ``formats`` unless it names its own."""
+        return self if self.formats else self.model_copy(update={"formats": formats})
 
 
 def parse_sizes(text: str) -> tuple[SizeSpec, ...]:
@@ -96,7 +135,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     upload_idle_timeout_s: float = Field(default=30.0, gt=0)  # silent mid-body this long: 408
     max_pixels: int = Field(default=50_000_000, gt=0)
-    formats: Annotated[tuple[str, ...], NoDecode] = ("JPEG", "PNG", "WEBP", "GIF")
+    formats: Annotated[tuple[str, ...], NoDecode] = Field(default_factory=decodable_formats)
     max_queue_depth: int = Field(default=10_000, gt=0)  # shed load past this many queued jobs
     min_free_disk_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     ticket_retention_s: int = Field(default=7 * 24 * 3600, gt=0)
@@ -105,7 +144,11 @@ class Settings(BaseSettings):
 
     # -- processing ----------------------------------------------------------------
     sizes: Annotated[tuple[SizeSpec, ...], NoDecode] = parse_sizes(DEFAULT_SIZES)
+    # the formats of every size that names none; a size names its own as `l:1024:jpeg+avif`
+    output_formats: Annotated[tuple[str, ...], NoDecode] = ("JPEG",)
     jpeg_quality: int = Field(default=85, ge=1, le=95)
+    webp_quality: int = Field(default=82, ge=1, le=100)
+    avif_quality: int = Field(default=60, ge=1, le=100)
     worker_concurrency: int = Field(default=0, ge=0)  # 0 = one per core
     decode_memory_mb: int = Field(default=1024, gt=0)
     decode_timeout_s: float = Field(default=30.0, gt=0)
@@ -144,6 +187,28 @@ class Settings(BaseSettings):
             return tuple(f.strip().upper() for f in value.split(",") if f.strip())
         return value
 
+    @field_validator("output_formats", mode="before")
+    @classmethod
+    def _parse_output_formats(cls, value: object) -> object:
+        return _output_formats(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _every_size_has_formats(self) -> Settings:
+        if not self.output_formats:
+            raise ValueError("IMAGEPIPE_OUTPUT_FORMATS is empty")
+        self.sizes = tuple(s.with_default_formats(self.output_formats) for s in self.sizes)
+        return self
+
+    @model_validator(mode="after")
+    def _formats_can_be_decoded(self) -> Settings:
+        missing = set(self.formats) - {*decodable_formats(), "TIFF"}  # TIFF: opt-in only
+        if missing:
+            raise ValueError(
+                f"IMAGEPIPE_FORMATS names {', '.join(sorted(missing))}, which this installation "
+                "cannot decode (HEIF needs `pip install 'imagepipe[heif]'`)"
+            )
+        return self
+
     @model_validator(mode="after")
     def _decode_fits_in_the_job(self) -> Settings:
         if self.decode_timeout_s >= self.job_timeout_s:
@@ -167,6 +232,11 @@ class Settings(BaseSettings):
         if same_place and self.primary_s3_bucket == self.backup_s3_bucket:
             raise ValueError("the primary and backup buckets must differ: a copy onto itself")
         return self
+
+    @property
+    def qualities(self) -> dict[str, int]:
+        """The encoder quality of each output format."""
+        return {"JPEG": self.jpeg_quality, "WEBP": self.webp_quality, "AVIF": self.avif_quality}
 
     @property
     def primary_is_s3(self) -> bool:

@@ -50,6 +50,10 @@ class NotFound(ImagepipeError):
     status, title = 404, "Not found"
 
 
+class NotAcceptable(ImagepipeError):
+    status, title = 406, "No acceptable format"
+
+
 class RequestTimeout(ImagepipeError):
     status, title = 408, "Upload too slow"
 

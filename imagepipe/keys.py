@@ -69,8 +69,8 @@ def original(photo_id: str, ext: str) -> str:
     return f"{ORIGINALS}{photo_id}.{ext}"
 
 
-def derivative(photo_id: str, size: str, ext: str = "jpg") -> str:
-    """One resized copy of a photo."""
+def derivative(photo_id: str, size: str, ext: str) -> str:
+    """One resized copy of a photo, in the format its extension names."""
     return f"{DERIVATIVES}{photo_id}/{size}.{ext}"
 
 

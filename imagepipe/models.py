@@ -36,15 +36,32 @@ class BackupState(StrEnum):
     FAILED = "failed"
 
 
-class Derivative(BaseModel):
-    """One resized copy, as the worker wrote it."""
+class StoredFile(BaseModel):
+    """One object on primary storage, as its writer saw it."""
 
     key: str
-    width: int
-    height: int
     bytes: int
     sha256: str
     content_type: str = "image/jpeg"
+
+
+class Derivative(StoredFile):
+    """One size of a photo: the file in its first format, plus any other formats of it."""
+
+    width: int
+    height: int
+    alternates: list[StoredFile] = Field(default_factory=list)  # the same pixels, re-encoded
+
+    @property
+    def files(self) -> list[StoredFile]:
+        """Every encoding of this size, the first (default) one first."""
+        first = StoredFile.model_validate(self.model_dump(include=set(StoredFile.model_fields)))
+        return [first, *self.alternates]
+
+
+def sizes_keys(sizes: dict[str, Derivative]) -> list[str]:
+    """The storage key of every file of every size."""
+    return [f.key for d in sizes.values() for f in d.files]
 
 
 class Original(BaseModel):
@@ -70,6 +87,10 @@ class PhotoManifest(Original):
     created_at: float
     sizes: dict[str, Derivative]
 
+    def object_keys(self) -> list[str]:
+        """Every storage object this photo owns, its manifest aside."""
+        return [self.original_key, *sizes_keys(self.sizes)]
+
 
 class Ticket(Original):
     """The server's record of one upload's progress (kept in Redis for the retention period)."""
@@ -85,7 +106,7 @@ class Ticket(Original):
 
     def object_keys(self) -> list[str]:
         """Every storage object this photo owns (the ones backup must hold)."""
-        return [self.original_key, *(d.key for d in self.sizes.values())]
+        return [self.original_key, *sizes_keys(self.sizes)]
 
 
 EventType = Literal["processing.started", "processing.completed", "processing.failed"]

@@ -28,7 +28,7 @@ from imagepipe import backoff, imaging, keys, metrics, notify
 from imagepipe.config import Settings
 from imagepipe.connections import check_redis_policy, redis_client
 from imagepipe.errors import NotFound
-from imagepipe.models import Derivative, Ticket
+from imagepipe.models import Derivative, StoredFile, Ticket
 from imagepipe.sandbox import DecodeCrashed, DecodeOutOfMemory, DecodePool, DecodeTimeout
 from imagepipe.storage import ObjectNotFound, Storage, StorageError
 from imagepipe.storage.factory import primary_storage
@@ -92,7 +92,7 @@ async def render(ctx: dict[str, Any], ticket: Ticket) -> tuple[dict[str, Derivat
         settings.sizes,
         formats=settings.formats,
         max_pixels=settings.max_pixels,
-        quality=settings.jpeg_quality,
+        qualities=settings.qualities,
     )
     try:
         rendered: imaging.Rendered = await ctx["pool"].run(job)
@@ -113,14 +113,22 @@ async def render(ctx: dict[str, Any], ticket: Ticket) -> tuple[dict[str, Derivat
 async def _write_sizes(
     primary: Storage, photo_id: str, rendered: imaging.Rendered
 ) -> dict[str, Derivative]:
-    async def write(r: imaging.Rendition) -> tuple[str, Derivative]:
-        key = keys.derivative(photo_id, r.name)
+    async def write(r: imaging.Rendition) -> StoredFile:
+        key = keys.derivative(photo_id, r.name, imaging.EXTENSIONS[r.format])
         info = await primary.put_bytes(key, r.data)
-        return r.name, Derivative(
-            key=key, width=r.width, height=r.height, bytes=info.size, sha256=info.sha256 or ""
+        content_type = imaging.OUTPUTS[r.format][0]
+        return StoredFile(
+            key=key, bytes=info.size, sha256=info.sha256 or "", content_type=content_type
         )
 
-    return dict(await asyncio.gather(*(write(r) for r in rendered.renditions)))
+    written = await asyncio.gather(*(write(r) for r in rendered.renditions))
+    sizes: dict[str, Derivative] = {}
+    for r, file in zip(rendered.renditions, written, strict=True):
+        if r.name in sizes:  # a further format of a size already seen
+            sizes[r.name].alternates.append(file)
+        else:
+            sizes[r.name] = Derivative(**file.model_dump(), width=r.width, height=r.height)
+    return sizes
 
 
 async def process_photo(ctx: dict[str, Any], ticket_id: str) -> str:

@@ -268,3 +268,15 @@ def icc_v2_rgb(
 def flat_png(width: int, height: int) -> bytes:
     """A huge canvas in a tiny file (one colour compresses to almost nothing): costly to decode."""
     return _save(Image.new("RGB", (width, height), (40, 90, 160)), "PNG", compress_level=9)
+
+
+def heic(width: int, height: int, *, orientation: int | None = None) -> bytes:
+    """An HEIC of ``photo`` (an iPhone's format; made with the `heif` extra's encoder)."""
+    exif = exif_bytes(orientation=orientation)
+    return _save(photo(width, height), "HEIF", quality=80, exif=exif)
+
+
+def avif(width: int, height: int, *, orientation: int | None = None) -> bytes:
+    """An AVIF of ``photo`` with an EXIF orientation and an sRGB ICC profile."""
+    exif = exif_bytes(orientation=orientation)
+    return _save(photo(width, height), "AVIF", quality=80, exif=exif, icc_profile=srgb_profile())

@@ -33,13 +33,19 @@ def child_state() -> tuple[bool, int]:
 def render_jpeg(width: int, height: int) -> Rendered:
     """A real render of a generated photo with the default ladder."""
     data = images.jpeg(width, height, orientation=6)
-    return render(data, parse_sizes(DEFAULT_SIZES), formats=["JPEG"], max_pixels=10**8, quality=85)
+    return render(
+        data, parse_sizes(DEFAULT_SIZES), formats=["JPEG"], max_pixels=10**8, qualities={"JPEG": 85}
+    )
 
 
 def render_bytes(data: bytes) -> Rendered:
     """A real render of ``data`` with the default ladder."""
     return render(
-        data, parse_sizes(DEFAULT_SIZES), formats=["JPEG", "PNG"], max_pixels=10**7, quality=85
+        data,
+        parse_sizes(DEFAULT_SIZES),
+        formats=["JPEG", "PNG"],
+        max_pixels=10**7,
+        qualities={"JPEG": 85},
     )
 
 

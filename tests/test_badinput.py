@@ -326,7 +326,7 @@ async def test_client_file_names_are_never_used(
         f"storage/primary/{key}"
         for p in photo_ids
         for key in [keys.original(p, "jpg"), keys.manifest(p)]
-        + [keys.derivative(p, s) for s in sizes]
+        + [keys.derivative(p, s, "jpg") for s in sizes]
     }
     assert files_under(tmp_path) == expected  # nothing beside the server-made keys
     for base in (Path.cwd(), settings.primary_root, settings.primary_root / "originals"):

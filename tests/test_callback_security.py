@@ -126,7 +126,7 @@ async def test_one_good_signature_among_several_is_enough(
 
 def completion(ticket: dict[str, Any]) -> bytes:
     size = {
-        "key": keys.derivative(ticket["photo_id"], "t"),
+        "key": keys.derivative(ticket["photo_id"], "t", "jpg"),
         "width": 80,
         "height": 60,
         "bytes": 10,

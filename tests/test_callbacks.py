@@ -114,7 +114,7 @@ async def test_completion_indexes_and_logs_derivatives_once(
 ) -> None:
     ticket = await upload(http)
     size = {
-        "key": keys.derivative(ticket["photo_id"], "t"),
+        "key": keys.derivative(ticket["photo_id"], "t", "jpg"),
         "width": 80,
         "height": 60,
         "bytes": 10,

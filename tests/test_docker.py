@@ -184,7 +184,13 @@ def test_the_image_installs_the_declared_package(
     for package in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]:
         assert package.rstrip("*") in copied
     assert "pyproject.toml" in copied and "README.md" in copied  # the build reads both
-    assert any(re.search(r"pip install /src\b", run) for run in instruction(dockerfile, "RUN"))
+    installs = [
+        re.search(r"pip install '/src(\[[a-z,]+\])?'", run)
+        for run in instruction(dockerfile, "RUN")
+    ]
+    extras = {e for found in installs if found for e in (found[1] or "[]")[1:-1].split(",")}
+    assert any(installs) and extras <= set(pyproject["project"]["optional-dependencies"])
+    assert "heif" in extras  # the image takes iPhone photos
 
 
 def test_the_image_runs_as_a_user_with_a_role_and_a_healthcheck(

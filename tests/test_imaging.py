@@ -12,13 +12,14 @@ import pytest
 from PIL import Image, ImageChops, ImageOps, ImageStat, JpegImagePlugin
 
 from imagepipe import imaging
-from imagepipe.config import DEFAULT_SIZES, SizeSpec, parse_sizes
+from imagepipe.config import DEFAULT_SIZES, Settings, SizeSpec, parse_sizes
 from imagepipe.imaging import ImageRejected, NeedMoreData, Probe, Rendered, probe, render, sniff
 from tests import images
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 LADDER = parse_sizes(DEFAULT_SIZES)
 MAX_PIXELS = 50_000_000
+QUALITIES = Settings().qualities
 METADATA_KEYS = ("exif", "icc_profile", "xmp", "XML:com.adobe.xmp", "comment")
 # Where the stored top-left marker lands once each EXIF orientation is applied.
 MARKER_AFTER = {
@@ -39,7 +40,7 @@ def do_render(
     formats: Sequence[str] = FORMATS,
     max_pixels: int = MAX_PIXELS,
 ) -> Rendered:
-    return render(data, sizes, formats=formats, max_pixels=max_pixels, quality=85)
+    return render(data, sizes, formats=formats, max_pixels=max_pixels, qualities=QUALITIES)
 
 
 def dims(rendered: Rendered) -> dict[str, tuple[int, int]]:
@@ -55,7 +56,7 @@ def opened(rendered: Rendered, name: str) -> Image.Image:
 
 def job_after(data: bytes, last_step: str, sizes: Sequence[SizeSpec] = LADDER) -> imaging.Job:
     """A Job run through the render steps up to and including ``last_step``."""
-    job = imaging.Job(data, tuple(sizes), FORMATS, MAX_PIXELS, 85)
+    job = imaging.Job(data, tuple(sizes), FORMATS, MAX_PIXELS, QUALITIES)
     for step in imaging.RENDER_STEPS:
         imaging.run_step(step, job)
         if step.__name__ == last_step:
@@ -64,7 +65,7 @@ def job_after(data: bytes, last_step: str, sizes: Sequence[SizeSpec] = LADDER) -
 
 
 def bare_job(im: Image.Image) -> imaging.Job:
-    job = imaging.Job(b"", LADDER, FORMATS, MAX_PIXELS, 85)
+    job = imaging.Job(b"", LADDER, FORMATS, MAX_PIXELS, QUALITIES)
     job.image, job.stored_size = im, im.size
     return job
 

@@ -90,7 +90,7 @@ async def index_event(services: Services, event: CallbackEvent) -> Ticket | None
         written = await services.primary.put_bytes(
             manifest_key, _manifest(ticket, event).model_dump_json(indent=1).encode()
         )
-        new_objects = {d.key: d.bytes for d in event.sizes.values()}
+        new_objects = {f.key: f.bytes for d in event.sizes.values() for f in d.files}
         new_objects[manifest_key] = written.size
 
         def extra(pipe: Pipeline, updated: Ticket) -> None:

@@ -11,7 +11,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from imagepipe import jobs, keys, metrics
+from imagepipe import imaging, jobs, keys, metrics
+from imagepipe.api import negotiation
 from imagepipe.api.bodies import (
     LingeringResponse,
     Received,
@@ -27,6 +28,7 @@ from imagepipe.api.views import iso, not_modified, sizes_view
 from imagepipe.errors import (
     IdempotencyMismatch,
     ImagepipeError,
+    NotAcceptable,
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
@@ -204,8 +206,8 @@ async def load_manifest(services: Services, photo_id: str) -> PhotoManifest:
 async def get_photo(photo_id: str, services: ServicesDep) -> dict[str, Any]:
     """A processed photo: dimensions, every size's URL, and the backup state."""
     manifest = await load_manifest(services, photo_id)
-    object_keys = [manifest.original_key, *(d.key for d in manifest.sizes.values())]
-    backup = await services.replication.backup_state([*object_keys, keys.manifest(photo_id)])
+    object_keys = [*manifest.object_keys(), keys.manifest(photo_id)]
+    backup = await services.replication.backup_state(object_keys)
     return {
         "id": manifest.photo_id,
         "ticket_id": manifest.ticket_id,
@@ -223,22 +225,35 @@ async def get_photo(photo_id: str, services: ServicesDep) -> dict[str, Any]:
 async def get_photo_size(
     photo_id: str, size: str, request: Request, services: ServicesDep
 ) -> Response:
-    """One derivative's bytes, cacheable forever (its URL changes if its content could)."""
-    if not PHOTO_ID.match(photo_id) or services.settings.size(size) is None:
+    """One derivative, in the best of its formats for `Accept`; cacheable forever."""
+    spec = services.settings.size(size)
+    if not PHOTO_ID.match(photo_id) or spec is None:
         raise NotFound("no such photo size")
-    key = keys.derivative(photo_id, size)
-    try:
-        info = await services.primary.head(key)
-    except ObjectNotFound:
-        raise NotFound("no such photo size (or it is still processing)") from None
-    etag = f'"{photo_id}-{size}-{info.size}"'
-    headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "X-Content-Type-Options": "nosniff"}
-    if not_modified(request, etag):
+    choices = negotiation.ranked(request.headers.get("accept"), spec.formats)
+    if not choices:
+        offered = ", ".join(negotiation.media_type(f) for f in spec.formats)
+        raise NotAcceptable(f"this size is available as {offered}")
+    for fmt in choices:  # a format added to the ladder later may not exist for this photo yet
+        key = keys.derivative(photo_id, size, imaging.EXTENSIONS[fmt])
+        try:
+            return await _derivative(request, services, key, fmt)
+        except ObjectNotFound:
+            continue
+    raise NotFound("no such photo size (or it is still processing)")
+
+
+async def _derivative(request: Request, services: Services, key: str, fmt: str) -> Response:
+    info = await services.primary.head(key)
+    photo_and_file = key.removeprefix(keys.DERIVATIVES).replace("/", "-")  # {id}-{size}.{ext}
+    headers = {
+        "ETag": f'"{photo_and_file}-{info.size}"',
+        "Cache-Control": IMMUTABLE,
+        "Vary": "Accept",  # the same URL is JPEG, WebP or AVIF depending on the request
+        "X-Content-Type-Options": "nosniff",
+    }
+    if not_modified(request, headers["ETag"]):
         return Response(status_code=304, headers=headers)
     # derivatives are small (the largest rung is well under a few MB): read whole, so no open
     # file outlives a client that hangs up mid-download
-    try:
-        data = await services.primary.read(key)
-    except ObjectNotFound:
-        raise NotFound("no such photo size") from None
-    return Response(data, media_type="image/jpeg", headers=headers)
+    data = await services.primary.read(key)
+    return Response(data, media_type=negotiation.media_type(fmt), headers=headers)

@@ -18,13 +18,14 @@ def iso(seconds: float) -> str:
 
 
 def sizes_view(photo_id: str, sizes: dict[str, Derivative]) -> dict[str, Any]:
-    """Each derivative's URL and dimensions."""
+    """Each derivative's URL, dimensions, and the formats its URL negotiates between."""
     return {
         name: {
             "url": f"/photos/{photo_id}/{name}",
             "width": d.width,
             "height": d.height,
-            "bytes": d.bytes,
+            "bytes": d.bytes,  # of the first (default) format
+            "types": [f.content_type for f in d.files],
         }
         for name, d in sizes.items()
     }
