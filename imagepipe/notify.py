@@ -1,6 +1,8 @@
-"""The signed callback POST (worker -> web tier), as its own small retried arq job.
+"""The signed callback POST (worker -> web tier): sent at once, else as a retried arq job.
 
-Because delivery is a separate job, a callback that fails is retried with backoff and
+The first try goes out inline, from the job that made the event, so a photo's completion
+reaches the web tier without waiting for a queue poll. If that try fails, the event
+becomes its own small retried job: a callback that fails is retried with backoff and
 jitter without ever redoing the resize that produced it. The webhook-id is fixed when the
 event is made, so the web tier can recognise a redelivery and apply the event once.
 """
@@ -12,7 +14,6 @@ from typing import Any
 
 import httpx
 from arq import Retry
-from arq.connections import ArqRedis
 
 from imagepipe import backoff, jobs, metrics, webhooks
 from imagepipe.config import Settings
@@ -24,7 +25,7 @@ MAX_ERROR_CHARS = 500  # a reason for people, never a payload
 
 
 async def report(
-    redis: ArqRedis,
+    ctx: dict[str, Any],
     ticket: Ticket,
     kind: EventType,
     attempt: int,
@@ -33,7 +34,7 @@ async def report(
     upright: tuple[int, int] | None = None,
     error: str | None = None,
 ) -> None:
-    """Queue a callback event about this ticket for delivery."""
+    """Deliver a callback event about this ticket now, or queue it for retried delivery."""
     event = CallbackEvent(
         type=kind,
         ticket_id=ticket.id,
@@ -44,11 +45,21 @@ async def report(
         height=upright[1] if upright else None,
         error=error[:MAX_ERROR_CHARS] if error else None,
     )
-    await jobs.enqueue_callback(redis, event, webhook_id=f"{ticket.id}.{kind}.{attempt}")
+    webhook_id = f"{ticket.id}.{kind}.{attempt}"
+    body = event.model_dump_json()
+    outcome, _ = await _post(ctx, webhook_id, body)
+    if outcome == "retry":  # the web tier is away or busy: the job keeps trying
+        await jobs.enqueue_callback(ctx["redis"], event, webhook_id=webhook_id)
 
 
 async def send_callback(ctx: dict[str, Any], webhook_id: str, body: str) -> str:
     """arq job: POST one signed event; retry transient failures, drop permanent refusals."""
+    outcome, reason = await _post(ctx, webhook_id, body)
+    return _retry_or_give_up(ctx, webhook_id, reason) if outcome == "retry" else outcome
+
+
+async def _post(ctx: dict[str, Any], webhook_id: str, body: str) -> tuple[str, str]:
+    """One signed POST: ("delivered" | "refused N" | "retry", why)."""
     settings: Settings = ctx["settings"]
     http: httpx.AsyncClient = ctx["http"]
     payload = body.encode()
@@ -59,19 +70,19 @@ async def send_callback(ctx: dict[str, Any], webhook_id: str, body: str) -> str:
         response = await http.post(settings.callback_url, content=payload, headers=headers)
     except httpx.HTTPError as exc:
         metrics.CALLBACK_ATTEMPTS.labels("network_error").inc()
-        return _retry_or_give_up(ctx, webhook_id, f"{type(exc).__name__}: {exc}")
+        return "retry", f"{type(exc).__name__}: {exc}"
     metrics.CALLBACK_ATTEMPTS.labels(str(response.status_code)).inc()
     if response.is_success:
-        return "delivered"
+        return "delivered", ""
     if response.status_code in RETRYABLE:
-        return _retry_or_give_up(ctx, webhook_id, f"HTTP {response.status_code}")
+        return "retry", f"HTTP {response.status_code}"
     log.error(
         "callback refused with %s: %s",
         response.status_code,
         response.text[:300],
         extra={"job_id": webhook_id},
     )
-    return f"refused {response.status_code}"
+    return f"refused {response.status_code}", ""
 
 
 def _retry_or_give_up(ctx: dict[str, Any], webhook_id: str, reason: str) -> str:

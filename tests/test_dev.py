@@ -203,13 +203,14 @@ def test_dev_runs_the_stack_and_stops_it_cleanly(
         # worker and replicator may be between a crash and their restart; these must be up
         for name in ("valkey", "rclone serve s3", "imagepipe api", "imagepipe dev"):
             assert name in running
+        # dev announces the stack once its own check of the api port passes (its next tick)
+        wait_for(lambda: "imagepipe is up: " in (tmp_path / "dev.log").read_text(), 10, 0.1)
         if whole_group:
             os.killpg(dev.pid, signum)
         else:
             dev.send_signal(signum)
         assert dev.wait(timeout=30) == 0, (tmp_path / "dev.log").read_text()
         assert stack_processes(data_dir) == {}
-        assert "imagepipe is up: " in (tmp_path / "dev.log").read_text()
     finally:
         for pid in stack_processes(data_dir):
             os.kill(pid, signal.SIGKILL)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis
 
@@ -19,6 +20,8 @@ from imagepipe.storage import Storage
 from imagepipe.storage.factory import primary_storage
 from imagepipe.tickets import TicketStore
 
+RETRY_AFTER_DEPTH_S = 0.1
+
 
 @dataclass
 class Services:
@@ -31,6 +34,8 @@ class Services:
     replication: ReplicationLog
     idempotency: IdempotencyKeys
     events: TicketEvents
+    # (read at, depth): pollers' Retry-After may be this old; it only paces their next poll
+    _polled_depth: tuple[float, int] = field(default=(-math.inf, 0), repr=False)
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -65,8 +70,16 @@ class Services:
         return int(await self.redis.zcard(keys.UPLOADS_QUEUE))
 
     async def retry_after(self) -> int:
-        """Seconds a poller should wait: grows with the queue, 1 when it is empty."""
-        return retry_after_for(await self.queue_depth())
+        """Seconds a poller should wait: grows with the queue, 1 when it is empty.
+
+        The depth is read at most every RETRY_AFTER_DEPTH_S per process: thousands of polls
+        a second then cost Redis ten reads, not thousands.
+        """
+        read_at, depth = self._polled_depth
+        if time.monotonic() - read_at > RETRY_AFTER_DEPTH_S:
+            depth = await self.queue_depth()
+            self._polled_depth = (time.monotonic(), depth)
+        return retry_after_for(depth)
 
     async def refuse_if_overloaded(self) -> int:
         """Shed load rather than accept work that cannot finish (503 + Retry-After).

@@ -12,7 +12,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from imagepipe.api.deps import ServicesDep
 from imagepipe.api.services import Services
-from imagepipe.api.views import cached_json, json_bytes, ticket_view
+from imagepipe.api.views import cached_json, json_bytes, ticket_view, versioned_json
 from imagepipe.errors import BadRequest
 from imagepipe.models import BackupState, Ticket
 
@@ -21,20 +21,29 @@ MAX_BATCH = 100
 HEARTBEAT_S = 15
 
 
-async def ticket_body(services: Services, ticket: Ticket) -> dict[str, Any]:
-    """The public ticket, with its photo's backup state."""
+async def backup_of(services: Services, ticket: Ticket) -> BackupState:
+    """The backup state of the ticket's photo, as far as its processing has got."""
     backup = await services.replication.backup_state(ticket.object_keys())
     if not ticket.status.terminal and backup is BackupState.COMPLETED:
         backup = BackupState.PENDING  # the original is copied, the derivatives are to come
-    return ticket_view(ticket, backup)
+    return backup
+
+
+async def ticket_body(services: Services, ticket: Ticket) -> dict[str, Any]:
+    """The public ticket, with its photo's backup state."""
+    return ticket_view(ticket, await backup_of(services, ticket))
 
 
 @router.get("/tickets/{ticket_id}")
 async def get_ticket(ticket_id: str, request: Request, services: ServicesDep) -> Response:
     """One ticket; poll it until `status` is completed or failed (honour Retry-After)."""
     ticket = await services.tickets.get(ticket_id)
+    backup = await backup_of(services, ticket)
     headers = {} if ticket.status.terminal else {"Retry-After": str(await services.retry_after())}
-    return cached_json(request, await ticket_body(services, ticket), headers=headers)
+    # the body is a function of these three: a poll that changes nothing is answered with
+    # no body built at all
+    etag = f'"{ticket.id}-{ticket.version}-{backup.value}"'
+    return versioned_json(request, etag, lambda: ticket_view(ticket, backup), headers)
 
 
 @router.get("/tickets")

@@ -105,7 +105,7 @@ def config_view(settings: Settings) -> dict[str, Any]:
         "formats": list(settings.formats),
         "media_types": [t for types, _ in known for t in types],
         "extensions": [e for _, exts in known for e in exts],
-        "sizes": [s.model_dump() for s in settings.sizes],  # largest first
+        "sizes": [s.model_dump(mode="json") for s in settings.sizes],  # largest first
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,10 +73,26 @@ def not_modified(request: Request, etag: str) -> bool:
 def cached_json(
     request: Request, body: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
-    """A JSON response with an ETag, or 304 when the client's copy is current."""
+    """A JSON response with an ETag of its bytes, or 304 when the client's copy is current."""
     content = json_bytes(body)
-    etag = etag_of(content)
+    return _validated(request, etag_of(content), lambda: content, status, headers)
+
+
+def versioned_json(
+    request: Request, etag: str, body: Callable[[], Any], headers: dict[str, str]
+) -> Response:
+    """A JSON response whose ETag is known before its body, so a 304 never builds one."""
+    return _validated(request, etag, lambda: json_bytes(body()), 200, headers)
+
+
+def _validated(
+    request: Request,
+    etag: str,
+    content: Callable[[], bytes],
+    status: int,
+    headers: dict[str, str] | None,
+) -> Response:
     all_headers = {"ETag": etag, "Cache-Control": "no-cache", **(headers or {})}
     if status == 200 and not_modified(request, etag):
         return Response(status_code=304, headers=all_headers)
-    return Response(content, status, headers=all_headers, media_type="application/json")
+    return Response(content(), status, headers=all_headers, media_type="application/json")
