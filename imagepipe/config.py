@@ -173,7 +173,8 @@ class Settings(BaseSettings):
     # -- replication ---------------------------------------------------------------
     replication_concurrency: int = Field(default=8, gt=0)
     replication_claim_idle_ms: int = Field(default=60_000, gt=0)
-    replication_backoff_cap_s: float = Field(default=30.0, gt=0)
+    # a retry waits at most this long; a copy that succeeds after failing wakes all the rest
+    replication_backoff_cap_s: float = Field(default=10.0, gt=0)
 
     @field_validator("sizes", mode="before")
     @classmethod

@@ -65,6 +65,9 @@ class Replicator:
         self.consumer = consumer or consumer_name()
         self.tasks: set[asyncio.Task[None]] = set()
         self.next_reclaim = 0.0
+        # set (and replaced) when a copy succeeds after failing: backup is back, so every
+        # entry sleeping out its backoff retries now instead of up to a backoff cap later
+        self.recovered = asyncio.Event()
 
     async def run(self) -> None:
         """Claim and copy until cancelled."""
@@ -124,6 +127,9 @@ class Replicator:
             metrics.REPLICATION_COPIES.labels("completed").inc()
             metrics.REPLICATION_BYTES.inc(copied)
             log.info("replicated", extra={"key": entry.key, "attempt": attempt})
+            if attempt > 1:
+                self.recovered.set()
+                self.recovered = asyncio.Event()
             return
 
     async def _fail(self, entry: Entry, reason: str) -> None:
@@ -142,7 +148,8 @@ class Replicator:
         with suppress(RedisError):
             await self.log.record_attempt(entry.key, reason)
             await self.log.keep_alive(self.consumer, entry)  # still ours: don't reclaim it
-        await asyncio.sleep(wait)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self.recovered.wait(), wait)
 
 
 async def audit_periodically(

@@ -1,0 +1,61 @@
+"""The replicator's retry pacing, on the real Valkey log with in-memory stores."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+from imagepipe import keys, replication, replicator
+from imagepipe.config import Settings
+from imagepipe.models import BackupState
+from imagepipe.replicator import Replicator
+from imagepipe.storage import ObjectInfo, StorageError
+from imagepipe.storage.memory import MemoryStorage
+
+
+class FirstPutFails(MemoryStorage):
+    """A backup that refuses each key's first copy, as during a short outage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: list[str] = []
+
+    async def put(self, key: str, chunks: AsyncIterable[bytes]) -> ObjectInfo:
+        if key not in self.refused:
+            self.refused.append(key)
+            raise StorageError("backup unreachable")
+        return await super().put(key, chunks)
+
+
+@pytest.fixture
+def first_retry_soon_then_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first backoff is short; every later one far longer than the test waits."""
+    waits: Iterator[float] = iter([0.2])
+    monkeypatch.setattr(replicator.backoff, "delay", lambda *_, **__: next(waits, 3600.0))
+
+
+@pytest.mark.usefixtures("first_retry_soon_then_long")
+async def test_a_copy_that_succeeds_after_failing_wakes_the_sleeping_retries(
+    settings: Settings, redis: Redis
+) -> None:
+    primary, backup = MemoryStorage(), FirstPutFails()
+    for key in ("originals/a.jpg", "originals/b.jpg"):
+        await primary.put_bytes(key, key.encode())
+    async with redis.pipeline(transaction=True) as pipe:
+        replication.append(pipe, {"originals/a.jpg": 17, "originals/b.jpg": 17})
+        await pipe.execute()
+    worker = Replicator(settings, redis, primary, backup, consumer="test")
+    running = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(30):  # the second key's own backoff is an hour
+            while await redis.zcard(keys.REPLICATION_PENDING):  # noqa: ASYNC110 (polls Redis)
+                await asyncio.sleep(0.05)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert len(backup.refused) == 2
+    log = replication.ReplicationLog(redis)
+    assert await log.backup_state(["originals/a.jpg", "originals/b.jpg"]) is BackupState.COMPLETED
