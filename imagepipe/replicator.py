@@ -3,8 +3,9 @@
 Backup writes may lag but must always happen. A transient failure (backup down, timeouts)
 keeps the entry pending and retries it with capped backoff for as long as it takes; a
 permanent one (credentials refused, original gone) becomes `failed(reason)` for the audit to
-retry. An entry is acknowledged only after the copy is read back and its sha256 matches, so
-nothing half-written ever counts as done; entries held by a dead replicator are reclaimed.
+retry. An entry is acknowledged only after the copy is verified (the server's checksum of
+what it stored, else a read-back sha256), so nothing half-written ever counts as done;
+entries held by a dead replicator are reclaimed.
 """
 
 from __future__ import annotations
@@ -40,8 +41,14 @@ class VerificationFailed(StorageError):
 
 
 async def copy_verified(primary: Storage, backup: Storage, key: str) -> int:
-    """Copy one object and prove the backup holds the same bytes; the bytes copied."""
+    """Copy one object and prove the backup holds the same bytes; the bytes copied.
+
+    The proof is the store's own when it gives one (S3 checks the PUT's Content-MD5 and
+    answers with the MD5 of what it stored); otherwise the copy is read back and hashed.
+    """
     written = await backup.put(key, primary.open(key))
+    if written.confirmed:
+        return written.size
     copy_sha = await backup.sha256(key)
     if copy_sha != written.sha256:
         raise VerificationFailed(f"backup sha256 {copy_sha} != original {written.sha256}")

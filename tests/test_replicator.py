@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Iterator
+import hashlib
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 
 import pytest
 from redis.asyncio import Redis
@@ -11,7 +12,7 @@ from redis.asyncio import Redis
 from imagepipe import keys, replication, replicator
 from imagepipe.config import Settings
 from imagepipe.models import BackupState
-from imagepipe.replicator import Replicator
+from imagepipe.replicator import Replicator, VerificationFailed, copy_verified
 from imagepipe.storage import ObjectInfo, StorageError
 from imagepipe.storage.memory import MemoryStorage
 
@@ -59,3 +60,40 @@ async def test_a_copy_that_succeeds_after_failing_wakes_the_sleeping_retries(
     assert len(backup.refused) == 2
     log = replication.ReplicationLog(redis)
     assert await log.backup_state(["originals/a.jpg", "originals/b.jpg"]) is BackupState.COMPLETED
+
+
+class Corrupting(MemoryStorage):
+    """A backup that stores a flipped byte, and vouches for it only if told to."""
+
+    def __init__(self, confirms: bool) -> None:
+        super().__init__()
+        self.confirms = confirms
+        self.reads = 0
+
+    async def put(self, key: str, chunks: AsyncIterable[bytes]) -> ObjectInfo:
+        data = b"".join([chunk async for chunk in chunks])
+        await super().put(key, _one(b"\x00" + data[1:]))
+        return ObjectInfo(key, len(data), hashlib.sha256(data).hexdigest(), confirmed=self.confirms)
+
+    async def sha256(self, key: str) -> str:
+        self.reads += 1
+        return await super().sha256(key)
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def test_a_copy_the_store_does_not_vouch_for_is_read_back_and_checked() -> None:
+    primary, backup = MemoryStorage(), Corrupting(confirms=False)
+    await primary.put_bytes("originals/a.jpg", b"photo bytes")
+    with pytest.raises(VerificationFailed):
+        await copy_verified(primary, backup, "originals/a.jpg")
+    assert backup.reads == 1
+
+
+async def test_a_copy_the_store_vouches_for_is_not_read_back() -> None:
+    primary, backup = MemoryStorage(), Corrupting(confirms=True)
+    await primary.put_bytes("originals/a.jpg", b"photo bytes")
+    assert await copy_verified(primary, backup, "originals/a.jpg") == len(b"photo bytes")
+    assert backup.reads == 0

@@ -324,8 +324,9 @@ def test_s3_connection_errors_are_transient(exc: Exception) -> None:
 
 async def test_s3_head_reports_sha256_from_metadata(s3_endpoint: str, s3_bucket: str) -> None:
     store = s3_store(s3_endpoint, s3_bucket)
-    await store.put_bytes("originals/p1.jpg", b"abc")
+    put = await store.put_bytes("originals/p1.jpg", b"abc")
     assert (await store.head("originals/p1.jpg")).sha256 == sha(b"abc")
+    assert put.confirmed  # the server's ETag is the MD5 of what it stored
     await store.close()
 
 
@@ -356,6 +357,7 @@ async def test_s3_large_body_goes_multipart(
     info = await store.put("originals/huge.png", chunked(data, MiB))
     head = await store.head("originals/huge.png")
     assert info.sha256 == head.sha256 == sha(data)
+    assert not info.confirmed  # a multipart ETag is no MD5: the replicator reads it back
     assert await store.sha256("originals/huge.png") == sha(data)
     await store.close()
 

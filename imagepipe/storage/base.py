@@ -43,6 +43,9 @@ class ObjectInfo:
     size: int
     sha256: str | None = None  # known after put; head reports it only where it is cheap
     modified: float = 0.0
+    # put only: the store itself vouched for the bytes it holds (an S3 ETag equal to their
+    # MD5), so reading them back to check adds nothing
+    confirmed: bool = False
 
 
 class Storage(ABC):

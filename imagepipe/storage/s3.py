@@ -88,8 +88,8 @@ class S3Storage(Storage):
                 size += len(chunk)
                 await _spool_write(key, spool, chunk)
             digest = sha256.hexdigest()
-            await self._call(key, self._upload, key, spool, size, digest, md5.digest())
-        return ObjectInfo(key=key, size=size, sha256=digest)
+            confirmed = await self._call(key, self._upload, key, spool, size, digest, md5.digest())
+        return ObjectInfo(key=key, size=size, sha256=digest, confirmed=confirmed)
 
     async def open(self, key: str) -> AsyncIterator[bytes]:
         """Stream a GET in CHUNK_SIZE pieces, one thread hop per piece."""
@@ -143,15 +143,16 @@ class S3Storage(Storage):
         except (ClientError, BotoCoreError) as exc:
             raise translate_error(exc, key) from exc
 
-    def _upload(self, key: str, body: IO[bytes], size: int, sha256: str, md5: bytes) -> None:
+    def _upload(self, key: str, body: IO[bytes], size: int, sha256: str, md5: bytes) -> bool:
+        """Upload; whether the server's ETag confirms it stored exactly these bytes."""
         body.seek(0)
         metadata = {"sha256": sha256}
         if size > MULTIPART_THRESHOLD:
             # Each part carries its own checksum; the sha256 metadata is checked on verify.
             extra = {"Metadata": metadata}
             self._client.upload_fileobj(body, self.bucket, key, ExtraArgs=extra, Config=_TRANSFER)
-            return
-        self._client.put_object(
+            return False  # a multipart ETag is not the object's MD5
+        response = self._client.put_object(
             Bucket=self.bucket,
             Key=key,
             Body=body,
@@ -160,6 +161,9 @@ class S3Storage(Storage):
             ContentMD5=base64.b64encode(md5).decode("ascii"),
             Metadata=metadata,
         )
+        # a single PUT's ETag is the MD5 of what the server stored (unless it encrypts with
+        # KMS, where it differs and the caller reads the object back instead)
+        return bool(response.get("ETag", "").strip('"') == md5.hex())
 
     def _ensure_bucket(self) -> None:
         try:
