@@ -101,38 +101,50 @@ to run in a busier minute), and so is the anchor's own CPU per photo as a cross-
 measurable cost: 219 vs 229 ms for a 12 MP photo in a pool vs in-process). Beyond imaging:
 the worker process (reading the original, pickling it to a child, six atomic writes with
 SHA-256, Redis, signing and sending two callbacks), the API (applying the two callbacks,
-writing the manifest, publishing to SSE) and Valkey. **To close the gap:** deliver the
-completion callback inline from `process_photo` (its own job only when the POST fails) and
-drop the `processing.started` callback's separate round trip (fold it into the ticket update
-the worker can make directly); pipeline the callback's Redis writes in the API.
+writing the manifest, publishing to SSE) and Valkey. **Changed since the last full run:**
+callbacks are now POSTed inline from `process_photo` (a queued `send_callback` job only when
+that POST fails), which removes two queue round trips (enqueue, poll, dequeue, result) per
+photo. **Still open:** fold the `processing.started` callback into a ticket update the
+worker makes directly; pipeline the callback's Redis writes in the API.
 """,
     3: """
 **How.** Whole local stack (api, worker, replicator, Valkey, rclone S3), four concurrent
 uploaders, timed from the first upload to the last ticket showing every object verified on
 backup; the verdict is the decode children's share of the whole stack's CPU per photo, as
 in row 2 (the uploading client is not counted: it stands for the browsers). What the ceiling does
-not pay: receiving and hashing the upload, the replicator's 8 copies and 8 read-backs per
-photo through boto3 (Python-heavy signing and hashing) and rclone serving them. In
+not pay: receiving and hashing the upload, the replicator's 8 copies per photo through
+boto3 (Python-heavy signing and hashing) and rclone serving them. In
 production the replicator and the backup store run elsewhere; on one 2-core machine they
-take their CPU from imaging. **Proposals:** verify backup copies from the PUT's checksum
-(S3 `ChecksumSHA256`) instead of reading every object back; hash derivatives once, in the
-child that made them.
+take their CPU from imaging. **Changed since the last full run:** the replicator no longer
+reads every copy back: S3 checks the PUT's Content-MD5 and answers with the MD5 of what it
+stored (its ETag), which the replicator compares (a read-back remains for multipart uploads
+and stores that give no such proof); callbacks go out inline. **Still open:** hash
+derivatives once, in the child that made them.
 """,
     4: """
 **How.** One 12 MP upload at a time on the idle stack; a poller (every 10 ms) and an SSE
 stream watch the ticket. The breakdown uses the worker's own `process_photo` histogram
-(Prometheus) for the job. The anchor is `imaging.render` in this process while nothing else
-of ours runs.
+(Prometheus) for the job. The anchor is `imaging.render` of the same photo in this process,
+taken just before each upload while nothing else of ours runs; each sample is paired with
+its own anchor, and the verdict is the p50 of those differences (an anchor taken once, before
+or after, moved by up to 100 ms with the machine's load and swung the verdict run to run).
 
-**Reading.** Three parts exceed the budget. (1) The job itself runs longer than the anchor:
-on a machine whose load is 3-4x its cores every hop (worker -> child -> worker, a thread hop
-per file write) waits for a CPU, and the replicator copies the original at the same moment.
-(2) Two queue hops: arq polls every 50 ms (`poll_delay=0.05` in `worker.py`), once for
-`process_photo` and once for the completion callback, ~50 ms on average together. (3) The
-callback POST, its verification and the ticket update. **Proposals** (in `worker.py` /
-`notify.py`, not changed here): `poll_delay` 5 ms (one ZRANGEBYSCORE per 5 ms per idle worker);
-send the completion callback inline and fall back to the `send_callback` job only when it
-fails; both remove most of (2).
+**Changed since the last full run** (which measured +137 ms polled, +130 ms SSE): arq polls
+every 10 ms instead of 50 (`poll_delay` in `worker.py`: 100 cheap ZRANGEBYSCOREs a second
+per idle worker); the completion callback is POSTed inline from `process_photo` (the
+`send_callback` job only when that POST fails), and the `processing.started` one is sent
+while the render runs, so no queue hop is left after the resize; the API's `Services`
+dependency became `async def`, which FastAPI had been running in its thread pool on every
+request, callbacks included. Single runs of this row then measured +49 to +125 ms.
+
+**Reading.** What is left is the job itself running longer than the anchor: on two shared
+cores the worker's hops (worker -> child -> worker, a thread hop per file write and fsync),
+the replicator copying the original, the API applying the `started` callback and the
+observers' own polling all take CPU from the render at the same moment, which the anchor
+(rendering alone) never pays. The queue and callback part (the last line of the breakdown)
+is now about 20 ms. **Still open:** fold `processing.started` into a direct ticket update
+(one HTTP round trip less during the render); on a machine with cores to spare the
+remaining overhead is mostly contention and should shrink without code changes.
 """,
     5: """
 **How.** API and Valkey only (no worker, no replicator: the queue just grows). Raw
@@ -149,11 +161,12 @@ cores: the load generator (one Python process pushing ~75 MB/s of bodies), Valke
 and the machine's other tenants (load average below) all queue for a CPU, and a request that
 waits behind another's 2.6 MB in the single event loop, or behind the client, waits for
 tens of ms at a time. The closed loop's 16 clients show the same queueing at full load.
-**Proposals:** one API process per core (`uvicorn --workers`, or several `imagepipe api`
-behind the load balancer, as DESIGN.md scales it); reuse the overload check's queue depth
-for `Retry-After` and answer a new ticket's backup state (`pending`) without reading it:
-two Redis round trips fewer per upload; rerun on a quiet machine with a native load
-generator before tuning further.
+**Changed since the last full run:** the accept path reads the queue depth once (the
+overload check's reading also gives `Retry-After`), and no route hops to FastAPI's thread
+pool any more (the `Services` dependency is `async def`). **Still open:** one API process
+per core (`uvicorn --workers`, or several `imagepipe api` behind the load balancer, as
+DESIGN.md scales it); rerun on a quiet machine with a native load generator before tuning
+further.
 """,
     6: """
 **How.** The same API process serves three endpoints to the same 8 closed-loop clients,
@@ -163,12 +176,15 @@ process saturates at 1 / (its CPU per request), measured from /proc. The request
 are bound by the clients (Python, same process, same two cores), so they understate the
 difference; a native load generator would show the capacity ratio.
 
-**Reading.** A ticket GET costs three sequential Redis round trips (the ticket, the queue
-depth for `Retry-After`, the backup state of its objects), a pydantic model, JSON with sorted
-keys and a blake2b ETag; the 304 does the same work and only skips sending the body. The
-bare endpoint does none of it. **Proposals:** one pipelined round trip for the three Redis
-reads; cache the queue depth for ~100 ms per process (it only feeds `Retry-After`); answer a
-304 from the ticket's `version` (already in the body) before building the body; orjson.
+**Changed since the last full run** (0.30 and 0.31 of bare): profiling one poll showed
+FastAPI running the plain-`def` `Services` dependency in its thread pool on every request,
+which cost more than the rest of the poll; it is `async def` now. The queue depth behind
+`Retry-After` is read at most every 100 ms per process, and the ETag is built from the
+ticket's id, `version` and backup state, so a 304 is answered without building the body.
+**Reading.** A poll still costs two sequential Redis round trips (the ticket, then the backup
+state of the objects it names), a pydantic model and FastAPI's request handling, which the
+bare endpoint mostly skips. **Still open:** one round trip for both reads (a Lua script that
+reads the ticket and its objects' states together), orjson.
 """,
     7: """
 **How.** Whole stack; small photos (800x600) so 10 uploads/s (80 objects/s: original, six
@@ -177,14 +193,16 @@ replication log itself (`updated_at - enqueued_at` when it completed). Then rclo
 for the outage while uploads continue, restarts on the same port, and the drain is timed. The
 anchor PUTs the same objects one after another with plain boto3 to the same server.
 
-**Reading.** Steady-state lag is well inside the 2 s goal. The catch-up is not: the
-replicator copies *and reads back* every object (two requests, SHA-256 both ways) with 8 in
-flight, on a machine where the worker and the API are also busy, and the entries that failed
-during the outage sleep out their capped backoff (up to 30 s) before their next try even
-after S3 is back. **Proposals** (in `replicator.py`): when a copy succeeds after failures,
-wake the other sleeping retries at once (one asyncio.Event); verify with the PUT's returned
-ETag/checksum (S3 `ChecksumSHA256`) instead of a full read-back where the server supports it;
-raise `replication_concurrency` while a backlog exists.
+**Changed since the last full run** (catch-up 0.32 of the PUT rate): a copy that succeeds
+after failing wakes every entry sleeping out its backoff (`replicator.py`, one asyncio.Event),
+and the backoff cap is 10 s instead of 30, so the drain starts within about a second of S3's
+return instead of up to 30 s later (the table's "waiting for the first copy"); and a copy is
+verified by the server's own checksum (Content-MD5 checked on the PUT, ETag = MD5 of what it
+stored) instead of a second request that reads it back. **Reading.** Steady-state lag is well
+inside the 2 s goal. What remains of the catch-up gap is boto3's CPU per request (signing,
+hashing, a thread hop) in one replicator process sharing two cores with rclone, which
+serves both the anchor and the replicator. **Still open:** raise `replication_concurrency`
+while a backlog exists; more replicator processes (they share the log's consumer group).
 """,
     8: """
 **How.** The API's RSS is sampled every 10 ms while a 200 MB upload streams in (byte limit
