@@ -272,6 +272,9 @@ def flat_png(width: int, height: int) -> bytes:
 
 def heic(width: int, height: int, *, orientation: int | None = None) -> bytes:
     """An HEIC of ``photo`` (an iPhone's format; made with the `heif` extra's encoder)."""
+    import pillow_heif  # the extra: imported here so the other images need none of it
+
+    pillow_heif.register_heif_opener()
     exif = exif_bytes(orientation=orientation)
     return _save(photo(width, height), "HEIF", quality=80, exif=exif)
 
