@@ -97,15 +97,25 @@ is the throughput ratio, paired and blind to the load other tenants put into wal
 The wall-clock rates are shown too (their ratio can even exceed 1 when the anchor happened
 to run in a busier minute), and so is the anchor's own CPU per photo as a cross-check.
 
-**Where the time goes.** The decode children match the anchor (the sandbox adds no
-measurable cost: 219 vs 229 ms for a 12 MP photo in a pool vs in-process). Beyond imaging:
-the worker process (reading the original, pickling it to a child, six atomic writes with
-SHA-256, Redis, signing and sending two callbacks), the API (applying the two callbacks,
-writing the manifest, publishing to SSE) and Valkey. **Changed since the last full run:**
-callbacks are now POSTed inline from `process_photo` (a queued `send_callback` job only when
-that POST fails), which removes two queue round trips (enqueue, poll, dequeue, result) per
-photo. **Still open:** fold the `processing.started` callback into a ticket update the
-worker makes directly; pipeline the callback's Redis writes in the API.
+**Where the time goes.** The decode children now match the anchor's own CPU per photo
+(the cross-check line). They did not before: a decode child page-faulted ~36 MB back in for
+every 12 MP render (~9000 minor faults; a long-lived process had none), because glibc served
+each large buffer from a fresh mmap and unmapped it when freed. That made the child 10-25%
+slower than the same render in-process. The child now keeps freed memory in its heap
+(`mallopt` in `sandbox.py`; the heap holds at most the largest job's peak, under the same
+RLIMIT_AS cap). This raised the wall-clock ratio from 0.68 to 0.82 in paired runs. It
+*lowered* the CPU-share verdict a little, because the faults had been counted as imaging;
+the verdict is now the honest one, and it agrees with the cross-check anchor.
+
+Beyond imaging: the worker process (reading the original, pickling it to a child, six
+atomic writes with SHA-256, Redis, signing and sending two callbacks), the API (applying the
+two callbacks, writing the manifest, publishing to SSE) and Valkey, together about 40 ms of
+CPU per photo against about 195 ms of imaging. **Changed since the last full run:** the page
+faults above; callbacks are POSTed inline from `process_photo` (a queued `send_callback`
+job only when that POST fails), which removes two queue round trips (enqueue, poll,
+dequeue, result) per photo. **Still open:** fold the `processing.started` callback into a
+ticket update the worker makes directly (about 8 ms of worker and API CPU per photo, enough
+to reach 0.85 on this machine); pipeline the callback's Redis writes in the API.
 """,
     3: """
 **How.** Whole local stack (api, worker, replicator, Valkey, rclone S3), four concurrent

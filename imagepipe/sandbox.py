@@ -43,6 +43,8 @@ _START_TIMEOUT_S = 60.0  # a cold interpreter importing Pillow on a busy host
 _RESPAWN_BACKOFF_S = 1.0
 _JOIN_TIMEOUT_S = 5.0
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # from <malloc.h>
+_HEAP_BUFFERS_UP_TO = 64 * 1024 * 1024  # a 24 MP RGBA buffer is 96 MB: mmap'd, once
 
 
 class SandboxError(Exception):
@@ -70,6 +72,7 @@ def _child_main(conn: Connection, memory_mb: int, preload: tuple[str, ...], pare
     _die_with_parent(parent)
     for module in preload:
         importlib.import_module(module)  # warm: the first job pays no import
+    _keep_freed_memory()
     cap = memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     conn.send(("ready", os.getpid()))
@@ -87,6 +90,22 @@ def _child_main(conn: Connection, memory_mb: int, preload: tuple[str, ...], pare
                 return
             reply = _call(*request)
         _send(conn, reply)
+
+
+def _keep_freed_memory() -> None:
+    """Have glibc keep freed memory in this child's heap for the next job.
+
+    By default glibc serves each large buffer (a decoded photo, its resized copies) from a
+    fresh mmap and unmaps it when freed, so every job page-faults its buffers in again:
+    ~9000 faults and 10-25% of a 12 MP render (BENCHMARKS.md, row 2). The heap then holds
+    at most the largest job's peak, under the RLIMIT_AS cap like everything else.
+    """
+    if sys.platform != "linux" or not (name := ctypes.util.find_library("c")):
+        return
+    libc = ctypes.CDLL(name)
+    if hasattr(libc, "mallopt"):  # glibc (musl has none, and no such cost)
+        libc.mallopt(_M_MMAP_THRESHOLD, _HEAP_BUFFERS_UP_TO)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * _HEAP_BUFFERS_UP_TO)
 
 
 def _die_with_parent(parent: int) -> None:
