@@ -114,8 +114,8 @@ CPU per photo against about 195 ms of imaging. **Changed since the last full run
 faults above; callbacks are POSTed inline from `process_photo` (a queued `send_callback`
 job only when that POST fails), which removes two queue round trips (enqueue, poll,
 dequeue, result) per photo. **Still open:** fold the `processing.started` callback into a
-ticket update the worker makes directly (about 8 ms of worker and API CPU per photo, enough
-to reach 0.85 on this machine); pipeline the callback's Redis writes in the API.
+ticket update the worker makes directly (one signed POST and its handling in the API per
+photo; not measured alone); pipeline the callback's Redis writes in the API.
 """,
     3: """
 **How.** Whole local stack (api, worker, replicator, Valkey, rclone S3), four concurrent
@@ -145,7 +145,9 @@ per idle worker); the completion callback is POSTed inline from `process_photo` 
 `send_callback` job only when that POST fails), and the `processing.started` one is sent
 while the render runs, so no queue hop is left after the resize; the API's `Services`
 dependency became `async def`, which FastAPI had been running in its thread pool on every
-request, callbacks included. Single runs of this row then measured +49 to +125 ms.
+request, callbacks included. Single runs of this row then measured +49 to +143 ms. Last,
+the decode children stopped page-faulting their buffers in for every photo (row 2), which
+had made the render in the sandbox 10-25% slower than the anchor's.
 
 **Reading.** What is left is the job itself running longer than the anchor: on two shared
 cores the worker's hops (worker -> child -> worker, a thread hop per file write and fsync),
