@@ -81,6 +81,10 @@ class FilesystemStorage(Storage):
         finally:
             file.close()
 
+    async def read(self, key: str) -> bytes:
+        """The whole file in one thread hop (the worker reads every original this way)."""
+        return await _read(key, self.path(key).read_bytes)
+
     async def head(self, key: str) -> ObjectInfo:
         """Size and mtime from one stat (sha256 is not cheap here, so None)."""
         st = await _read(key, os.stat, self.path(key))
