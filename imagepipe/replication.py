@@ -43,12 +43,18 @@ class Backlog:
 
 def append(pipe: Pipeline, objects: Mapping[str, int]) -> None:
     """Queue these objects (key -> size in bytes) for backup inside the caller's transaction."""
+    if not objects:
+        return
     stamp = time.time()
-    for key, size in objects.items():
+    for key in objects:  # one log entry per object: each is claimed and copied on its own
         pipe.xadd(keys.REPLICATION_STREAM, {"key": key})
-        pipe.hset(keys.REPLICATION_STATE, key, ReplicaState(enqueued_at=stamp).model_dump_json())
-        pipe.zadd(keys.REPLICATION_PENDING, {key: stamp}, nx=True)
-        pipe.hset(keys.REPLICATION_PENDING_BYTES, key, str(size))
+    # the bookkeeping goes in one command per structure, not one per object
+    state = ReplicaState(enqueued_at=stamp).model_dump_json()
+    pipe.hset(keys.REPLICATION_STATE, mapping=dict.fromkeys(objects, state))
+    pipe.zadd(keys.REPLICATION_PENDING, dict.fromkeys(objects, stamp), nx=True)
+    pipe.hset(
+        keys.REPLICATION_PENDING_BYTES, mapping={k: str(size) for k, size in objects.items()}
+    )
 
 
 class ReplicationLog:
