@@ -128,8 +128,11 @@ production the replicator and the backup store run elsewhere; on one 2-core mach
 take their CPU from imaging. **Changed since the last full run:** the replicator no longer
 reads every copy back: S3 checks the PUT's Content-MD5 and answers with the MD5 of what it
 stored (its ETag), which the replicator compares (a read-back remains for multipart uploads
-and stores that give no such proof); callbacks go out inline. **Still open:** hash
-derivatives once, in the child that made them.
+and stores that give no such proof); callbacks go out inline; the completion callback puts
+a photo's objects on the replication log with one command per object plus three (it was
+four per object: 36 commands in one transaction for 9 objects); the decode children stopped
+page-faulting (row 2). **Still open:** hash derivatives once, in the child that made them;
+more replicator processes where S3 is far away.
 """,
     4: """
 **How.** One 12 MP upload at a time on the idle stack; a poller (every 10 ms) and an SSE
