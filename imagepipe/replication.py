@@ -52,9 +52,7 @@ def append(pipe: Pipeline, objects: Mapping[str, int]) -> None:
     state = ReplicaState(enqueued_at=stamp).model_dump_json()
     pipe.hset(keys.REPLICATION_STATE, mapping=dict.fromkeys(objects, state))
     pipe.zadd(keys.REPLICATION_PENDING, dict.fromkeys(objects, stamp), nx=True)
-    pipe.hset(
-        keys.REPLICATION_PENDING_BYTES, mapping={k: str(size) for k, size in objects.items()}
-    )
+    pipe.hset(keys.REPLICATION_PENDING_BYTES, mapping={k: str(size) for k, size in objects.items()})
 
 
 class ReplicationLog:

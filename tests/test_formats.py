@@ -278,4 +278,6 @@ async def test_a_format_added_to_a_size_later_falls_back_until_the_audit_makes_i
             assert (await repair(later, redis)).get("reprocessed_missing_derivatives") == 1
             after = await client.get(url, headers={"accept": CHROME})
     assert before.status_code == 200 and before.headers["content-type"] == "image/webp"
+    assert "immutable" not in before.headers["cache-control"]  # a stand-in: cached briefly
     assert after.status_code == 200 and after.headers["content-type"] == "image/avif"
+    assert "immutable" in after.headers["cache-control"]

@@ -43,6 +43,7 @@ router = APIRouter(tags=["photos"])
 PHOTO_ID = re.compile(r"^[0-9a-f]{20}$")
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file
 IMMUTABLE = "public, max-age=31536000, immutable"
+STAND_IN = "public, max-age=300"
 # The route streams the body itself; this documents it (and lets schema fuzzers send one).
 UPLOAD_BODY = {
     "required": True,
@@ -235,19 +236,23 @@ async def get_photo_size(
         raise NotAcceptable(f"this size is available as {offered}")
     for fmt in choices:  # a format added to the ladder later may not exist for this photo yet
         key = keys.derivative(photo_id, size, imaging.EXTENSIONS[fmt])
+        # a stand-in for the preferred format is cached briefly: the audit will make that one
+        lifetime = IMMUTABLE if fmt == choices[0] else STAND_IN
         try:
-            return await _derivative(request, services, key, fmt)
+            return await _derivative(request, services, key, fmt, lifetime)
         except ObjectNotFound:
             continue
     raise NotFound("no such photo size (or it is still processing)")
 
 
-async def _derivative(request: Request, services: Services, key: str, fmt: str) -> Response:
+async def _derivative(
+    request: Request, services: Services, key: str, fmt: str, cache_control: str
+) -> Response:
     info = await services.primary.head(key)
     photo_and_file = key.removeprefix(keys.DERIVATIVES).replace("/", "-")  # {id}-{size}.{ext}
     headers = {
         "ETag": f'"{photo_and_file}-{info.size}"',
-        "Cache-Control": IMMUTABLE,
+        "Cache-Control": cache_control,
         "Vary": "Accept",  # the same URL is JPEG, WebP or AVIF depending on the request
         "X-Content-Type-Options": "nosniff",
     }
