@@ -260,7 +260,7 @@ def derivative_keys(photo_id: str, settings: Settings) -> set[str]:
     return {
         keys.derivative(photo_id, size.name, imaging.EXTENSIONS[fmt])
         for size in settings.sizes
-        for fmt in size.formats
+        for fmt in size.encodings
     }
 
 

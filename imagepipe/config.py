@@ -70,6 +70,11 @@ class SizeSpec(BaseModel, frozen=True):
         output = _output_formats(formats[0]) if formats else ()
         return cls(name=name, edge=int(edge), crop=crop, formats=output)
 
+    @property
+    def encodings(self) -> tuple[str, ...]:
+        """The formats this rung is written in: JPEG where none were named or filled in."""
+        return self.formats or ("JPEG",)
+
     def with_default_formats(self, formats: tuple[str, ...]) -> SizeSpec:
         """This rung, written as ``formats`` unless it names its own."""
         return self if self.formats else self.model_copy(update={"formats": formats})

@@ -433,7 +433,7 @@ def encode(job: Job) -> None:
     encoded: dict[tuple[int, str], bytes] = {}  # a photo smaller than several sizes: once
     for spec in job.sizes:
         im = job.rungs[spec.name]
-        for fmt in spec.formats or ("JPEG",):
+        for fmt in spec.encodings:
             data = encoded.get((id(im), fmt))
             if data is None:
                 data = encoded[id(im), fmt] = encoded_bytes(im, fmt, job.qualities[fmt])

@@ -230,9 +230,9 @@ async def get_photo_size(
     spec = services.settings.size(size)
     if not PHOTO_ID.match(photo_id) or spec is None:
         raise NotFound("no such photo size")
-    choices = negotiation.ranked(request.headers.get("accept"), spec.formats)
+    choices = negotiation.ranked(request.headers.get("accept"), spec.encodings)
     if not choices:
-        offered = ", ".join(negotiation.media_type(f) for f in spec.formats)
+        offered = ", ".join(negotiation.media_type(f) for f in spec.encodings)
         raise NotAcceptable(f"this size is available as {offered}")
     for fmt in choices:  # a format added to the ladder later may not exist for this photo yet
         key = keys.derivative(photo_id, size, imaging.EXTENSIONS[fmt])
