@@ -264,11 +264,8 @@ def _child_box(b: bytes, start: int, end: int, kind: bytes) -> tuple[int, int] |
 def _boxes(b: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
     """Type and payload span of each complete ISO-BMFF box between start and end."""
     while start + 8 <= end:
-        size, kind, header = (
-            struct.unpack(">I", b[start : start + 4])[0],
-            b[start + 4 : start + 8],
-            8,
-        )
+        size, kind = struct.unpack(">I4s", b[start : start + 8])
+        header = 8
         if size == 1 and start + 16 <= end:
             size, header = struct.unpack(">Q", b[start + 8 : start + 16])[0], 16
         if size < header or start + size > end:
@@ -282,6 +279,11 @@ def _container_size(data: bytes, fmt: str) -> tuple[int, int] | None:
     if fmt == "WEBP":
         return _webp_size(data)
     return _isobmff_size(data) if fmt in _HEADER_SIZED else None
+
+
+def media_type(fmt: str) -> str:
+    """The media type of an output format (a key of OUTPUTS)."""
+    return OUTPUTS[fmt][0]
 
 
 def _header_frames(im: Image.Image) -> int:

@@ -55,7 +55,8 @@ class Derivative(StoredFile):
     @property
     def files(self) -> list[StoredFile]:
         """Every encoding of this size, the first (default) one first."""
-        first = StoredFile.model_validate(self.model_dump(include=set(StoredFile.model_fields)))
+        # read on every ticket poll: the fields are validated already, so no dump and re-check
+        first = StoredFile.model_construct(**{f: getattr(self, f) for f in StoredFile.model_fields})
         return [first, *self.alternates]
 
 

@@ -115,9 +115,11 @@ async def _write_sizes(
     async def write(r: imaging.Rendition) -> StoredFile:
         key = keys.derivative(photo_id, r.name, imaging.EXTENSIONS[r.format])
         info = await primary.put_bytes(key, r.data)
-        content_type = imaging.OUTPUTS[r.format][0]
         return StoredFile(
-            key=key, bytes=info.size, sha256=info.sha256 or "", content_type=content_type
+            key=key,
+            bytes=info.size,
+            sha256=info.sha256 or "",
+            content_type=imaging.media_type(r.format),
         )
 
     written = await asyncio.gather(*(write(r) for r in rendered.renditions))

@@ -14,15 +14,10 @@ from collections.abc import Sequence
 import mimeparse
 
 from imagepipe.config import OUTPUT_FORMATS
-from imagepipe.imaging import OUTPUTS
+from imagepipe.imaging import media_type
 
 ANY = [("*", "*", {"q": "1"})]
 NAMED_FITNESS = 110  # mimeparse's score for a range naming both type and subtype
-
-
-def media_type(fmt: str) -> str:
-    """The media type of an output format."""
-    return OUTPUTS[fmt][0]
 
 
 def ranked(accept: str | None, formats: Sequence[str]) -> list[str]:

@@ -232,7 +232,7 @@ async def get_photo_size(
         raise NotFound("no such photo size")
     choices = negotiation.ranked(request.headers.get("accept"), spec.encodings)
     if not choices:
-        offered = ", ".join(negotiation.media_type(f) for f in spec.encodings)
+        offered = ", ".join(imaging.media_type(f) for f in spec.encodings)
         raise NotAcceptable(f"this size is available as {offered}")
     for fmt in choices:  # a format added to the ladder later may not exist for this photo yet
         key = keys.derivative(photo_id, size, imaging.EXTENSIONS[fmt])
@@ -261,4 +261,4 @@ async def _derivative(
     # derivatives are small (the largest rung is well under a few MB): read whole, so no open
     # file outlives a client that hangs up mid-download
     data = await services.primary.read(key)
-    return Response(data, media_type=negotiation.media_type(fmt), headers=headers)
+    return Response(data, media_type=imaging.media_type(fmt), headers=headers)
