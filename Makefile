@@ -52,6 +52,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check imagepipe tests bench
 	$(BIN)/ruff format --check imagepipe tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format imagepipe tests bench

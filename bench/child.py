@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from imagepipe import imaging
 from imagepipe.config import DEFAULT_SIZES, parse_sizes
+from imagepipe.imaging import render as imaging
 
 LADDER = parse_sizes(DEFAULT_SIZES)
 

@@ -28,8 +28,8 @@ from PIL import Image, ImageChops, ImageCms, ImageOps, ImageStat
 from bench.inputs import Photo
 from bench.model import Row, table
 from bench.stats import Summary, paired_ratio, summarize
-from imagepipe import imaging
 from imagepipe.config import DEFAULT_SIZES, SizeSpec, parse_sizes
+from imagepipe.imaging import render as imaging
 
 LADDER = parse_sizes(DEFAULT_SIZES)
 QUALITY = 85

@@ -21,7 +21,7 @@ from bench.ladder import imagepipe_ladder
 from bench.model import Row, table
 from bench.stack import Stack, upload, wait_for, wait_ready
 from bench.stats import summarize
-from imagepipe.embedded import free_port
+from imagepipe.stack.net import free_port
 
 POLL_S = 0.01
 IDLE_GAP_S = 0.5  # between samples: the stack is idle when each upload arrives

@@ -20,7 +20,7 @@ from bench import child
 from bench.inputs import Photo
 from bench.model import Row, table
 from bench.stack import Stack, wait_ready
-from imagepipe.sandbox import DecodePool
+from imagepipe.worker.sandbox import DecodePool
 
 PADDING = 200 * 1024 * 1024
 CHUNK = 1024 * 1024
@@ -76,7 +76,9 @@ _JPEG = {"Content-Type": "image/jpeg"}
 
 async def child_peak(photo: Photo) -> tuple[float, float]:
     """Peak RSS (MB) of a warm decode child before and after it rendered this photo."""
-    pool = DecodePool(1, memory_mb=1024, timeout_s=60, preload=("imagepipe.imaging", "bench.child"))
+    pool = DecodePool(
+        1, memory_mb=1024, timeout_s=60, preload=("imagepipe.imaging.render", "bench.child")
+    )
     await pool.start()
     try:
         return await pool.run(child.render_and_peak, photo.data)

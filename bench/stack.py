@@ -26,7 +26,8 @@ from typing import Any, Self
 import httpx
 import redis
 
-from imagepipe.embedded import EmbeddedS3, EmbeddedValkey, free_port
+from imagepipe.stack.net import free_port
+from imagepipe.stack.servers import EmbeddedS3, EmbeddedValkey
 
 ACCESS_KEY, SECRET_KEY = "bench", "bench-secret"
 BUCKET = "imagepipe-bench"

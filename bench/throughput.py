@@ -30,7 +30,7 @@ from bench.stack import (
     wait_ready,
     wait_tickets,
 )
-from imagepipe import imaging
+from imagepipe.imaging import render as imaging
 
 UPLOAD_CLIENTS = 4  # concurrent uploaders in row 3, as a few browsers would be
 POLL_S = 0.25  # polling a batch of tickets costs the API CPU that the benchmark would count

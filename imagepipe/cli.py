@@ -1,4 +1,8 @@
-"""`imagepipe <role|audit|dev|upload|health>`: parse, build Settings once, dispatch."""
+"""`imagepipe <role|audit|dev|upload|health>`: parse, build the settings once, dispatch.
+
+Server commands get the one `Settings`; `upload` gets the client's own few settings, so the
+client neither validates the server's configuration nor loads its libraries.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,17 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING
 
 from imagepipe import keys
-from imagepipe.config import Settings
-from imagepipe.connections import RedisConfigError
-from imagepipe.logs import setup_logging
+
+if TYPE_CHECKING:
+    from imagepipe.config import Settings
+
+DESCRIPTION = (
+    "imagepipe: a photo pipeline. Uploads are stored and answered with a ticket at once; "
+    "workers resize them, and a replicator copies every file to backup."
+)
 
 
 def _api(settings: Settings, args: argparse.Namespace) -> int:
@@ -23,7 +31,7 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
-    from imagepipe.worker import run_worker
+    from imagepipe.worker.app import run_worker
 
     queue = keys.BACKFILL_QUEUE if args.lane == "backfill" else keys.UPLOADS_QUEUE
     if args.concurrency:
@@ -33,29 +41,30 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _replicator(settings: Settings, args: argparse.Namespace) -> int:
-    from imagepipe.replicator import run_replicator
+    from imagepipe.replication.replicator import run_replicator
 
     run_replicator(settings)
     return 0
 
 
 def _audit(settings: Settings, args: argparse.Namespace) -> int:
-    from imagepipe.audit_cli import run_audit
+    from imagepipe.replication.report import run_audit
 
     return run_audit(settings, as_json=args.json)
 
 
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
-    from imagepipe.dev import run_dev
+    from imagepipe.stack.dev import run_dev
 
     return run_dev(settings, host=args.host or settings.host, port=args.port or settings.port)
 
 
-def _upload(settings: Settings, args: argparse.Namespace) -> int:
-    from imagepipe.client import Options, run_upload
+def _upload(args: argparse.Namespace) -> int:
+    from imagepipe.client.settings import ClientSettings
+    from imagepipe.client.upload import Options, run_upload
 
     options = Options(
-        server=args.server or settings.server,
+        server=args.server or ClientSettings().server,
         concurrency=args.concurrency,
         wait=not args.no_wait,
         as_json=args.json,
@@ -68,7 +77,7 @@ def _upload(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _health(settings: Settings, args: argparse.Namespace) -> int:
-    from imagepipe.health import run_health
+    from imagepipe.stack.healthcheck import run_health
 
     return run_health(settings, args.for_role)
 
@@ -96,7 +105,7 @@ def _positive(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imagepipe", description=__doc__)
+    parser = argparse.ArgumentParser(prog="imagepipe", description=DESCRIPTION)
     roles = parser.add_subparsers(dest="role", required=True)
     for name, helptext in (("api", "run the web tier"), ("dev", "run the whole local stack")):
         role = roles.add_parser(name, help=helptext)
@@ -118,13 +127,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+SERVER_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "api": _api,
     "worker": _worker,
     "replicator": _replicator,
     "dev": _dev,
     "audit": _audit,
-    "upload": _upload,
     "health": _health,
 }
 
@@ -133,15 +141,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `imagepipe` console script."""
     args = _parser().parse_args(argv)
     try:
+        return _upload(args) if args.role == "upload" else _serve(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Build the server Settings once (refusing invalid ones), log, and run the command."""
+    from pydantic import ValidationError
+
+    from imagepipe.config import Settings
+    from imagepipe.connections import RedisConfigError
+    from imagepipe.logs import setup_logging
+
+    try:
         settings = Settings()
     except ValidationError as exc:
         print(f"imagepipe: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     setup_logging(settings, role=args.role)
     try:
-        return COMMANDS[args.role](settings, args)
-    except KeyboardInterrupt:
-        return 130
+        return SERVER_COMMANDS[args.role](settings, args)
     except RedisConfigError as exc:  # a Redis that may evict: refuse, plainly
         print(f"imagepipe: {exc}", file=sys.stderr)
         return 2

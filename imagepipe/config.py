@@ -6,31 +6,19 @@ environment at import time.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from PIL import features
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from imagepipe.formats import OUTPUT_FORMATS
+from imagepipe.imaging.codecs import can_decode, can_encode, decodable_formats
 
 DEV_CALLBACK_SECRET = "dev-only-callback-secret-change-me"  # noqa: S105 (refused outside dev)
 DEFAULT_SIZES = "sq:75:crop,t:100,s:240,m:500,l:1024,xl:2048"
 _SIZE_NAME = re.compile(r"^[a-z0-9]{1,8}$")
-# Formats a derivative can be written in, least to most compact (the order content
-# negotiation breaks ties in); each needs its encoder in this Pillow build.
-OUTPUT_FORMATS = ("JPEG", "WEBP", "AVIF")
-
-
-def decodable_formats() -> tuple[str, ...]:
-    """The upload formats this installation can decode: HEIC needs the `heif` extra."""
-    found = ["JPEG", "PNG", "WEBP", "GIF"]
-    if features.check("avif"):
-        found.append("AVIF")
-    if importlib.util.find_spec("pillow_heif") is not None:
-        found.append("HEIF")
-    return tuple(found)
 
 
 def _output_formats(text: str) -> tuple[str, ...]:
@@ -39,7 +27,7 @@ def _output_formats(text: str) -> tuple[str, ...]:
     for name in names:
         if name not in OUTPUT_FORMATS:
             raise ValueError(f"output format {name!r} is not one of {', '.join(OUTPUT_FORMATS)}")
-        if name != "JPEG" and not features.check(name.lower()):
+        if not can_encode(name):
             raise ValueError(f"this Pillow build cannot encode {name}")
     return names
 
@@ -103,8 +91,6 @@ class Settings(BaseSettings):
     data_dir: Path = Path("storage")
     host: str = "127.0.0.1"
     port: int = 8000
-    public_url: str = ""  # base for links in tickets; empty = relative links
-    server: str = "http://127.0.0.1:8000"  # the API `imagepipe upload` talks to
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     metrics_port: int = Field(default=0, ge=0)  # worker/replicator /metrics port; 0 = off
@@ -207,7 +193,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _formats_can_be_decoded(self) -> Settings:
-        missing = set(self.formats) - {*decodable_formats(), "TIFF"}  # TIFF: opt-in only
+        missing = {f for f in self.formats if not can_decode(f)}
         if missing:
             raise ValueError(
                 f"IMAGEPIPE_FORMATS names {', '.join(sorted(missing))}, which this installation "

@@ -5,6 +5,7 @@
     │   └── MissingFile                 400  multipart body without a `file` field
     ├── Unauthorized                    401  callback signature missing, forged or stale
     ├── NotFound                        404  unknown/expired/malformed ticket or photo
+    ├── NotAcceptable                   406  no format of a size that the Accept header takes
     ├── RequestTimeout                  408  body arrived too slowly
     ├── Conflict                        409  idempotency key in flight / backwards transition
     ├── PayloadTooLarge                 413  too many bytes

@@ -77,3 +77,21 @@ def derivative(photo_id: str, size: str, ext: str) -> str:
 def manifest(photo_id: str) -> str:
     """The photo's record, written by the web tier when the photo is indexed."""
     return f"{MANIFESTS}{photo_id}.json"
+
+
+OBJECT_KINDS = {ORIGINALS: "original", DERIVATIVES: "derivative", MANIFESTS: "manifest"}
+
+
+def kind_of(key: str) -> str | None:
+    """``original``, ``derivative`` or ``manifest``; None for a key imagepipe never makes."""
+    return next((kind for prefix, kind in OBJECT_KINDS.items() if key.startswith(prefix)), None)
+
+
+def photo_of(key: str) -> str:
+    """The photo id in an original's, derivative's or manifest's key."""
+    return key.split("/", 2)[1].split(".", 1)[0]
+
+
+def derivative_name(key: str) -> str:
+    """``{photo_id}-{size}.{ext}`` for a derivative's key: unique, and safe in a header."""
+    return key.removeprefix(DERIVATIVES).replace("/", "-")

@@ -8,8 +8,6 @@ A ticket only moves forward; a terminal ticket never changes. Every change bumps
 
 from __future__ import annotations
 
-import re
-import secrets
 from collections.abc import Callable, Sequence
 
 from redis.asyncio import Redis
@@ -18,9 +16,9 @@ from redis.exceptions import WatchError
 
 from imagepipe import keys
 from imagepipe.errors import Conflict, NotFound
+from imagepipe.ids import is_ticket_id
 from imagepipe.models import CallbackEvent, Ticket, TicketStatus, now
 
-TICKET_ID = re.compile(r"^[A-Za-z0-9_-]{24}$")
 EVENT_STATUS = {
     "processing.started": TicketStatus.PROCESSING,
     "processing.completed": TicketStatus.COMPLETED,
@@ -28,16 +26,6 @@ EVENT_STATUS = {
 }
 
 Extra = Callable[[Pipeline, Ticket], None]
-
-
-def new_ticket_id() -> str:
-    """144 random bits, URL-safe: unguessable, so knowing an id is the right to read it."""
-    return secrets.token_urlsafe(18)
-
-
-def new_photo_id() -> str:
-    """80 random bits as hex (used in storage keys and URLs)."""
-    return secrets.token_hex(10)
 
 
 def advance(ticket: Ticket, event: CallbackEvent) -> Ticket | None:
@@ -77,7 +65,7 @@ class TicketStore:
 
     async def get(self, ticket_id: str) -> Ticket:
         """The ticket, or NotFound for unknown, expired or malformed ids."""
-        if not TICKET_ID.match(ticket_id):
+        if not is_ticket_id(ticket_id):
             raise NotFound("no such ticket")
         raw = await self.redis.get(keys.ticket(ticket_id))
         if raw is None:
@@ -86,7 +74,7 @@ class TicketStore:
 
     async def get_many(self, ticket_ids: Sequence[str]) -> list[Ticket | None]:
         """Tickets in the order asked (None where unknown), in one round trip."""
-        wellformed = [t if TICKET_ID.match(t) else None for t in ticket_ids]
+        wellformed = [t if is_ticket_id(t) else None for t in ticket_ids]
         lookups = [keys.ticket(t) for t in wellformed if t]
         raws = iter(await self.redis.mget(lookups) if lookups else [])
         found = [next(raws) if t else None for t in wellformed]

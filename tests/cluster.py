@@ -18,7 +18,8 @@ from typing import Any
 import boto3
 import httpx
 
-from imagepipe.embedded import EmbeddedS3, EmbeddedValkey, free_port
+from imagepipe.stack.net import free_port
+from imagepipe.stack.servers import EmbeddedS3, EmbeddedValkey
 
 BUCKET = "backup"
 ACCESS, SECRET = "faults-key", "faults-secret"

@@ -9,7 +9,7 @@ import signal
 import time
 
 from imagepipe.config import DEFAULT_SIZES, parse_sizes
-from imagepipe.imaging import Rendered, render
+from imagepipe.imaging.render import Rendered, render
 from tests import images
 
 

@@ -15,9 +15,9 @@ from redis.asyncio import Redis
 from imagepipe import keys
 from imagepipe.api.app import create_app
 from imagepipe.config import Settings
-from imagepipe.replicator import Replicator
+from imagepipe.replication.replicator import Replicator
 from imagepipe.storage.factory import backup_storage, primary_storage
-from imagepipe.worker import build_worker
+from imagepipe.worker.app import build_worker
 
 
 @contextmanager

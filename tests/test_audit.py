@@ -8,9 +8,9 @@ import pytest
 from redis.asyncio import Redis
 
 from imagepipe import keys
-from imagepipe.audit import audit_once
 from imagepipe.config import Settings
 from imagepipe.models import Ticket
+from imagepipe.replication.audit import audit_once
 from tests import images
 from tests.stack import replicate_all, run_worker_burst
 from tests.test_flow import assert_backup_matches_primary

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -13,9 +16,17 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from imagepipe import cli, client, keys
-from imagepipe.client import EXIT_FAILED, EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE, Options, Upload
-from imagepipe.client_view import show
+from imagepipe import cli, keys
+from imagepipe.client import upload as client
+from imagepipe.client.upload import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNFINISHED,
+    EXIT_USAGE,
+    Options,
+    Upload,
+)
+from imagepipe.client.view import show
 from imagepipe.config import Settings
 from tests import images
 from tests.conftest import free_port
@@ -118,7 +129,6 @@ async def test_json_from_the_command_line_parses(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("IMAGEPIPE_SERVER", api_url)
-    monkeypatch.setattr(cli, "setup_logging", lambda *a, **k: None)  # keep pytest's handlers
     photo = tmp_path / "one.jpg"
     photo.write_bytes(images.jpeg(200, 150))
     code = await asyncio.to_thread(cli.main, ["upload", "--json", "--no-wait", str(photo)])
@@ -194,3 +204,29 @@ async def test_tickets_unfinished_at_the_timeout_exit_3(api_url: str, tmp_path: 
 def test_exit_codes(statuses: list[str], waited: bool, code: int) -> None:
     items = [Upload(Path(f"{n}.jpg"), 1, status=s) for n, s in enumerate(statuses)]
     assert client.exit_code(items, waited) == code
+
+
+SERVER_ONLY = ("PIL", "pillow_heif", "arq", "boto3", "fastapi", "redis", "imagepipe.config")
+
+
+def test_the_client_loads_no_server_library_and_ignores_server_settings(tmp_path: Path) -> None:
+    """`imagepipe upload` on a laptop: no Pillow, arq, boto3 or FastAPI loaded, and a server
+    setting that would not validate (here a broken size ladder) does not stop it."""
+    (tmp_path / "a.jpg").write_bytes(images.jpeg(50, 40))
+    probe = (
+        "import json, sys\n"
+        "from imagepipe import cli\n"
+        "code = cli.main(['upload', '--json', '--no-wait', '--retries', '0', sys.argv[1]])\n"
+        f"print(json.dumps({{'code': code, 'loaded': [m for m in {SERVER_ONLY!r} "
+        "if m in sys.modules]}))\n"
+    )
+    env = {
+        **os.environ,
+        "IMAGEPIPE_SIZES": "not a ladder",
+        "IMAGEPIPE_SERVER": "http://127.0.0.1:9",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)], env=env, capture_output=True, timeout=60
+    )
+    outcome = json.loads(done.stdout.decode().splitlines()[-1])
+    assert outcome == {"code": EXIT_UNFINISHED, "loaded": []}, done.stderr.decode()[-2000:]

@@ -14,7 +14,9 @@ import httpx
 import pytest
 
 from imagepipe.config import Settings
-from imagepipe.dev import Supervisor, child_env, local_host, role_commands
+from imagepipe.stack.net import local_host
+from imagepipe.stack.roles import role_commands, role_env
+from imagepipe.stack.supervisor import Supervisor
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,9 +105,9 @@ def test_role_commands_run_this_python() -> None:
     assert commands["replicator"][3:] == ["replicator"]
 
 
-def test_child_env_points_roles_at_the_stack(tmp_path: Path) -> None:
+def test_role_env_points_roles_at_the_stack(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data")
-    env = child_env(
+    env = role_env(
         settings,
         redis_url="redis://127.0.0.1:1/0",
         backup_endpoint="http://127.0.0.1:2",
@@ -121,8 +123,8 @@ def test_child_env_points_roles_at_the_stack(tmp_path: Path) -> None:
     assert env["AWS_ACCESS_KEY_ID"] == settings.s3_access_key_id
 
 
-def test_child_env_keeps_a_callback_url_the_user_set(tmp_path: Path) -> None:
-    env = child_env(
+def test_role_env_keeps_a_callback_url_the_user_set(tmp_path: Path) -> None:
+    env = role_env(
         Settings(data_dir=tmp_path),
         redis_url="redis://x",
         backup_endpoint="http://y",

@@ -16,7 +16,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from redis import Redis
 
-from imagepipe.embedded import EmbeddedS3, EmbeddedValkey
+from imagepipe.stack.servers import EmbeddedS3, EmbeddedValkey
 
 ACCESS, SECRET = "imagepipe", "imagepipe-secret"
 BODY = b"an original, byte for byte"

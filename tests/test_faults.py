@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from imagepipe.embedded import EmbeddedS3
+from imagepipe.stack.servers import EmbeddedS3
 from tests import images
 from tests.cluster import ACCESS, BUCKET, SECRET, Cluster
 

@@ -12,11 +12,13 @@ from PIL import Image
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from imagepipe import imaging
 from imagepipe.api.negotiation import ranked
 from imagepipe.config import Settings, SizeSpec, parse_sizes
-from imagepipe.embedded import free_port
-from imagepipe.imaging import ImageRejected, NeedMoreData, Probe, probe, render
+from imagepipe.imaging import render as imaging
+from imagepipe.imaging.decoding import ImageRejected, NeedMoreData
+from imagepipe.imaging.probe import Probe, probe
+from imagepipe.imaging.render import render
+from imagepipe.stack.net import free_port
 from tests import images
 from tests.stack import api_server, replicate_all, run_worker_burst
 from tests.test_audit import repair

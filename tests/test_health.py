@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from imagepipe import cli
+from imagepipe import cli, logs
 from imagepipe.config import Settings
-from imagepipe.health import problems
+from imagepipe.stack.healthcheck import problems
 from tests.conftest import free_port
 
 
@@ -51,7 +51,7 @@ async def test_an_evicting_redis_is_unhealthy(settings: Settings, evicting: None
 def test_the_command_exits_0_or_1(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(cli, "setup_logging", lambda *a, **k: None)  # keep pytest's handlers
+    monkeypatch.setattr(logs, "setup_logging", lambda *a, **k: None)  # keep pytest's handlers
     monkeypatch.setenv("IMAGEPIPE_REDIS_URL", str(settings.redis_url))
     assert cli.main(["health", "--role", "worker"]) == 0
     assert "healthy" in capsys.readouterr().out

@@ -9,10 +9,11 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from imagepipe.api.idempotency import IdempotencyKeys
+from imagepipe.api.ingest import store_original
 from imagepipe.config import Settings
-from imagepipe.idempotency import IdempotencyKeys, derived_ids
+from imagepipe.ids import derived_ids
 from imagepipe.storage.factory import primary_storage
-from imagepipe.uploads import store_original
 from tests import images
 from tests.stack import api_server, run_worker_burst
 

@@ -11,9 +11,13 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops, ImageOps, ImageStat, JpegImagePlugin
 
-from imagepipe import imaging
+from imagepipe import formats
 from imagepipe.config import DEFAULT_SIZES, Settings, SizeSpec, parse_sizes
-from imagepipe.imaging import ImageRejected, NeedMoreData, Probe, Rendered, probe, render, sniff
+from imagepipe.formats import sniff
+from imagepipe.imaging import render as imaging
+from imagepipe.imaging.decoding import ImageRejected, NeedMoreData
+from imagepipe.imaging.probe import Probe, probe
+from imagepipe.imaging.render import Rendered, render
 from tests import images
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
@@ -123,7 +127,7 @@ def test_sniff_recognises_heif_and_avif_brands_when_allowed() -> None:
 
 
 def test_extensions() -> None:
-    assert [imaging.EXTENSIONS[f] for f in FORMATS] == ["jpg", "png", "webp", "gif"]
+    assert [formats.extension(f) for f in FORMATS] == ["jpg", "png", "webp", "gif"]
 
 
 # -- probe ---------------------------------------------------------------------------
@@ -156,7 +160,7 @@ def test_probe_asks_for_more_of_a_short_prefix(length: int) -> None:
 
 
 def test_probe_rejects_what_is_not_an_allowed_image() -> None:
-    for data in (b"GIF90a" + bytes(40), images.tiff(20, 10), b"%PDF-1.7" + bytes(40)):
+    for data in (b"GIF90a" + bytes(60), images.tiff(20, 10), b"%PDF-1.7" + bytes(60)):
         with pytest.raises(ImageRejected) as info:
             probe(data, FORMATS, MAX_PIXELS, complete=False)
         assert info.value.status == 415

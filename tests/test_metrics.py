@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 from redis.asyncio import Redis
 
-from imagepipe.audit import audit_once
 from imagepipe.config import Settings
+from imagepipe.replication.audit import audit_once
 from tests import images
 
 

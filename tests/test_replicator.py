@@ -9,10 +9,12 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
-from imagepipe import keys, replication, replicator
+from imagepipe import keys
 from imagepipe.config import Settings
 from imagepipe.models import BackupState
-from imagepipe.replicator import Replicator, VerificationFailed, copy_verified
+from imagepipe.replication import log as replication
+from imagepipe.replication import replicator
+from imagepipe.replication.replicator import Replicator, VerificationFailed, copy_verified
 from imagepipe.storage import ObjectInfo, StorageError
 from imagepipe.storage.memory import MemoryStorage
 

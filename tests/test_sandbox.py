@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from imagepipe.imaging import ImageRejected
-from imagepipe.sandbox import (
+from imagepipe.imaging.decoding import ImageRejected
+from imagepipe.worker.sandbox import (
     DecodeCrashed,
     DecodeOutOfMemory,
     DecodePool,
@@ -173,7 +173,7 @@ async def test_children_die_with_their_parent() -> None:
     # it busy and is SIGKILLed (no cleanup runs, no EOF is read): the child must follow.
     script = (
         "import asyncio, sys\n"
-        "from imagepipe.sandbox import DecodePool\n"
+        "from imagepipe.worker.sandbox import DecodePool\n"
         "from tests import sandbox_helpers\n"
         "async def main():\n"
         "    pool = DecodePool(1, 256, 30)\n"

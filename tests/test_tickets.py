@@ -7,8 +7,9 @@ from redis.asyncio import Redis
 
 from imagepipe import keys
 from imagepipe.errors import Conflict, NotFound
+from imagepipe.ids import new_photo_id, new_ticket_id
 from imagepipe.models import CallbackEvent, Derivative, Ticket, TicketStatus
-from imagepipe.tickets import TicketStore, advance, new_photo_id, new_ticket_id
+from imagepipe.tickets import TicketStore, advance
 
 
 def make_ticket(status: TicketStatus = TicketStatus.QUEUED) -> Ticket:

@@ -8,7 +8,7 @@ from importlib import resources
 import httpx
 import pytest
 
-from imagepipe.api.ui import assets, config_view
+from imagepipe.api.routes.page import assets, config_view
 from imagepipe.config import Settings
 
 STATIC = resources.files("imagepipe.api") / "static"

@@ -9,7 +9,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from imagepipe import __version__
-from imagepipe.api import callbacks, health, photos, problems, tickets, ui
+from imagepipe.api import problems
+from imagepipe.api.routes import callbacks, page, photos, polling, probes
 from imagepipe.api.services import Services
 from imagepipe.config import Settings
 
@@ -32,7 +33,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
-    for module in (photos, tickets, callbacks, health, ui):
+    for module in (photos, polling, callbacks, probes, page):
         app.include_router(module.router)
     return app
 

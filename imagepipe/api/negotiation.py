@@ -13,24 +13,23 @@ from collections.abc import Sequence
 
 import mimeparse
 
-from imagepipe.config import OUTPUT_FORMATS
-from imagepipe.imaging import media_type
+from imagepipe import formats
 
 ANY = [("*", "*", {"q": "1"})]
 NAMED_FITNESS = 110  # mimeparse's score for a range naming both type and subtype
 
 
-def ranked(accept: str | None, formats: Sequence[str]) -> list[str]:
-    """The acceptable ones of ``formats`` (a size's, first = default), best first."""
+def ranked(accept: str | None, offered: Sequence[str]) -> list[str]:
+    """The acceptable ones of a size's ``offered`` formats (first = default), best first."""
     ranges = _parse(accept or "") or ANY
     scored = []
-    for position, fmt in enumerate(formats):
-        quality, fitness = mimeparse.quality_and_fitness_parsed(media_type(fmt), ranges)
+    for position, fmt in enumerate(offered):
+        quality, fitness = mimeparse.quality_and_fitness_parsed(formats.media_type(fmt), ranges)
         if quality <= 0:
             continue
         named = fitness >= NAMED_FITNESS
         # named: the most compact first (AVIF, WebP, JPEG); by wildcard: in the size's order
-        tiebreak = -OUTPUT_FORMATS.index(fmt) if named else position
+        tiebreak = -formats.get(fmt).rank if named else position
         scored.append((-quality, not named, tiebreak, fmt))
     return [fmt for *_, fmt in sorted(scored)]
 

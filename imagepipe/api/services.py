@@ -11,11 +11,12 @@ from arq.connections import ArqRedis
 
 from imagepipe import keys
 from imagepipe.api.events import TicketEvents
+from imagepipe.api.idempotency import IdempotencyKeys
+from imagepipe.api.indexing import PhotoIndex
 from imagepipe.config import Settings
 from imagepipe.connections import check_redis_policy, connect
 from imagepipe.errors import ServiceOverloaded
-from imagepipe.idempotency import IdempotencyKeys
-from imagepipe.replication import ReplicationLog
+from imagepipe.replication.log import ReplicationLog
 from imagepipe.storage import Storage
 from imagepipe.storage.factory import primary_storage
 from imagepipe.tickets import TicketStore
@@ -33,6 +34,7 @@ class Services:
     tickets: TicketStore
     replication: ReplicationLog
     idempotency: IdempotencyKeys
+    index: PhotoIndex
     events: TicketEvents
     # (read at, depth): pollers' Retry-After may be this old; it only paces their next poll
     _polled_depth: tuple[float, int] = field(default=(-math.inf, 0), repr=False)
@@ -44,11 +46,13 @@ class Services:
         await check_redis_policy(redis)
         events = TicketEvents(redis)
         await events.start()
+        primary = primary_storage(settings)
+        tickets = TicketStore(redis, settings.ticket_retention_s)
         return cls(
             settings=settings,
             redis=redis,
-            primary=primary_storage(settings),
-            tickets=TicketStore(redis, settings.ticket_retention_s),
+            primary=primary,
+            tickets=tickets,
             replication=ReplicationLog(redis),
             idempotency=IdempotencyKeys(
                 redis,
@@ -56,6 +60,7 @@ class Services:
                 lease_s=settings.idempotency_lease_s,
                 secret=settings.callback_secret.get_secret_value(),
             ),
+            index=PhotoIndex(redis, primary, tickets),
             events=events,
         )
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from fastapi import Request, Response
 
-from imagepipe.models import BackupState, Derivative, Ticket
+from imagepipe.models import BackupState, Derivative, PhotoManifest, Ticket
+from imagepipe.replication.log import ReplicationLog
 
 
 def iso(seconds: float) -> str:
@@ -52,6 +53,42 @@ def ticket_view(ticket: Ticket, backup: BackupState) -> dict[str, Any]:
             "photo": f"/photos/{ticket.photo_id}",
         },
     }
+
+
+async def ticket_json(replication: ReplicationLog, ticket: Ticket) -> dict[str, Any]:
+    """The public ticket, with its photo's backup state read now."""
+    return ticket_view(ticket, await replication.ticket_backup(ticket))
+
+
+def photo_view(manifest: PhotoManifest, backup: BackupState) -> dict[str, Any]:
+    """A processed photo: dimensions, every size's URL, and the backup state."""
+    return {
+        "id": manifest.photo_id,
+        "ticket_id": manifest.ticket_id,
+        "format": manifest.format,
+        "width": manifest.width,
+        "height": manifest.height,
+        "bytes": manifest.bytes,
+        "sha256": manifest.sha256,
+        "sizes": sizes_view(manifest.photo_id, manifest.sizes),
+        "backup": backup.value,
+    }
+
+
+def gallery_view(
+    rows: list[tuple[str, float]], size_names: list[str], limit: int
+) -> dict[str, Any]:
+    """A page of the gallery; ``next`` is the cursor of the following page (None: the end)."""
+    photos = [
+        {
+            "id": photo_id,
+            "url": f"/photos/{photo_id}",
+            "sizes": {name: f"/photos/{photo_id}/{name}" for name in size_names},
+            "completed_at": iso(completed_at),
+        }
+        for photo_id, completed_at in rows
+    ]
+    return {"photos": photos, "next": rows[-1][1] if len(rows) == limit else None}
 
 
 def json_bytes(body: Any) -> bytes:

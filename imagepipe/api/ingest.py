@@ -1,0 +1,153 @@
+"""(1) Ingest an upload: sniff, enforce limits, stream the original into primary while hashing.
+
+Everything here happens before the 202. The bytes flow once, from the socket to a temp file
+beside their final name; on the way they are counted (byte limit), sniffed (the format comes
+from magic bytes, never from a name or a Content-Type) and the header is probed for its
+pixel count, so a pixel bomb is refused after reading its header, not its body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from imagepipe import formats, keys
+from imagepipe.config import Settings
+from imagepipe.errors import (
+    BadRequest,
+    ImagepipeError,
+    InsufficientStorage,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TooManyPixels,
+    UnsupportedMediaType,
+)
+from imagepipe.imaging import probe as header
+from imagepipe.imaging.decoding import ImageRejected, NeedMoreData
+from imagepipe.models import Original
+from imagepipe.storage import ObjectInfo, Storage, StorageError, StorageFull
+
+PROBE_STEPS = (16 * 1024, 64 * 1024, 256 * 1024, 1024 * 1024, 4 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class StoredOriginal:
+    """An original that is on primary storage, fsynced, and known to be an allowed image."""
+
+    photo_id: str
+    key: str
+    info: ObjectInfo
+    probe: header.Probe
+
+    def original(self) -> Original:
+        """What the ticket and manifest record about this original."""
+        return Original(
+            photo_id=self.photo_id,
+            original_key=self.key,
+            sha256=self.info.sha256 or "",
+            format=self.probe.format,
+            width=self.probe.width,
+            height=self.probe.height,
+            bytes=self.info.size,
+        )
+
+
+def rejection(exc: ImageRejected) -> ImagepipeError:
+    """The HTTP error for an image the pipeline refuses."""
+    return TooManyPixels(exc.reason) if exc.status == 413 else UnsupportedMediaType(exc.reason)
+
+
+async def limit_bytes(chunks: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[bytes]:
+    """Pass chunks through, failing with 413 the moment the total passes ``max_bytes``."""
+    total = 0
+    async for chunk in chunks:
+        total += len(chunk)
+        if total > max_bytes:
+            raise PayloadTooLarge(f"the upload is larger than {max_bytes} bytes")
+        yield chunk
+
+
+class HeaderProbe:
+    """Buffers the first bytes until the image header parses, then lets the rest flow by."""
+
+    def __init__(self, formats: Sequence[str], max_pixels: int) -> None:
+        self.formats, self.max_pixels = formats, max_pixels
+        self.buffer = bytearray()
+        self.result: header.Probe | None = None
+        self.steps = iter(PROBE_STEPS)
+        self.next_try = next(self.steps)
+
+    def feed(self, chunk: bytes) -> None:
+        """Add bytes; try the header parse each time the buffer passes the next step."""
+        if self.result is not None:
+            return
+        self.buffer += chunk
+        if len(self.buffer) >= self.next_try:
+            self.next_try = next(self.steps, 1 << 62)
+            self._try(complete=False)
+
+    def finish(self) -> header.Probe:
+        """The probe, once the whole body has been read."""
+        if self.result is None:
+            self._try(complete=True)
+        assert self.result is not None
+        return self.result
+
+    def _try(self, complete: bool) -> None:
+        try:
+            self.result = header.probe(bytes(self.buffer), self.formats, self.max_pixels, complete)
+        except NeedMoreData:
+            return
+        except ImageRejected as exc:
+            raise rejection(exc) from None
+        self.buffer = bytearray()  # parsed: stop holding bytes
+
+
+async def _read_prefix(chunks: AsyncIterator[bytes]) -> bytes:
+    """At least SNIFF_BYTES from the start of the body (less only if the body is shorter)."""
+    prefix = b""
+    async for chunk in chunks:
+        prefix += chunk
+        if len(prefix) >= formats.SNIFF_BYTES:
+            break
+    return prefix
+
+
+async def _replay(prefix: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield prefix
+    async for chunk in rest:
+        yield chunk
+
+
+async def _tee(chunks: AsyncIterator[bytes], probe: HeaderProbe) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        probe.feed(chunk)
+        yield chunk
+
+
+async def store_original(
+    body: AsyncIterator[bytes], primary: Storage, settings: Settings, photo_id: str
+) -> StoredOriginal:
+    """Stream one upload into ``originals/{photo_id}.{ext}``; raise a 4xx/507 error if refused."""
+    chunks = limit_bytes(body, settings.max_upload_bytes)
+    prefix = await _read_prefix(chunks)
+    if not prefix:
+        raise BadRequest("the upload is empty")
+    image_format = formats.sniff(prefix, settings.formats)
+    if image_format is None:
+        allowed = ", ".join(settings.formats)
+        raise UnsupportedMediaType(f"not an image in an accepted format ({allowed})")
+    key = keys.original(photo_id, formats.extension(image_format))
+    probe = HeaderProbe([image_format], settings.max_pixels)
+    try:
+        info = await primary.put(key, _tee(_replay(prefix, chunks), probe))
+    except StorageFull:
+        raise InsufficientStorage("primary storage is full", retry_after=60) from None
+    except StorageError as exc:
+        raise ServiceUnavailable(f"primary storage unavailable: {exc}", retry_after=5) from None
+    try:
+        result = probe.finish()
+    except ImagepipeError:
+        await primary.delete(key)  # stored, but not an image we accept: leave nothing
+        raise
+    return StoredOriginal(photo_id=photo_id, key=key, info=info, probe=result)

@@ -1,0 +1,13 @@
+"""The client's own settings: only what `imagepipe upload` reads from the environment."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ClientSettings(BaseSettings):
+    """``IMAGEPIPE_SERVER``: the API to talk to."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGEPIPE_", extra="ignore")
+
+    server: str = "http://127.0.0.1:8000"

@@ -1,0 +1,175 @@
+"""(4) The replication log: append at upload and at indexing; claim, ack, fail in the replicator.
+
+A Redis stream with one consumer group (every replicator process is a consumer), plus a hash
+of per-object state and a sorted set of what is still pending (its oldest score is the
+replication lag). Entries are acknowledged only after a verified copy, so a replicator that
+dies leaves its entries to be reclaimed by another.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
+
+from imagepipe import keys
+from imagepipe.models import BackupState, ReplicaState, Ticket
+
+REPLICATION_TARGET_S = 15 * 60  # S3 Replication Time Control's promise: 99.99 % within this
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One claimed log entry: copy this storage key to backup."""
+
+    entry_id: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """How far behind backup is."""
+
+    pending: int
+    pending_bytes: int
+    oldest_age_s: float
+    past_target: int  # pending for longer than the 15-minute replication target
+
+
+def append(pipe: Pipeline, objects: Mapping[str, int]) -> None:
+    """Queue these objects (key -> size in bytes) for backup inside the caller's transaction."""
+    if not objects:
+        return
+    stamp = time.time()
+    for key in objects:  # one log entry per object: each is claimed and copied on its own
+        pipe.xadd(keys.REPLICATION_STREAM, {"key": key})
+    # the bookkeeping goes in one command per structure, not one per object
+    state = ReplicaState(enqueued_at=stamp).model_dump_json()
+    pipe.hset(keys.REPLICATION_STATE, mapping=dict.fromkeys(objects, state))
+    pipe.zadd(keys.REPLICATION_PENDING, dict.fromkeys(objects, stamp), nx=True)
+    pipe.hset(keys.REPLICATION_PENDING_BYTES, mapping={k: str(size) for k, size in objects.items()})
+
+
+class ReplicationLog:
+    """The consumer side of the log, plus read-only views of replica state."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def ensure_group(self) -> None:
+        """Create the stream and its consumer group once (safe to call from every process)."""
+        try:
+            await self.redis.xgroup_create(
+                keys.REPLICATION_STREAM, keys.REPLICATION_GROUP, id="0", mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def claim(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
+        """New entries for this consumer (blocks up to block_ms when there are none)."""
+        reply = await self.redis.xreadgroup(
+            keys.REPLICATION_GROUP,
+            consumer,
+            {keys.REPLICATION_STREAM: ">"},
+            count=count,
+            block=block_ms,
+        )
+        return [_entry(entry_id, fields) for _, batch in reply or [] for entry_id, fields in batch]
+
+    async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
+        """Entries another (dead) consumer held for longer than min_idle_ms."""
+        reply = await self.redis.xautoclaim(
+            keys.REPLICATION_STREAM,
+            keys.REPLICATION_GROUP,
+            consumer,
+            min_idle_time=min_idle_ms,
+            start_id="0-0",
+            count=count,
+        )
+        return [_entry(entry_id, fields) for entry_id, fields in reply[1] if fields]
+
+    async def keep_alive(self, consumer: str, entry: Entry) -> None:
+        """Reset the entry's idle time, so a live but retrying owner is not robbed of it."""
+        await self.redis.xclaim(
+            keys.REPLICATION_STREAM,
+            keys.REPLICATION_GROUP,
+            consumer,
+            min_idle_time=0,
+            message_ids=[entry.entry_id],
+            justid=True,
+        )
+
+    async def record_attempt(self, key: str, reason: str) -> None:
+        """Note a transient failure on a still-pending object (for operators)."""
+        state = await self.state(key) or ReplicaState()
+        state.attempts += 1
+        state.reason = reason
+        state.updated_at = time.time()
+        await cast(
+            Awaitable[int], self.redis.hset(keys.REPLICATION_STATE, key, state.model_dump_json())
+        )
+
+    async def complete(self, entry: Entry) -> None:
+        """The copy is verified: acknowledge and mark the object completed."""
+        await self._finish(entry, BackupState.COMPLETED, None)
+
+    async def fail(self, entry: Entry, reason: str) -> None:
+        """A permanent failure: acknowledge and leave `failed(reason)` for the audit to retry."""
+        await self._finish(entry, BackupState.FAILED, reason)
+
+    async def _finish(self, entry: Entry, outcome: BackupState, reason: str | None) -> None:
+        state = await self.state(entry.key) or ReplicaState()
+        state.state, state.reason, state.updated_at = outcome, reason, time.time()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.REPLICATION_STATE, entry.key, state.model_dump_json())
+            pipe.zrem(keys.REPLICATION_PENDING, entry.key)
+            pipe.hdel(keys.REPLICATION_PENDING_BYTES, entry.key)
+            pipe.xack(keys.REPLICATION_STREAM, keys.REPLICATION_GROUP, entry.entry_id)
+            pipe.xdel(keys.REPLICATION_STREAM, entry.entry_id)
+            await pipe.execute()
+
+    async def state(self, key: str) -> ReplicaState | None:
+        """One object's replica state, if it was ever logged."""
+        raw = await cast(Awaitable[bytes | None], self.redis.hget(keys.REPLICATION_STATE, key))
+        return ReplicaState.model_validate_json(raw) if raw else None
+
+    async def backup_state(self, object_keys: Sequence[str]) -> BackupState:
+        """A photo's backup state: completed only when every one of its objects is."""
+        lookup = self.redis.hmget(keys.REPLICATION_STATE, list(object_keys))
+        raws = await cast(Awaitable[list[bytes | None]], lookup)
+        states = [ReplicaState.model_validate_json(r).state if r else None for r in raws]
+        if BackupState.FAILED in states:
+            return BackupState.FAILED
+        if states and all(s is BackupState.COMPLETED for s in states):
+            return BackupState.COMPLETED
+        return BackupState.PENDING
+
+    async def ticket_backup(self, ticket: Ticket) -> BackupState:
+        """The backup state of a ticket's photo, as far as its processing has got."""
+        backup = await self.backup_state(ticket.object_keys())
+        if not ticket.status.terminal and backup is BackupState.COMPLETED:
+            backup = BackupState.PENDING  # the original is copied, the derivatives are to come
+        return backup
+
+    async def backlog(self) -> Backlog:
+        """Pending count and the age of the oldest unreplicated object."""
+        now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(keys.REPLICATION_PENDING)
+            pipe.zrange(keys.REPLICATION_PENDING, 0, 0, withscores=True)
+            pipe.hvals(keys.REPLICATION_PENDING_BYTES)
+            pipe.zcount(keys.REPLICATION_PENDING, "-inf", now - REPLICATION_TARGET_S)
+            pending, oldest, sizes, past = await pipe.execute()
+        age = now - oldest[0][1] if oldest else 0.0
+        return Backlog(pending, sum(int(s) for s in sizes), max(0.0, age), past)
+
+
+def _entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
+    ident = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return Entry(entry_id=ident, key=fields[b"key"].decode())

@@ -1,0 +1,223 @@
+"""The replicator role: claim -> copy primary to backup -> verify -> ack, forever.
+
+Backup writes may lag but must always happen. A transient failure (backup down, timeouts)
+keeps the entry pending and retries it with capped backoff for as long as it takes; a
+permanent one (credentials refused, original gone) becomes `failed(reason)` for the audit to
+retry. An entry is acknowledged only after the copy is verified (the server's checksum of
+what it stored, else a read-back sha256), so nothing half-written ever counts as done;
+entries held by a dead replicator are reclaimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import socket
+from contextlib import suppress
+
+from arq.connections import ArqRedis
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from imagepipe import backoff, keys, metrics
+from imagepipe.config import Settings
+from imagepipe.connections import check_redis_policy, connect
+from imagepipe.replication.audit import Auditor
+from imagepipe.replication.gauges import refresh_system_gauges
+from imagepipe.replication.log import Entry, ReplicationLog
+from imagepipe.storage import ObjectNotFound, Storage, StorageError, StoragePermissionDenied
+from imagepipe.storage.factory import backup_storage, primary_storage
+
+log = logging.getLogger(__name__)
+CLAIM_BLOCK_MS = 1000
+GAUGE_REFRESH_S = 5.0
+RECLAIM_EVERY_S = 10.0
+
+
+class VerificationFailed(StorageError):
+    """The backup copy does not match the original (transient: copy again)."""
+
+
+async def copy_verified(primary: Storage, backup: Storage, key: str) -> int:
+    """Copy one object and prove the backup holds the same bytes; the bytes copied.
+
+    The proof is the store's own when it gives one (S3 checks the PUT's Content-MD5 and
+    answers with the MD5 of what it stored); otherwise the copy is read back and hashed.
+    """
+    written = await backup.put(key, primary.open(key))
+    if written.confirmed:
+        return written.size
+    copy_sha = await backup.sha256(key)
+    if copy_sha != written.sha256:
+        raise VerificationFailed(f"backup sha256 {copy_sha} != original {written.sha256}")
+    return written.size
+
+
+class Replicator:
+    """One consumer of the replication log."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        primary: Storage,
+        backup: Storage,
+        consumer: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.log = ReplicationLog(redis)
+        self.primary, self.backup = primary, backup
+        self.consumer = consumer or consumer_name()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.next_reclaim = 0.0
+        # set (and replaced) when a copy succeeds after failing: backup is back, so every
+        # entry sleeping out its backoff retries now instead of up to a backoff cap later
+        self.recovered = asyncio.Event()
+
+    async def run(self) -> None:
+        """Claim and copy until cancelled."""
+        await self.log.ensure_group()
+        while True:
+            try:
+                await self._claim_more()
+            except RedisError as exc:
+                log.warning("replication log unreachable (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+
+    async def _claim_more(self) -> None:
+        """One round: reclaim orphaned entries now and then, then fill free copy slots."""
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self.next_reclaim:
+            await self._start_all(
+                await self.log.reclaim(
+                    self.consumer, self.settings.replication_claim_idle_ms, count=100
+                )
+            )
+            self.next_reclaim = loop.time() + RECLAIM_EVERY_S
+        free = self.settings.replication_concurrency - len(self.tasks)
+        if free <= 0:
+            await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
+            return
+        await self._start_all(await self.log.claim(self.consumer, free, CLAIM_BLOCK_MS))
+
+    async def drain(self) -> None:
+        """Wait for every copy in flight (tests and graceful shutdown)."""
+        if self.tasks:
+            await asyncio.wait(self.tasks)
+
+    async def _start_all(self, entries: list[Entry]) -> None:
+        for entry in entries:
+            task = asyncio.create_task(self.replicate(entry))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def replicate(self, entry: Entry) -> None:
+        """Copy one entry until it is verified, or fails permanently."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                copied = await copy_verified(self.primary, self.backup, entry.key)
+                await self.log.complete(entry)
+            except ObjectNotFound:
+                await self._fail(entry, "source_missing: the object is not on primary")
+                return
+            except StoragePermissionDenied as exc:
+                await self._fail(entry, f"access_denied: {exc}")
+                return
+            except (StorageError, RedisError) as exc:
+                metrics.REPLICATION_COPIES.labels("retry").inc()
+                await self._wait_and_retry(entry, attempt, f"{type(exc).__name__}: {exc}")
+                continue
+            metrics.REPLICATION_COPIES.labels("completed").inc()
+            metrics.REPLICATION_BYTES.inc(copied)
+            log.info("replicated", extra={"key": entry.key, "attempt": attempt})
+            if attempt > 1:
+                self.recovered.set()
+                self.recovered = asyncio.Event()
+            return
+
+    async def _fail(self, entry: Entry, reason: str) -> None:
+        metrics.REPLICATION_COPIES.labels("failed").inc()
+        log.error("replication failed: %s", reason, extra={"key": entry.key})
+        await self.log.fail(entry, reason)
+
+    async def _wait_and_retry(self, entry: Entry, attempt: int, reason: str) -> None:
+        wait = backoff.delay(attempt, cap_s=self.settings.replication_backoff_cap_s)
+        log.warning(
+            "replication retry in %.1f s: %s",
+            wait,
+            reason,
+            extra={"key": entry.key, "attempt": attempt},
+        )
+        with suppress(RedisError):
+            await self.log.record_attempt(entry.key, reason)
+            await self.log.keep_alive(self.consumer, entry)  # still ours: don't reclaim it
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self.recovered.wait(), wait)
+
+
+async def audit_periodically(
+    settings: Settings, redis: ArqRedis, primary: Storage, backup: Storage
+) -> None:
+    """Run the audit every interval, on one replicator at a time (a Redis lease decides)."""
+    while True:
+        await asyncio.sleep(settings.audit_interval_s * random.uniform(0.9, 1.1))
+        try:
+            lease = int(settings.audit_interval_s * 0.9)
+            if await redis.set(keys.AUDIT_LOCK, consumer_name(), nx=True, ex=max(1, lease)):
+                report = await Auditor(settings, redis, primary, backup).run()
+                log.info("audit finished: %s", report.counts() or "nothing to repair")
+        except (StorageError, RedisError) as exc:
+            log.warning(
+                "audit pass failed (%s); next one in %.0f s", exc, settings.audit_interval_s
+            )
+
+
+async def refresh_gauges_periodically(redis: ArqRedis) -> None:
+    """Keep the system gauges of this process's /metrics fresh."""
+    while True:
+        with suppress(RedisError):
+            await refresh_system_gauges(redis)
+        await asyncio.sleep(GAUGE_REFRESH_S)
+
+
+def consumer_name() -> str:
+    """This process's name in the consumer group (and in logs)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def _main(settings: Settings) -> None:
+    redis = await connect(settings)
+    await check_redis_policy(redis)
+    primary, backup = primary_storage(settings), backup_storage(settings)
+    replicator = Replicator(settings, redis, primary, backup)
+    metrics.serve(settings.metrics_port)
+    helpers = [
+        asyncio.create_task(audit_periodically(settings, redis, primary, backup)),
+        asyncio.create_task(refresh_gauges_periodically(redis)),
+    ]
+    runner = asyncio.create_task(replicator.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner.cancel)
+    log.info("replicator started", extra={"event": replicator.consumer})
+    try:
+        await runner
+    except asyncio.CancelledError:
+        log.info("replicator stopping; unacked entries will be reclaimed")
+    finally:
+        for task in [*helpers, *replicator.tasks]:
+            task.cancel()
+        await asyncio.gather(*helpers, *replicator.tasks, return_exceptions=True)
+        await backup.close()
+        await primary.close()
+        await redis.aclose()
+
+
+def run_replicator(settings: Settings) -> None:
+    """Run the replicator role until SIGTERM/SIGINT."""
+    asyncio.run(_main(settings))
