@@ -18,7 +18,7 @@ import httpx
 from bench.inputs import Photo
 from bench.loadgen import Load, Request, closed_loop, open_loop
 from bench.model import Row, table
-from bench.stack import Stack, cpu_s, wait_ready
+from bench.stack import Stack, cpu_s
 from bench.stats import percentile
 
 CLIENTS = 16
@@ -62,7 +62,7 @@ async def measure(stack: Stack, photo: Photo, duration_s: float) -> tuple[Load, 
     try:
         limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
         async with httpx.AsyncClient(base_url=stack.url, timeout=30, limits=limits) as client:
-            await wait_ready(client, stack)
+            await stack.wait_ready()
             send = _request(photo.data)
             await closed_loop(client, send, clients=2, duration_s=1, max_requests=4, ok=(202,))
             cpu_before = cpu_s(stack.pid("api"))

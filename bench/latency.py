@@ -19,7 +19,7 @@ import httpx
 from bench.inputs import Photo
 from bench.ladder import imagepipe_ladder
 from bench.model import Row, table
-from bench.stack import Stack, upload, wait_for, wait_ready
+from bench.stack import Stack, upload, wait_for
 from bench.stats import summarize
 from imagepipe.stack.net import free_port
 
@@ -100,7 +100,7 @@ async def measure(stack: Stack, photo: Photo, samples: int) -> list[Sample]:
     results = []
     try:
         async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
-            await wait_ready(client, stack)
+            await stack.wait_ready()
             warm = await upload(client, photo.data)
             await wait_for(client, [warm], backup=True)
             for _ in range(samples):

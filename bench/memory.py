@@ -19,7 +19,7 @@ import httpx
 from bench import child
 from bench.inputs import Photo
 from bench.model import Row, table
-from bench.stack import Stack, wait_ready
+from bench.stack import Stack
 from imagepipe.worker.sandbox import DecodePool
 
 PADDING = 200 * 1024 * 1024
@@ -51,7 +51,7 @@ async def api_growth(stack: Stack, photo: Photo, padding: int) -> tuple[float, f
     peak = 0.0
     try:
         async with httpx.AsyncClient(base_url=stack.url, timeout=120) as client:
-            await wait_ready(client, stack)
+            await stack.wait_ready()
             small = await client.post("/photos", content=photo.data, headers=_JPEG)
             small.raise_for_status()  # warm: the upload path has run once
             await asyncio.sleep(0.5)

@@ -15,7 +15,7 @@ import httpx
 from bench.inputs import Photo
 from bench.loadgen import closed_loop
 from bench.model import Row, table
-from bench.stack import Stack, cpu_s, upload, wait_ready
+from bench.stack import Stack, cpu_s, upload
 
 CLIENTS = 8
 PASSES = 3  # interleaved: bare, ticket, 304, bare, ...
@@ -32,7 +32,7 @@ async def measure(
     api_cpu = dict.fromkeys(counts, 0.0)
     try:
         async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
-            await wait_ready(client, stack)
+            await stack.wait_ready()
             ticket_id = await upload(client, photo.data)
             etag = (await client.get(f"/tickets/{ticket_id}")).headers["etag"]
             requests = {

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from bench.inputs import Photo
 from bench.loadgen import open_loop
 from bench.model import Row, table
-from bench.stack import ACCESS_KEY, BUCKET, SECRET_KEY, Stack, upload, wait_ready
+from bench.stack import ACCESS_KEY, BUCKET, SECRET_KEY, Stack, upload
 from bench.stats import percentile
 from imagepipe import keys
 
@@ -64,7 +64,7 @@ async def measure(stack: Stack, photo: Photo, steady_s: float, outage_s: float) 
     redis = Redis.from_url(stack.valkey.url)
     try:
         async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
-            await wait_ready(client, stack)
+            await stack.wait_ready()
             await upload(client, photo.data)
             await _drained(redis, 60)
             before = set(await _states(redis))

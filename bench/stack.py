@@ -1,8 +1,9 @@
 """The local stack for the benchmarks: embedded Valkey and S3, and the roles as processes.
 
 Everything lives in a temporary data dir and listens on loopback only. Each role runs as
-``python -m imagepipe ROLE`` in a session of its own, so a benchmark can pause a worker
-together with its decode children (SIGSTOP / SIGCONT) or stop it cleanly (SIGTERM).
+``python -m imagepipe ROLE`` in a process group of its own (`imagepipe.stack.processes`), so a
+benchmark can pause a worker together with its decode children (SIGSTOP / SIGCONT) or stop it
+cleanly (SIGTERM).
 """
 
 from __future__ import annotations
@@ -11,9 +12,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -26,7 +24,11 @@ from typing import Any, Self
 import httpx
 import redis
 
+from imagepipe.config import Settings
+from imagepipe.stack.local import LocalServers
 from imagepipe.stack.net import free_port
+from imagepipe.stack.processes import RoleProcess, wait_ready
+from imagepipe.stack.roles import role_argv, role_env
 from imagepipe.stack.servers import EmbeddedS3, EmbeddedValkey
 
 ACCESS_KEY, SECRET_KEY = "bench", "bench-secret"
@@ -42,10 +44,25 @@ class Stack:
     root: Path
     workers: int = 2
     extra_env: dict[str, str] = field(default_factory=dict)
-    valkey: EmbeddedValkey | None = None
-    s3: EmbeddedS3 | None = None
     port: int = 0
-    roles: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    roles: dict[str, RoleProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.servers = LocalServers(
+            Settings.model_validate(
+                {
+                    "data_dir": self.root,
+                    # the embedded Valkey and S3, whatever the environment says
+                    "redis_url": None,
+                    "backup_s3_endpoint": None,
+                    "backup_s3_bucket": BUCKET,
+                    "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                    "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                    "callback_secret": "bench-callback-secret",
+                    "worker_concurrency": self.workers,
+                }
+            )
+        )
 
     @classmethod
     @contextlib.contextmanager
@@ -61,73 +78,61 @@ class Stack:
 
     def start_servers(self) -> None:
         """Start Valkey and rclone's S3 (both keep their data under ``root``)."""
-        self.valkey = EmbeddedValkey(self.root)
-        self.valkey.start()
-        self.s3 = EmbeddedS3(self.root, BUCKET, ACCESS_KEY, SECRET_KEY)
-        self.s3.start()
+        self.servers.start()
         self.port = free_port()
+
+    @property
+    def valkey(self) -> EmbeddedValkey | None:
+        """The embedded Valkey."""
+        return self.servers.valkey
+
+    @property
+    def s3(self) -> EmbeddedS3 | None:
+        """The embedded backup S3."""
+        return self.servers.s3
 
     @property
     def url(self) -> str:
         """The API's base URL."""
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def settings(self) -> Settings:
+        """Where every role points: the servers, this run's data dir, the API's callbacks."""
+        callback_url = f"{self.url}/internal/callbacks"
+        return self.servers.settings.model_copy(update={"callback_url": callback_url})
+
     def env(self, **overrides: str) -> dict[str, str]:
         """What every role reads: where the servers are, this run's data dir and secrets."""
-        assert self.valkey is not None and self.s3 is not None
-        env = {
-            **os.environ,
-            "IMAGEPIPE_DATA_DIR": str(self.root),
-            "IMAGEPIPE_REDIS_URL": self.valkey.url,
-            "IMAGEPIPE_BACKUP_S3_ENDPOINT": self.s3.url,
-            "IMAGEPIPE_BACKUP_S3_BUCKET": BUCKET,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "IMAGEPIPE_CALLBACK_URL": f"{self.url}/internal/callbacks",
-            "IMAGEPIPE_CALLBACK_SECRET": "bench-callback-secret",
-            "IMAGEPIPE_WORKER_CONCURRENCY": str(self.workers),
-            "IMAGEPIPE_LOG_LEVEL": "WARNING",  # a log line per request would be measured too
-        }
-        return env | self.extra_env | overrides
+        quiet = {"IMAGEPIPE_LOG_LEVEL": "WARNING"}  # a log line per request would be measured too
+        return role_env(self.settings) | quiet | self.extra_env | overrides
 
     # -- roles --
 
-    def start(self, role: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    def start(self, role: str, *args: str, **env: str) -> RoleProcess:
         """Start one role (``api``, ``worker``, ``replicator``) unless it runs already."""
-        if role in self.roles and self.roles[role].poll() is None:
+        if role in self.roles and self.roles[role].alive:
             return self.roles[role]
-        argv = [sys.executable, "-m", "imagepipe", role, *args]
         if role == "api":
-            argv += ["--host", "127.0.0.1", "--port", str(self.port)]
-        log = (self.root / f"{role}.log").open("ab")
-        self.roles[role] = subprocess.Popen(
-            argv, env=self.env(**env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()  # the child holds its own copy
-        return self.roles[role]
+            args = (*args, "--host", "127.0.0.1", "--port", str(self.port))
+        log = self.root / f"{role}.log"
+        self.roles[role] = RoleProcess(role, role_argv(role, *args), self.env(**env), log)
+        return self.roles[role].start()
 
     def stop(self, *roles: str) -> None:
         """SIGTERM the roles (and their children), SIGKILL whatever outlives the timeout."""
         for role in roles or list(self.roles):
-            proc = self.roles.pop(role, None)
-            if proc is None:
-                continue
-            _signal_group(proc, signal.SIGCONT)  # a paused role cannot handle SIGTERM
-            _signal_group(proc, signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait()
-            _signal_group(proc, signal.SIGKILL)  # decode children left behind, if any
+            process = self.roles.pop(role, None)
+            if process is not None:
+                process.stop(STOP_TIMEOUT_S)
 
     def pause(self, role: str) -> None:
         """Freeze a role and its children (SIGSTOP): work queues up meanwhile."""
-        _signal_group(self.roles[role], signal.SIGSTOP)
+        self.roles[role].pause()
 
     def resume(self, role: str) -> None:
         """Let a paused role run again."""
-        _signal_group(self.roles[role], signal.SIGCONT)
+        self.roles[role].resume()
 
     def pid(self, role: str) -> int:
         """The process id of a running role."""
@@ -135,10 +140,12 @@ class Stack:
 
     def check_alive(self) -> None:
         """Raise if a role died, with the tail of its log."""
-        for role, proc in self.roles.items():
-            if proc.poll() is not None:
-                tail = (self.root / f"{role}.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{role} exited with {proc.returncode}:\n{tail}")
+        for process in self.roles.values():
+            process.check_alive()
+
+    async def wait_ready(self, timeout_s: float = 60) -> None:
+        """Until /readyz answers 200 (the API is up and reaches Valkey and primary)."""
+        await wait_ready(self.url, timeout_s, self.check_alive)
 
     def reset(self) -> None:
         """Between benchmarks: no roles, an empty Valkey, an empty primary store.
@@ -158,9 +165,7 @@ class Stack:
     def close(self) -> None:
         """Stop every role, then the servers."""
         self.stop()
-        for server in (self.s3, self.valkey):
-            if server is not None:
-                server.stop()
+        self.servers.stop()
 
     def __enter__(self) -> Self:
         return self
@@ -194,24 +199,7 @@ def cpu_s(pid: int, descendants: bool = True) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def _signal_group(proc: subprocess.Popen[bytes], signum: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signum)
-
-
 # -- talking to the API ------------------------------------------------------------------
-
-
-async def wait_ready(client: httpx.AsyncClient, stack: Stack, timeout_s: float = 60) -> None:
-    """Until /readyz answers 200 (the API is up and reaches Valkey and primary)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        stack.check_alive()
-        with contextlib.suppress(httpx.TransportError):
-            if (await client.get("/readyz")).status_code == 200:
-                return
-        await asyncio.sleep(0.1)
-    raise TimeoutError("the API never became ready")
 
 
 async def upload(client: httpx.AsyncClient, data: bytes) -> str:

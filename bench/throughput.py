@@ -21,15 +21,7 @@ import httpx
 from bench.inputs import Photo
 from bench.ladder import FORMATS, LADDER, MAX_PIXELS, QUALITIES
 from bench.model import Row, table
-from bench.stack import (
-    Stack,
-    cpu_s,
-    last_update,
-    upload,
-    wait_for,
-    wait_ready,
-    wait_tickets,
-)
+from bench.stack import Stack, cpu_s, last_update, upload, wait_for, wait_tickets
 from imagepipe.imaging import render as imaging
 
 UPLOAD_CLIENTS = 4  # concurrent uploaders in row 3, as a few browsers would be
@@ -61,7 +53,7 @@ def imaging_ceiling(photo: Photo, count: int, processes: int) -> tuple[float, fl
 async def _warm_up(
     client: httpx.AsyncClient, stack: Stack, photo: Photo, backup: bool = False
 ) -> None:
-    await wait_ready(client, stack)
+    await stack.wait_ready()
     ids = [await upload(client, photo.data) for _ in range(stack.workers)]
     await wait_for(client, ids, backup=backup)  # decode children started, first jobs done
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from imagepipe.stack.roles import role_argv
 from imagepipe.stack.servers import EmbeddedS3
 from tests import images
 from tests.cluster import ACCESS, BUCKET, SECRET, Cluster
@@ -76,7 +77,7 @@ async def monkey(
 
 
 def restart_backup(cluster: Cluster) -> None:
-    cluster.s3 = EmbeddedS3(cluster.root, BUCKET, ACCESS, SECRET, port=cluster.s3.port)
+    cluster.servers.s3 = EmbeddedS3(cluster.root, BUCKET, ACCESS, SECRET, port=cluster.s3.port)
     cluster.s3.start()
 
 
@@ -105,11 +106,7 @@ async def run(uploads: int, seconds: float, seed: int, root: Path) -> int:
 
 async def audit(cluster: Cluster) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "imagepipe",
-        "audit",
-        "--json",
+        *role_argv("audit", "--json"),
         env=cluster.env(),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +15,11 @@ from typing import Any
 import boto3
 import httpx
 
+from imagepipe.config import Settings
+from imagepipe.stack.local import LocalServers
 from imagepipe.stack.net import free_port
+from imagepipe.stack.processes import RoleProcess, stop_roles, wait_ready
+from imagepipe.stack.roles import role_argv, role_env
 from imagepipe.stack.servers import EmbeddedS3, EmbeddedValkey
 
 BUCKET = "backup"
@@ -57,13 +58,24 @@ class Cluster:
     root: Path
     env_overrides: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    procs: dict[str, RoleProcess] = field(default_factory=dict)
     uploads: list[Upload] = field(default_factory=list)
     killed: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.valkey = EmbeddedValkey(self.root)
-        self.s3 = EmbeddedS3(self.root, BUCKET, ACCESS, SECRET)
+        self.servers = LocalServers(
+            Settings(
+                data_dir=self.root,
+                port=self.port,
+                redis_url=None,  # the embedded Valkey and S3, whatever the environment says
+                backup_s3_endpoint=None,
+                backup_s3_bucket=BUCKET,
+                AWS_ACCESS_KEY_ID=ACCESS,
+                AWS_SECRET_ACCESS_KEY=SECRET,
+                callback_url=f"{self.url}/internal/callbacks",
+                callback_secret="faults-callback-secret",
+            )
+        )
         self.logs = self.root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
 
@@ -75,76 +87,61 @@ class Cluster:
     def primary(self) -> Path:
         return self.root / "primary"
 
+    @property
+    def valkey(self) -> EmbeddedValkey:
+        """The cluster's own Valkey."""
+        assert self.servers.valkey is not None
+        return self.servers.valkey
+
+    @property
+    def s3(self) -> EmbeddedS3:
+        """The cluster's own backup S3."""
+        assert self.servers.s3 is not None
+        return self.servers.s3
+
     def start(self, roles: tuple[str, ...] = tuple(ROLES)) -> None:
         """Start the servers, then the roles."""
-        self.valkey.start()
-        self.s3.start()
+        self.servers.start()
         for role in roles:
             self.start_role(role)
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         """What an operator sets for every role."""
-        return {
-            **os.environ,
-            **FAST,
-            "IMAGEPIPE_DATA_DIR": str(self.root),
-            "IMAGEPIPE_REDIS_URL": self.valkey.url,
-            "IMAGEPIPE_BACKUP_S3_ENDPOINT": self.s3.url,
-            "IMAGEPIPE_BACKUP_S3_BUCKET": BUCKET,
-            "AWS_ACCESS_KEY_ID": ACCESS,
-            "AWS_SECRET_ACCESS_KEY": SECRET,
-            "IMAGEPIPE_CALLBACK_URL": f"{self.url}/internal/callbacks",
-            "IMAGEPIPE_CALLBACK_SECRET": "faults-callback-secret",
-            **self.env_overrides,
-            **(extra or {}),
-        }
+        return role_env(self.servers.settings) | FAST | self.env_overrides | (extra or {})
 
     def start_role(self, role: str, extra_env: dict[str, str] | None = None) -> None:
         """Start (or restart) one role as its own process."""
         args = [*ROLES[role], *(["--port", str(self.port)] if role == "api" else [])]
-        log = (self.logs / f"{role}.log").open("ab")
-        self.procs[role] = subprocess.Popen(
-            [sys.executable, "-m", "imagepipe", *args],
-            env=self.env(extra_env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()  # the child holds its own descriptor
+        log = self.logs / f"{role}.log"
+        self.procs[role] = RoleProcess(role, role_argv(*args), self.env(extra_env), log).start()
         self.killed.discard(role)
 
     def kill(self, role: str, sig: int = signal.SIGKILL) -> None:
         """Kill one role on purpose (the invariants excuse it)."""
-        proc = self.procs[role]
-        proc.send_signal(sig)
-        proc.wait(45)  # generous: a loaded CI machine is slow to stop a worker gracefully
+        self.procs[role].kill(sig)
         self.killed.add(role)
 
     def dead_roles(self) -> list[str]:
         """Roles that died without being killed on purpose."""
-        return [r for r, p in self.procs.items() if r not in self.killed and p.poll() is not None]
+        return [r for r, p in self.procs.items() if r not in self.killed and not p.alive]
 
     def stop(self) -> None:
         """SIGTERM every role, then the servers."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.s3.stop()
-        self.valkey.stop()
+        stop_roles(self.procs.values())
+        self.servers.stop()
 
     def log(self, role: str) -> str:
-        return (self.logs / f"{role}.log").read_text(errors="replace")
+        """Everything a role has logged, across its restarts."""
+        return self.procs[role].log_text()
 
     # -- client side -----------------------------------------------------------------------
 
     async def wait_ready(self, timeout_s: float = 30) -> None:
-        if not await until_ready(self.url, timeout_s):
-            raise AssertionError(f"the API never became ready:\n{self.log('api')[-3000:]}")
+        """Until the API answers /readyz; AssertionError, with its log, when it never does."""
+        try:
+            await wait_ready(self.url, timeout_s, self.procs["api"].check_alive)
+        except TimeoutError as exc:
+            raise AssertionError(f"the API never became ready:\n{self.log('api')[-3000:]}") from exc
 
     async def upload(
         self, client: httpx.AsyncClient, data: bytes, key: str | None = None
@@ -222,20 +219,6 @@ class Cluster:
             if hashlib.sha256(copy).digest() != hashlib.sha256(path.read_bytes()).digest():
                 wrong.append(f"{key}: backup copy differs")
         return wrong
-
-
-async def until_ready(url: str, timeout_s: float) -> bool:
-    """Poll /readyz until it answers 200 (True) or the time is up (False)."""
-    async with httpx.AsyncClient(base_url=url) as client:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get("/readyz")).status_code == 200:
-                    return True
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    return False
 
 
 def _done(ticket: dict[str, Any] | None, what: str) -> bool:

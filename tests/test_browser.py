@@ -11,12 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,10 +24,12 @@ from redis.asyncio import Redis
 
 from imagepipe import keys
 from imagepipe.config import Settings
+from imagepipe.stack.processes import RoleProcess
+from imagepipe.stack.roles import role_argv, role_env
 from tests import images
 from tests.conftest import free_port
 from tests.stack import api_server
-from tests.test_e2e import role_env, stop_all
+from tests.test_e2e import stop_all
 
 pytestmark = pytest.mark.browser
 
@@ -100,23 +99,18 @@ def stack_settings(
 @pytest.fixture(scope="module")
 def roles(
     stack: Stack, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+) -> Iterator[dict[str, RoleProcess]]:
     """The worker and the replicator as real processes (stopped, and checked, afterwards)."""
     logs = tmp_path_factory.mktemp("browser-logs")
-    with ExitStack() as files:
-        procs = {
-            name: subprocess.Popen(
-                [sys.executable, "-m", "imagepipe", name],
-                env=role_env(stack.settings),
-                stdout=files.enter_context((logs / f"{name}.log").open("wb")),
-                stderr=subprocess.STDOUT,
-            )
-            for name in ("worker", "replicator")
-        }
-        try:
-            yield procs
-        finally:
-            stop_all(procs, logs)
+    env = role_env(stack.settings, IMAGEPIPE_WORKER_CONCURRENCY="2")
+    procs = {
+        name: RoleProcess(name, role_argv(name), env, logs / f"{name}.log").start()
+        for name in ("worker", "replicator")
+    }
+    try:
+        yield procs
+    finally:
+        stop_all(procs)
 
 
 @pytest.fixture(scope="module")
@@ -254,19 +248,19 @@ async def test_sse_delivers_the_completion(tab: Tab, tmp_path: Path) -> None:
 
 
 @contextmanager
-def paused(*procs: subprocess.Popen[bytes]) -> Iterator[None]:
+def paused(*procs: RoleProcess) -> Iterator[None]:
     """SIGSTOP roles for the block: tickets (and backups) hold still until they resume."""
     for proc in procs:
-        proc.send_signal(signal.SIGSTOP)
+        proc.pause()
     try:
         yield
     finally:
         for proc in procs:
-            proc.send_signal(signal.SIGCONT)
+            proc.resume()
 
 
 async def test_polling_completes_when_streams_are_blocked(
-    tab: Tab, roles: dict[str, subprocess.Popen[bytes]], tmp_path: Path
+    tab: Tab, roles: dict[str, RoleProcess], tmp_path: Path
 ) -> None:
     polls: list[tuple[float, int]] = []
 

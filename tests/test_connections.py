@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from asyncio.subprocess import PIPE, STDOUT
 from collections.abc import AsyncIterator
@@ -17,7 +16,7 @@ from imagepipe import keys
 from imagepipe.api.events import TicketEvents
 from imagepipe.config import Settings
 from imagepipe.connections import RedisConfigError, check_redis_policy, redis_client
-from tests.test_e2e import role_env
+from imagepipe.stack.roles import role_argv, role_env
 
 
 @pytest.fixture
@@ -98,17 +97,15 @@ async def test_ticket_events_survive_a_quiet_spell_longer_than_the_read_timeout(
 async def test_every_role_refuses_to_start_on_an_evicting_redis(
     settings: Settings, evicting: None
 ) -> None:
-    env = {**role_env(settings), "IMAGEPIPE_LOG_FORMAT": "text"}
+    env = role_env(settings, IMAGEPIPE_LOG_FORMAT="text", IMAGEPIPE_WORKER_CONCURRENCY="2")
     commands = {
-        "api": ["api", "--port", str(settings.port)],
-        "worker": ["worker"],
-        "replicator": ["replicator"],
+        "api": role_argv("api", "--port", str(settings.port)),
+        "worker": role_argv("worker"),
+        "replicator": role_argv("replicator"),
     }
     procs = {
-        name: await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "imagepipe", *args, env=env, stdout=PIPE, stderr=STDOUT
-        )
-        for name, args in commands.items()
+        name: await asyncio.create_subprocess_exec(*argv, env=env, stdout=PIPE, stderr=STDOUT)
+        for name, argv in commands.items()
     }
     for name, proc in procs.items():
         output, _ = await asyncio.wait_for(proc.communicate(), 30)

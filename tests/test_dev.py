@@ -14,8 +14,9 @@ import httpx
 import pytest
 
 from imagepipe.config import Settings
+from imagepipe.stack.dev import role_settings
 from imagepipe.stack.net import local_host
-from imagepipe.stack.roles import role_commands, role_env
+from imagepipe.stack.roles import role_argv, role_commands, role_env
 from imagepipe.stack.supervisor import Supervisor
 from tests.conftest import free_port
 
@@ -105,16 +106,16 @@ def test_role_commands_run_this_python() -> None:
     assert commands["replicator"][3:] == ["replicator"]
 
 
-def test_role_env_points_roles_at_the_stack(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data")
-    env = role_env(
-        settings,
+def test_role_env_points_roles_at_the_stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("IMAGEPIPE_CALLBACK_URL", raising=False)
+    settings = Settings(
+        data_dir=tmp_path / "data",
         redis_url="redis://127.0.0.1:1/0",
-        backup_endpoint="http://127.0.0.1:2",
-        port=8123,
-        host="0.0.0.0",
-        base={"KEEP": "me"},
+        backup_s3_endpoint="http://127.0.0.1:2",
     )
+    env = role_env(role_settings(settings, "0.0.0.0", 8123), base={"KEEP": "me"})
     assert env["KEEP"] == "me"
     assert env["IMAGEPIPE_REDIS_URL"] == "redis://127.0.0.1:1/0"
     assert env["IMAGEPIPE_BACKUP_S3_ENDPOINT"] == "http://127.0.0.1:2"
@@ -123,16 +124,33 @@ def test_role_env_points_roles_at_the_stack(tmp_path: Path) -> None:
     assert env["AWS_ACCESS_KEY_ID"] == settings.s3_access_key_id
 
 
-def test_role_env_keeps_a_callback_url_the_user_set(tmp_path: Path) -> None:
-    env = role_env(
-        Settings(data_dir=tmp_path),
-        redis_url="redis://x",
-        backup_endpoint="http://y",
-        port=1,
-        host="127.0.0.1",
-        base={"IMAGEPIPE_CALLBACK_URL": "http://elsewhere/cb"},
-    )
+def test_role_env_keeps_a_callback_url_the_user_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMAGEPIPE_CALLBACK_URL", "http://elsewhere/cb")
+    env = role_env(role_settings(Settings(data_dir=tmp_path), "127.0.0.1", 1), base={})
     assert env["IMAGEPIPE_CALLBACK_URL"] == "http://elsewhere/cb"
+
+
+def test_role_env_reproduces_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        redis_url="redis://127.0.0.1:1/0",
+        backup_s3_endpoint="http://127.0.0.1:2",
+        backup_s3_bucket="backup-here",
+        primary_s3_endpoint="http://127.0.0.1:3",
+        primary_s3_bucket="primary-here",
+        AWS_ACCESS_KEY_ID="key-id",
+        AWS_SECRET_ACCESS_KEY="key-secret",
+        callback_url="http://127.0.0.1:4/internal/callbacks",
+        callback_secret="callback-secret",
+        worker_concurrency=3,
+    )
+    for name in [n for n in os.environ if n.startswith(("IMAGEPIPE_", "AWS_"))]:
+        monkeypatch.delenv(name)
+    for name, value in role_env(settings, base={}).items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == settings
 
 
 @pytest.mark.parametrize(
@@ -189,7 +207,7 @@ def test_dev_runs_the_stack_and_stops_it_cleanly(
     env["IMAGEPIPE_DATA_DIR"] = str(data_dir)
     log = (tmp_path / "dev.log").open("wb")
     dev = subprocess.Popen(
-        [sys.executable, "-m", "imagepipe", "dev", "--port", str(port)],
+        role_argv("dev", "--port", str(port)),
         cwd=REPO,
         env=env,
         stdout=log,

@@ -4,12 +4,7 @@ them, real Valkey, moto's S3 server, real HTTP. Follows each upload to its backu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +14,9 @@ import pytest
 from PIL import Image
 
 from imagepipe.config import Settings
+from imagepipe.stack.processes import RoleProcess, stop_roles, wait_ready
+from imagepipe.stack.roles import role_argv, role_env
 from tests import images
-from tests.cluster import until_ready
 from tests.test_flow import assert_backup_matches_primary, primary_objects, s3_client
 
 pytestmark = pytest.mark.e2e
@@ -38,74 +34,29 @@ def settings(request: pytest.FixtureRequest, settings: Settings, s3_endpoint: st
     )
 
 
-def role_env(settings: Settings) -> dict[str, str]:
-    """The environment an operator would set for every role."""
-    return {
-        **os.environ,
-        **primary_env(settings),
-        "IMAGEPIPE_DATA_DIR": str(settings.data_dir),
-        "IMAGEPIPE_REDIS_URL": str(settings.redis_url),
-        "IMAGEPIPE_BACKUP_S3_ENDPOINT": str(settings.backup_s3_endpoint),
-        "IMAGEPIPE_BACKUP_S3_BUCKET": settings.backup_s3_bucket,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "IMAGEPIPE_CALLBACK_URL": settings.callback_url,
-        "IMAGEPIPE_CALLBACK_SECRET": settings.callback_secret.get_secret_value(),
-        "IMAGEPIPE_WORKER_CONCURRENCY": "2",
-    }
-
-
 @pytest.fixture
-def roles(
-    settings: Settings, tmp_path: Path, redis: object
-) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+def roles(settings: Settings, tmp_path: Path, redis: object) -> Iterator[dict[str, RoleProcess]]:
     """api + worker + replicator as separate processes, stopped (and checked alive) after."""
+    env = role_env(settings, IMAGEPIPE_WORKER_CONCURRENCY="2")
     commands = {
-        "api": ["api", "--host", "127.0.0.1", "--port", str(settings.port)],
-        "worker": ["worker"],
-        "replicator": ["replicator"],
+        "api": role_argv("api", "--host", "127.0.0.1", "--port", str(settings.port)),
+        "worker": role_argv("worker"),
+        "replicator": role_argv("replicator"),
     }
-    with contextlib.ExitStack() as stack:
-        procs = {
-            name: subprocess.Popen(
-                [sys.executable, "-m", "imagepipe", *args],
-                env=role_env(settings),
-                stdout=stack.enter_context((tmp_path / f"{name}.log").open("wb")),
-                stderr=subprocess.STDOUT,
-            )
-            for name, args in commands.items()
-        }
-        try:
-            yield procs
-        finally:
-            stop_all(procs, tmp_path)
+    procs = {
+        name: RoleProcess(name, argv, env, tmp_path / f"{name}.log").start()
+        for name, argv in commands.items()
+    }
+    try:
+        yield procs
+    finally:
+        stop_all(procs)
 
 
-def stop_all(procs: dict[str, subprocess.Popen[bytes]], logs: Path) -> None:
+def stop_all(procs: dict[str, RoleProcess]) -> None:
     """SIGTERM every role; each must exit cleanly (its log is shown if it does not)."""
-    for proc in procs.values():
-        proc.send_signal(signal.SIGTERM)
-    for name, proc in procs.items():
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"{name} did not stop on SIGTERM:\n{(logs / f'{name}.log').read_text()}")
-
-
-def primary_env(settings: Settings) -> dict[str, str]:
-    """The variables that put primary in a bucket, when the settings do."""
-    if settings.primary_s3_bucket is None:
-        return {}
-    return {
-        "IMAGEPIPE_PRIMARY_S3_ENDPOINT": str(settings.primary_s3_endpoint),
-        "IMAGEPIPE_PRIMARY_S3_BUCKET": settings.primary_s3_bucket,
-    }
-
-
-async def wait_ready(url: str) -> None:
-    assert await until_ready(url, timeout_s=20), "the API never became ready"
+    for name in stop_roles(procs.values(), timeout_s=15):
+        pytest.fail(f"{name} did not stop on SIGTERM:\n{procs[name].log_text()}")
 
 
 async def wait_terminal(client: httpx.AsyncClient, ids: list[str]) -> dict[str, dict]:  # type: ignore[type-arg]
@@ -135,10 +86,10 @@ UPLOADS = {
 
 
 async def test_photos_flow_from_upload_to_backup(
-    settings: Settings, roles: dict[str, subprocess.Popen[bytes]]
+    settings: Settings, roles: dict[str, RoleProcess]
 ) -> None:
     url = f"http://127.0.0.1:{settings.port}"
-    await wait_ready(url)
+    await wait_ready(url, 20, roles["api"].check_alive)
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         sent = {}
         for name, (data, _) in UPLOADS.items():
@@ -157,7 +108,7 @@ async def test_photos_flow_from_upload_to_backup(
     assert len([k for k in stored if k.startswith("originals/")]) == len(UPLOADS)
     if settings.primary_is_s3:  # nothing went to the local disk instead
         assert not settings.primary_root.exists() or not any(settings.primary_root.iterdir())
-    assert all(proc.poll() is None for proc in roles.values()), "a role died"
+    assert all(proc.alive for proc in roles.values()), "a role died"
 
 
 async def check_derivatives(

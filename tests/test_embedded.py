@@ -16,6 +16,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from redis import Redis
 
+from imagepipe.config import Settings
+from imagepipe.stack.local import LocalServers
 from imagepipe.stack.servers import EmbeddedS3, EmbeddedValkey
 
 ACCESS, SECRET = "imagepipe", "imagepipe-secret"
@@ -130,3 +132,32 @@ def test_s3_refuses_a_port_in_use(tmp_path: Path) -> None:
 def test_s3_refuses_access_keys_rclone_would_reject(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 3"):
         EmbeddedS3(tmp_path, "backup", "ak", SECRET)
+
+
+def test_local_servers_start_both_and_point_the_settings_at_them(tmp_path: Path) -> None:
+    base = Settings.model_validate(
+        {"data_dir": tmp_path, "redis_url": None, "backup_s3_endpoint": None}
+    )
+    servers = LocalServers(base)
+    settings = servers.start()
+    try:
+        assert servers.valkey is not None and servers.s3 is not None
+        assert settings.redis_url == servers.valkey.url
+        assert settings.backup_s3_endpoint == servers.s3.url
+        with Redis.from_url(str(settings.redis_url)) as client:
+            assert client.ping()
+        assert (
+            s3_client(servers.s3.url).list_buckets()["Buckets"][0]["Name"] == base.backup_s3_bucket
+        )
+    finally:
+        servers.stop()
+    assert servers.valkey.pid is None and servers.s3.pid is None
+
+
+def test_local_servers_leave_configured_servers_alone(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path, redis_url="redis://elsewhere:1/0", backup_s3_endpoint="http://b:2"
+    )
+    servers = LocalServers(settings)
+    assert servers.valkey is None and servers.s3 is None
+    assert servers.start() == settings

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from imagepipe.stack.roles import role_argv
 from imagepipe.stack.servers import EmbeddedS3
 from tests import images
 from tests.cluster import ACCESS, BUCKET, SECRET, Cluster
@@ -247,7 +248,7 @@ async def test_backup_outage_keeps_objects_pending_then_catches_up(make_cluster,
         lags.append(ready["replication_lag_s"])
     assert lags == sorted(lags) and lags[-1] > lags[0]  # the lag rises while backup is down
     assert all(t["backup"] == "pending" for t in (await cluster.tickets(client)).values())
-    cluster.s3 = EmbeddedS3(cluster.root, BUCKET, ACCESS, SECRET, port=cluster.s3.port)
+    cluster.servers.s3 = EmbeddedS3(cluster.root, BUCKET, ACCESS, SECRET, port=cluster.s3.port)
     cluster.s3.start()
     await settle(cluster, client)
 
@@ -272,19 +273,13 @@ async def test_backup_refusing_credentials_fails_then_audit_retries(make_cluster
 
 def run_audit(cluster: Cluster) -> dict:  # type: ignore[type-arg]
     done = subprocess.run(
-        [*_imagepipe(), "audit", "--json"],
+        role_argv("audit", "--json"),
         env=cluster.env(),
         capture_output=True,
         timeout=60,
         check=False,
     )
     return json.loads(done.stdout)  # type: ignore[no-any-return]
-
-
-def _imagepipe() -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "imagepipe"]
 
 
 # -- Redis ------------------------------------------------------------------------------------

@@ -5,10 +5,7 @@ can pass between them through a local disk; each worker calls back a different A
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -23,9 +20,11 @@ from redis.asyncio import Redis
 
 from imagepipe import keys
 from imagepipe.config import Settings
+from imagepipe.stack.processes import RoleProcess, wait_ready
+from imagepipe.stack.roles import role_argv, role_env
 from tests import images
 from tests.conftest import free_port
-from tests.test_e2e import role_env, stop_all, wait_backed_up, wait_ready, wait_terminal
+from tests.test_e2e import stop_all, wait_backed_up, wait_terminal
 from tests.test_flow import assert_backup_matches_primary, primary_objects, s3_client
 
 pytestmark = pytest.mark.e2e
@@ -39,30 +38,29 @@ class Fleet:
 
     settings: Settings
     urls: list[str]
-    procs: dict[str, subprocess.Popen[bytes]]
-    logs: Path
+    procs: dict[str, RoleProcess]
 
     def events(self, name: str) -> list[dict[str, Any]]:
         """One process's log, one JSON object a line."""
-        lines = (self.logs / f"{name}.log").read_text().splitlines()
+        lines = self.procs[name].log_text().splitlines()
         return [json.loads(line) for line in lines if line.startswith("{")]
 
     def wait_logged(self, name: str, text: str, timeout_s: float = 20) -> None:
         """Until the process has logged a line containing text."""
         deadline = time.monotonic() + timeout_s
-        while text not in (self.logs / f"{name}.log").read_text():
+        while text not in self.procs[name].log_text():
             assert time.monotonic() < deadline, f"{name} never logged {text!r}"
             time.sleep(0.05)
 
 
 def commands(settings: Settings, ports: list[int]) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """Each process: its arguments and what differs in its environment."""
+    """Each process: its command line and what differs in its environment."""
     found: dict[str, tuple[list[str], dict[str, str]]] = {}
     for n in PAIR:
         callback = f"http://127.0.0.1:{ports[n]}/internal/callbacks"
-        found[f"api-{n}"] = (["api", "--host", "127.0.0.1", "--port", str(ports[n])], {})
-        found[f"worker-{n}"] = (["worker"], {"IMAGEPIPE_CALLBACK_URL": callback})
-        found[f"replicator-{n}"] = (["replicator"], {})
+        found[f"api-{n}"] = (role_argv("api", "--host", "127.0.0.1", "--port", str(ports[n])), {})
+        found[f"worker-{n}"] = (role_argv("worker"), {"IMAGEPIPE_CALLBACK_URL": callback})
+        found[f"replicator-{n}"] = (role_argv("replicator"), {})
     return found
 
 
@@ -75,22 +73,16 @@ def fleet(settings: Settings, s3_endpoint: str, tmp_path: Path, redis: Redis) ->
         update={"primary_s3_endpoint": s3_endpoint, "primary_s3_bucket": bucket}
     )
     ports = [free_port(), free_port()]
-    with contextlib.ExitStack() as stack:
-        procs = {}
-        for name, (args, extra) in commands(shared, ports).items():
-            env = {**role_env(shared), "IMAGEPIPE_LOG_FORMAT": "json", **extra}
-            env["IMAGEPIPE_DATA_DIR"] = str(tmp_path / name)  # no disk shared between roles
-            env["IMAGEPIPE_WORKER_CONCURRENCY"] = "1"
-            procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "imagepipe", *args],
-                env=env,
-                stdout=stack.enter_context((tmp_path / f"{name}.log").open("wb")),
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            yield Fleet(shared, [f"http://127.0.0.1:{p}" for p in ports], procs, tmp_path)
-        finally:
-            stop_all(procs, tmp_path)
+    procs: dict[str, RoleProcess] = {}
+    try:
+        for name, (argv, extra) in commands(shared, ports).items():
+            # a data dir of its own: no disk shared between roles
+            own = shared.model_copy(update={"data_dir": tmp_path / name, "worker_concurrency": 1})
+            env = role_env(own, IMAGEPIPE_LOG_FORMAT="json", **extra)
+            procs[name] = RoleProcess(name, argv, env, tmp_path / f"{name}.log").start()
+        yield Fleet(shared, [f"http://127.0.0.1:{p}" for p in ports], procs)
+    finally:
+        stop_all(procs)
 
 
 async def upload_spread(fleet: Fleet) -> list[str]:
@@ -110,7 +102,9 @@ async def upload_spread(fleet: Fleet) -> list[str]:
 async def test_two_of_each_role_lose_nothing_and_do_nothing_twice(
     fleet: Fleet, redis: Redis
 ) -> None:
-    await asyncio.gather(*(wait_ready(url) for url in fleet.urls))
+    await asyncio.gather(
+        *(wait_ready(fleet.urls[n], 20, fleet.procs[f"api-{n}"].check_alive) for n in PAIR)
+    )
     for n in PAIR:  # both consuming before the uploads, so both get a share of them
         fleet.wait_logged(f"worker-{n}", "Starting worker")
     ids = await upload_spread(fleet)
@@ -127,7 +121,7 @@ async def test_two_of_each_role_lose_nothing_and_do_nothing_twice(
     check_processed_once(fleet, ids)
     check_nothing_lost(fleet.settings)
     await check_both_replicators_joined(redis)
-    assert [n for n, p in fleet.procs.items() if p.poll() is not None] == [], "a role died"
+    assert [n for n, p in fleet.procs.items() if not p.alive] == [], "a role died"
 
 
 async def check_same_answers(

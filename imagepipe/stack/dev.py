@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from types import FrameType
 
 from imagepipe.config import Settings
+from imagepipe.stack.local import LocalServers
 from imagepipe.stack.net import local_host, port_answers
 from imagepipe.stack.roles import role_commands, role_env
-from imagepipe.stack.servers import EmbeddedS3, EmbeddedValkey
 from imagepipe.stack.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -26,25 +26,12 @@ TICK_S = 0.2
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def _start_servers(settings: Settings, stack: ExitStack) -> tuple[str, str]:
-    """Start the embedded Valkey and S3 where no external ones are configured.
-
-    Raises RuntimeError (or OSError) when one of them cannot start.
-    """
-    data_dir = settings.data_dir.resolve()
-    redis_url = settings.redis_url
-    if not redis_url:
-        redis_url = stack.enter_context(EmbeddedValkey(data_dir)).url
-    endpoint = settings.backup_s3_endpoint
-    if not endpoint:
-        s3 = EmbeddedS3(
-            data_dir,
-            settings.backup_s3_bucket,
-            settings.s3_access_key_id,
-            settings.s3_secret_access_key.get_secret_value(),
-        )
-        endpoint = stack.enter_context(s3).url
-    return redis_url, endpoint
+def role_settings(settings: Settings, host: str, port: int) -> Settings:
+    """The settings every role of the stack runs with: callbacks go to this api by default."""
+    if "callback_url" in settings.model_fields_set:
+        return settings  # the user named a callback URL: keep it
+    callback_url = f"http://{local_host(host)}:{port}/internal/callbacks"
+    return settings.model_copy(update={"callback_url": callback_url})
 
 
 @dataclass
@@ -89,15 +76,16 @@ def run_dev(settings: Settings, host: str, port: int) -> int:
     settings.primary_root.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         request = _trap_stop_signals(stack)
+        servers = LocalServers(settings)
         try:
-            redis_url, endpoint = _start_servers(settings, stack)
+            settings = servers.start()
         except (RuntimeError, OSError) as exc:
             log.error("cannot start the local stack: %s", exc)
             return 1
-        env = role_env(
-            settings, redis_url=redis_url, backup_endpoint=endpoint, port=port, host=host
+        stack.callback(servers.stop)
+        supervisor = Supervisor(
+            role_commands(host, port), role_env(role_settings(settings, host, port))
         )
-        supervisor = Supervisor(role_commands(host, port), env)
         # registered after the servers: the roles stop first, while Valkey and S3 still answer
         stack.callback(supervisor.stop)
         supervisor.start()

@@ -1,5 +1,9 @@
 """Each role's command line and environment: what `imagepipe dev` runs, and what the tests
-and the benchmarks run the same way."""
+and the benchmarks run the same way.
+
+`role_env` is the one place that turns a `Settings` back into the variables a role reads:
+whoever starts roles builds the settings they share and passes them here.
+"""
 
 from __future__ import annotations
 
@@ -8,38 +12,54 @@ import sys
 from collections.abc import Mapping
 
 from imagepipe.config import Settings
-from imagepipe.stack.net import local_host
+
+
+def role_argv(role: str, *args: str) -> list[str]:
+    """The command line of `imagepipe ROLE ARGS...`, run by this same Python."""
+    return [sys.executable, "-m", "imagepipe", role, *args]
 
 
 def role_commands(host: str, port: int) -> dict[str, list[str]]:
-    """The api, worker and replicator command lines, run by this same Python."""
-    imagepipe = [sys.executable, "-m", "imagepipe"]
+    """The api, worker, backfill worker and replicator command lines of `imagepipe dev`."""
     return {
-        "api": [*imagepipe, "api", "--host", host, "--port", str(port)],
-        "worker": [*imagepipe, "worker"],
+        "api": role_argv("api", "--host", host, "--port", str(port)),
+        "worker": role_argv("worker"),
         # repairs from the audit run in their own lane, so they never starve new uploads
-        "backfill": [*imagepipe, "worker", "--lane", "backfill", "--concurrency", "1"],
-        "replicator": [*imagepipe, "replicator"],
+        "backfill": role_argv("worker", "--lane", "backfill", "--concurrency", "1"),
+        "replicator": role_argv("replicator"),
     }
 
 
 def role_env(
-    settings: Settings,
-    *,
-    redis_url: str,
-    backup_endpoint: str,
-    port: int,
-    host: str,
-    base: Mapping[str, str] = os.environ,
+    settings: Settings, base: Mapping[str, str] = os.environ, **overrides: str
 ) -> dict[str, str]:
-    """The environment of every role: the caller's, plus where the stack's servers are."""
-    env = dict(base)
-    env.update(
-        IMAGEPIPE_REDIS_URL=redis_url,
-        IMAGEPIPE_BACKUP_S3_ENDPOINT=backup_endpoint,
-        IMAGEPIPE_DATA_DIR=str(settings.data_dir.resolve()),
-        AWS_ACCESS_KEY_ID=settings.s3_access_key_id,
-        AWS_SECRET_ACCESS_KEY=settings.s3_secret_access_key.get_secret_value(),
-    )
-    env.setdefault("IMAGEPIPE_CALLBACK_URL", f"http://{local_host(host)}:{port}/internal/callbacks")
-    return env
+    """The environment of a role: `base`, then where `settings` point, then `overrides`."""
+    return {**base, **settings_env(settings), **overrides}
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The IMAGEPIPE_* and AWS_* variables that make a role's Settings point where these do."""
+    env = {
+        "IMAGEPIPE_DATA_DIR": str(settings.data_dir.resolve()),
+        "IMAGEPIPE_BACKUP_S3_BUCKET": settings.backup_s3_bucket,
+        "IMAGEPIPE_BACKUP_S3_REGION": settings.backup_s3_region,
+        "AWS_ACCESS_KEY_ID": settings.s3_access_key_id,
+        "AWS_SECRET_ACCESS_KEY": settings.s3_secret_access_key.get_secret_value(),
+        "IMAGEPIPE_CALLBACK_URL": settings.callback_url,
+        "IMAGEPIPE_CALLBACK_SECRET": settings.callback_secret.get_secret_value(),
+    }
+    optional = {
+        "IMAGEPIPE_REDIS_URL": settings.redis_url,
+        "IMAGEPIPE_BACKUP_S3_ENDPOINT": settings.backup_s3_endpoint,
+        "IMAGEPIPE_PRIMARY_DIR": settings.primary_dir and str(settings.primary_dir.resolve()),
+        "IMAGEPIPE_PRIMARY_S3_BUCKET": settings.primary_s3_bucket,
+        "IMAGEPIPE_PRIMARY_S3_ENDPOINT": settings.primary_s3_endpoint,
+        "IMAGEPIPE_WORKER_CONCURRENCY": str(settings.worker_concurrency or ""),
+    }
+    if settings.primary_s3_bucket:
+        optional["IMAGEPIPE_PRIMARY_S3_REGION"] = settings.primary_s3_region
+    if settings.callback_previous_secret is not None:
+        optional["IMAGEPIPE_CALLBACK_PREVIOUS_SECRET"] = (
+            settings.callback_previous_secret.get_secret_value()
+        )
+    return env | {name: value for name, value in optional.items() if value}
