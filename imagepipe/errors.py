@@ -8,6 +8,7 @@
     ├── NotAcceptable                   406  no format of a size that the Accept header takes
     ├── RequestTimeout                  408  body arrived too slowly
     ├── Conflict                        409  idempotency key in flight / backwards transition
+    │   └── PhotoIdTaken                409  an original already holds this id (never rewritten)
     ├── PayloadTooLarge                 413  too many bytes
     │   └── TooManyPixels               413  width × height × frames over the limit
     ├── UnsupportedMediaType            415  not an image of an allowed format
@@ -61,6 +62,10 @@ class RequestTimeout(ImagepipeError):
 
 class Conflict(ImagepipeError):
     status, title = 409, "Conflict"
+
+
+class PhotoIdTaken(Conflict):
+    title = "Photo id already taken"
 
 
 class PayloadTooLarge(ImagepipeError):

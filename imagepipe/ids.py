@@ -3,15 +3,12 @@
     photo id   80 bits as 20 hex digits     storage keys and URLs
     ticket id  144 bits, URL-safe base64    unguessable: knowing one is the right to read it
 
-A keyed upload (``Idempotency-Key``) gets ids derived from its key with a server secret,
-so a retry of the same request names the same photo and ticket.
+Both are random, also for a keyed upload: its ids are made at the key's first reservation
+and kept in the key's record (`api.idempotency`), never derived from the key.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import re
 import secrets
 
@@ -37,9 +34,3 @@ def is_photo_id(text: str) -> bool:
 def is_ticket_id(text: str) -> bool:
     """Whether ``text`` is a well-formed ticket id (it may still name no ticket)."""
     return TICKET_ID.match(text) is not None
-
-
-def derived_ids(secret: str, header: str) -> tuple[str, str]:
-    """The photo id and ticket id of an upload keyed ``header``: the same on every retry."""
-    digest = hmac.new(secret.encode(), b"idempotency:" + header.encode(), hashlib.sha256).digest()
-    return digest[:10].hex(), base64.urlsafe_b64encode(digest[10:28]).decode()

@@ -60,7 +60,9 @@ class TicketStore:
 
     def create(self, pipe: Pipeline, ticket: Ticket) -> None:
         """Write a new ticket (and the photo -> ticket link) inside the caller's transaction."""
-        pipe.set(keys.ticket(ticket.id), ticket.model_dump_json(), ex=self.retention_s)
+        # NX: a second accept of the same ticket (a retry that raced its first attempt) never
+        # resets it; ticket ids are random, so only that retry can name an existing one
+        pipe.set(keys.ticket(ticket.id), ticket.model_dump_json(), ex=self.retention_s, nx=True)
         pipe.set(keys.photo_ticket(ticket.photo_id), ticket.id, ex=self.retention_s)
 
     async def get(self, ticket_id: str) -> Ticket:

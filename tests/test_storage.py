@@ -22,9 +22,11 @@ from botocore.exceptions import (
 )
 
 from imagepipe.config import Settings
+from imagepipe.stack.servers import EmbeddedS3
 from imagepipe.storage import filesystem, s3
 from imagepipe.storage.base import (
     CHUNK_SIZE,
+    ObjectExists,
     ObjectNotFound,
     Storage,
     StorageError,
@@ -105,14 +107,17 @@ async def test_overwrite_leaves_one_correct_object(store: Storage) -> None:
     assert await keys(store) == ["originals/p1.jpg"]
 
 
+@pytest.mark.parametrize("create_only", [False, True], ids=["put", "create-only"])
 @pytest.mark.parametrize(
     "error",
     [RuntimeError("client went away"), OSError(errno.ENOSPC, "not ours"), ObjectNotFound("src")],
     ids=["runtime", "oserror", "storage-error"],
 )
-async def test_failed_put_leaves_nothing_and_reraises(store: Storage, error: Exception) -> None:
+async def test_failed_put_leaves_nothing_and_reraises(
+    store: Storage, error: Exception, create_only: bool
+) -> None:
     with pytest.raises(type(error)) as raised:
-        await store.put("originals/p1.jpg", failing(error))
+        await store.put("originals/p1.jpg", failing(error), create_only=create_only)
     assert raised.value is error  # unchanged: the iterable's error is not the store's
     assert not await store.exists("originals/p1.jpg")
     assert await keys(store) == []
@@ -125,6 +130,27 @@ async def test_failed_overwrite_keeps_the_old_object(store: Storage) -> None:
     with pytest.raises(RuntimeError):
         await store.put("originals/p1.jpg", failing(RuntimeError("boom")))
     assert await store.read("originals/p1.jpg") == b"old"
+
+
+async def test_create_only_put_makes_a_new_object(store: Storage) -> None:
+    info = await store.put("originals/p1.jpg", chunked(b"hello world", 4), create_only=True)
+    assert (info.size, info.sha256) == (11, sha(b"hello world"))
+    assert await store.read("originals/p1.jpg") == b"hello world"
+
+
+async def test_create_only_put_never_rewrites_an_object(store: Storage) -> None:
+    await store.put_bytes("originals/p1.jpg", b"first")
+    with pytest.raises(ObjectExists) as raised:
+        await store.put("originals/p1.jpg", chunked(b"second", 2), create_only=True)
+    assert raised.value.key == "originals/p1.jpg"
+    # what was offered, so a caller can tell a retry of the same bytes from a collision
+    assert (raised.value.offered.size, raised.value.offered.sha256) == (6, sha(b"second"))
+    with pytest.raises(ObjectExists):
+        await store.put_bytes("originals/p1.jpg", b"third", create_only=True)
+    assert await store.read("originals/p1.jpg") == b"first"
+    assert await keys(store) == ["originals/p1.jpg"]
+    if isinstance(store, FilesystemStorage):
+        assert await store.temp_files() == []
 
 
 async def test_missing_key_is_object_not_found(store: Storage) -> None:
@@ -416,3 +442,42 @@ async def test_backup_storage_talks_to_the_configured_bucket(
 def test_backup_storage_needs_an_endpoint(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="BACKUP_S3_ENDPOINT"):
         backup_storage(Settings(data_dir=tmp_path, backup_s3_endpoint=None))
+
+
+# -- create-only on S3 servers with and without conditional writes -------------------------
+
+
+async def test_s3_create_only_uses_if_none_match_where_the_server_honours_it(
+    s3_endpoint: str, s3_bucket: str
+) -> None:
+    store = s3_store(s3_endpoint, s3_bucket)
+    assert await store.conditional_writes()  # moto answers 412 to a second If-None-Match: *
+    assert await keys(store) == []  # the probe leaves nothing behind
+    await store.close()
+
+
+async def test_s3_create_only_checks_first_where_the_server_ignores_if_none_match(
+    tmp_path: Path,
+) -> None:
+    # rclone serve s3 (the embedded backup) accepts the header and overwrites anyway
+    with EmbeddedS3(tmp_path, "bucket", "test", "test-secret") as server:
+        store = S3Storage("bucket", server.url, "us-east-1", "test", "test-secret")
+        assert not await store.conditional_writes()
+        await store.put_bytes("originals/p1.jpg", b"first", create_only=True)
+        with pytest.raises(ObjectExists):
+            await store.put_bytes("originals/p1.jpg", b"second", create_only=True)
+        assert await store.read("originals/p1.jpg") == b"first"
+        assert await keys(store) == ["originals/p1.jpg"]
+        await store.close()
+
+
+async def test_s3_create_only_multipart_never_rewrites(
+    s3_endpoint: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3, "MULTIPART_THRESHOLD", 5 * MiB)
+    store = s3_store(s3_endpoint, s3_bucket)
+    await store.put_bytes("originals/huge.png", b"first")
+    with pytest.raises(ObjectExists):
+        await store.put("originals/huge.png", chunked(os.urandom(6 * MiB), MiB), create_only=True)
+    assert await store.read("originals/huge.png") == b"first"
+    await store.close()

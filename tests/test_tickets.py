@@ -120,3 +120,16 @@ async def test_apply_is_atomic_and_keeps_the_ttl(redis: Redis) -> None:
     assert await store.apply(event(ticket, "processing.completed")) is None
     assert calls == [updated.version]  # the extra commands ran once, with the real transition
     assert await redis.ttl(keys.ticket(ticket.id)) > 0
+
+
+async def test_creating_a_ticket_again_never_resets_it(redis: Redis) -> None:
+    # two attempts of one keyed upload (the first outlived its lease) both accept its ticket
+    store, ticket = TicketStore(redis, retention_s=60), make_ticket()
+    async with redis.pipeline(transaction=True) as pipe:
+        store.create(pipe, ticket)
+        await pipe.execute()
+    done = await store.apply(event(ticket, "processing.completed"))
+    async with redis.pipeline(transaction=True) as pipe:
+        store.create(pipe, ticket)
+        await pipe.execute()
+    assert await store.get(ticket.id) == done

@@ -19,9 +19,9 @@ from arq.connections import ArqRedis
 
 from imagepipe import keys, metrics, queue
 from imagepipe.api.idempotency import Reservation
-from imagepipe.api.ingest import limit_bytes, store_original
+from imagepipe.api.ingest import StoredOriginal, limit_bytes, store_original
 from imagepipe.api.services import Services
-from imagepipe.errors import IdempotencyMismatch
+from imagepipe.errors import IdempotencyMismatch, PhotoIdTaken
 from imagepipe.ids import new_photo_id, new_ticket_id
 from imagepipe.models import Original, Ticket
 from imagepipe.replication import log as replication
@@ -36,16 +36,16 @@ async def accept_upload(
     """Accept one upload's body: its ticket, and the queue depth it was accepted at."""
     depth = await services.refuse_if_overloaded()
     reservation = await services.idempotency.reserve(idempotency_key) if idempotency_key else None
-    if reservation is not None and reservation.ticket_id is not None:
+    if reservation is not None and reservation.done:
         return await _replay(services, body, reservation), depth
-    # a keyed upload's ids come from its key, so a retry after a crash converges on one photo
+    # a keyed upload's ids are its key's record's, so a retry after a crash converges on one photo
     photo_id, ticket_id = (
-        (reservation.photo_id, reservation.new_ticket_id)
+        (reservation.photo_id, reservation.ticket_id)
         if reservation
         else (new_photo_id(), new_ticket_id())
     )
     try:
-        stored = await store_original(body, services.primary, services.settings, photo_id)
+        stored = await _ingest(services, body, photo_id, reservation)
         ticket = await accept(
             services.redis, services.tickets, stored.original(), ticket_id, reservation=reservation
         )
@@ -58,6 +58,20 @@ async def accept_upload(
     return ticket, depth + 1  # + this upload's job
 
 
+async def _ingest(
+    services: Services, body: AsyncIterator[bytes], photo_id: str, reservation: Reservation | None
+) -> StoredOriginal:
+    """(1) The original, written once; a retry whose photo id holds other bytes is a 422."""
+    retry = reservation is not None and reservation.retry
+    try:
+        settings = services.settings
+        return await store_original(body, services.primary, settings, photo_id, retry=retry)
+    except PhotoIdTaken:
+        if not retry:
+            raise  # a fresh random id that is taken: 409, and nothing was changed
+        raise IdempotencyMismatch("this Idempotency-Key was used for a different file") from None
+
+
 async def _replay(services: Services, body: AsyncIterator[bytes], earlier: Reservation) -> Ticket:
     """The same key again: same content -> the same ticket; different content -> 422."""
     digest = hashlib.sha256()
@@ -65,7 +79,6 @@ async def _replay(services: Services, body: AsyncIterator[bytes], earlier: Reser
         digest.update(chunk)
     if digest.hexdigest() != earlier.sha256:
         raise IdempotencyMismatch("this Idempotency-Key was used for a different file")
-    assert earlier.ticket_id is not None
     return await services.tickets.get(earlier.ticket_id)
 
 

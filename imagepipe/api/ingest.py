@@ -4,6 +4,10 @@ Everything here happens before the 202. The bytes flow once, from the socket to 
 beside their final name; on the way they are counted (byte limit), sniffed (the format comes
 from magic bytes, never from a name or a Content-Type) and the header is probed for its
 pixel count, so a pixel bomb is refused after reading its header, not its body.
+
+An original is written once: the put is create-only, and every check runs inside the stream,
+so a refused body is dropped with its temp file and never becomes an object. A refusal
+therefore never deletes anything: the key may hold an earlier upload's original.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from imagepipe.errors import (
     ImagepipeError,
     InsufficientStorage,
     PayloadTooLarge,
+    PhotoIdTaken,
     ServiceUnavailable,
     TooManyPixels,
     UnsupportedMediaType,
@@ -25,7 +30,7 @@ from imagepipe.errors import (
 from imagepipe.imaging import probe as header
 from imagepipe.imaging.decoding import ImageRejected, NeedMoreData
 from imagepipe.models import Original
-from imagepipe.storage import ObjectInfo, Storage, StorageError, StorageFull
+from imagepipe.storage import ObjectExists, ObjectInfo, Storage, StorageError, StorageFull
 
 PROBE_STEPS = (16 * 1024, 64 * 1024, 256 * 1024, 1024 * 1024, 4 * 1024 * 1024)
 
@@ -123,12 +128,42 @@ async def _tee(chunks: AsyncIterator[bytes], probe: HeaderProbe) -> AsyncIterato
     async for chunk in chunks:
         probe.feed(chunk)
         yield chunk
+    # the final check inside the stream: a refused body makes the put discard its temp file
+    probe.finish()
+
+
+async def _no_other_original(primary: Storage, settings: Settings, photo_id: str, key: str) -> None:
+    """A reused photo id (a retry) must not gain a second original in another format."""
+    others = {keys.original(photo_id, formats.extension(f)) for f in settings.formats} - {key}
+    for other in sorted(others):
+        if await primary.exists(other):
+            raise PhotoIdTaken("another upload holds this photo id; nothing was changed")
+
+
+async def _put_once(primary: Storage, key: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
+    """Create the original; if the key holds the very same bytes already, converge on them."""
+    try:
+        return await primary.put(key, chunks, create_only=True)
+    except ObjectExists as taken:
+        # a retry after the API died between fsync and response finds its own original
+        if await primary.sha256(key) != taken.offered.sha256:
+            raise PhotoIdTaken("another upload holds this photo id; nothing was changed") from None
+        return taken.offered
 
 
 async def store_original(
-    body: AsyncIterator[bytes], primary: Storage, settings: Settings, photo_id: str
+    body: AsyncIterator[bytes],
+    primary: Storage,
+    settings: Settings,
+    photo_id: str,
+    *,
+    retry: bool = False,
 ) -> StoredOriginal:
-    """Stream one upload into ``originals/{photo_id}.{ext}``; raise a 4xx/507 error if refused."""
+    """Stream one upload into ``originals/{photo_id}.{ext}``; raise a 4xx/507 error if refused.
+
+    The original is created, never rewritten: a key that holds other bytes (or, for a
+    ``retry`` of an earlier attempt's photo id, an original in another format) is PhotoIdTaken.
+    """
     chunks = limit_bytes(body, settings.max_upload_bytes)
     prefix = await _read_prefix(chunks)
     if not prefix:
@@ -140,14 +175,11 @@ async def store_original(
     key = keys.original(photo_id, formats.extension(image_format))
     probe = HeaderProbe([image_format], settings.max_pixels)
     try:
-        info = await primary.put(key, _tee(_replay(prefix, chunks), probe))
+        if retry:
+            await _no_other_original(primary, settings, photo_id, key)
+        info = await _put_once(primary, key, _tee(_replay(prefix, chunks), probe))
     except StorageFull:
         raise InsufficientStorage("primary storage is full", retry_after=60) from None
     except StorageError as exc:
         raise ServiceUnavailable(f"primary storage unavailable: {exc}", retry_after=5) from None
-    try:
-        result = probe.finish()
-    except ImagepipeError:
-        await primary.delete(key)  # stored, but not an image we accept: leave nothing
-        raise
-    return StoredOriginal(photo_id=photo_id, key=key, info=info, probe=result)
+    return StoredOriginal(photo_id=photo_id, key=key, info=info, probe=probe.finish())

@@ -55,10 +55,7 @@ class Services:
             tickets=tickets,
             replication=ReplicationLog(redis),
             idempotency=IdempotencyKeys(
-                redis,
-                settings.idempotency_retention_s,
-                lease_s=settings.idempotency_lease_s,
-                secret=settings.callback_secret.get_secret_value(),
+                redis, settings.idempotency_retention_s, lease_s=settings.idempotency_lease_s
             ),
             index=PhotoIndex(redis, primary, tickets),
             events=events,

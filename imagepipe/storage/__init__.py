@@ -1,6 +1,7 @@
 """Storage backends behind one interface (see `base`)."""
 
 from imagepipe.storage.base import (
+    ObjectExists,
     ObjectInfo,
     ObjectNotFound,
     Storage,
@@ -10,6 +11,7 @@ from imagepipe.storage.base import (
 )
 
 __all__ = [
+    "ObjectExists",
     "ObjectInfo",
     "ObjectNotFound",
     "Storage",

@@ -5,6 +5,7 @@ only there; nothing else in imagepipe imports botocore.
 
     StorageError                 any backend failure (transient unless a subclass says so)
     ├── ObjectNotFound           the key does not exist
+    ├── ObjectExists             a create-only put found the key taken (nothing was written)
     ├── StorageFull              no space left (primary disk full)          -> 507
     └── StoragePermissionDenied  credentials refused (S3 403)              -> failed(reason)
 """
@@ -25,6 +26,15 @@ class StorageError(Exception):
 
 class ObjectNotFound(StorageError):
     """The key does not exist."""
+
+
+class ObjectExists(StorageError):
+    """A create-only put found the key taken; the existing object was left as it was."""
+
+    def __init__(self, offered: ObjectInfo) -> None:
+        super().__init__(f"{offered.key}: already exists")
+        self.key = offered.key
+        self.offered = offered  # size and sha256 of the bytes that were not written
 
 
 class StorageFull(StorageError):
@@ -52,12 +62,15 @@ class Storage(ABC):
     """An object store keyed by server-made keys such as ``originals/abc.jpg``."""
 
     @abstractmethod
-    async def put(self, key: str, chunks: AsyncIterable[bytes]) -> ObjectInfo:
+    async def put(
+        self, key: str, chunks: AsyncIterable[bytes], *, create_only: bool = False
+    ) -> ObjectInfo:
         """Store the chunks under key atomically, hashing as they stream; return size+sha256.
 
         Readers never see a partial object. If the iterable raises, nothing is left behind
         (no temp file, no object) and the exception propagates unchanged. Putting the same key
-        twice leaves one correct object.
+        twice leaves one correct object. With ``create_only`` an existing object is never
+        rewritten: the put raises ObjectExists (carrying what was offered) and leaves nothing.
         """
 
     @abstractmethod
@@ -88,9 +101,9 @@ class Storage(ABC):
         """The whole object in memory (for small objects and images the worker decodes)."""
         return b"".join([chunk async for chunk in self.open(key)])
 
-    async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+    async def put_bytes(self, key: str, data: bytes, *, create_only: bool = False) -> ObjectInfo:
         """Store a bytes value (manifests, derivatives)."""
-        return await self.put(key, _single(data))
+        return await self.put(key, _single(data), create_only=create_only)
 
     async def sha256(self, key: str) -> str:
         """Hash an object's stored bytes (reads it whole, streaming)."""

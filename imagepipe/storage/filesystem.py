@@ -1,8 +1,10 @@
 """The local-filesystem backend: one file per key under a root folder, written atomically.
 
 A put streams into ``.{name}.{random}.tmp`` beside the final file, fsyncs it, renames it into
-place and fsyncs the folder. Temp files a crash leaves behind are invisible to `list` and
-reported by `temp_files` (the audit calls them orphans).
+place and fsyncs the folder. A create-only put links the temp file to the final name instead
+(``link`` fails if the name exists, atomically) and removes the temp name. Temp files a crash
+leaves behind are invisible to `list` and reported by `temp_files` (the audit calls them
+orphans).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import ParamSpec, TypeVar
 
 from imagepipe.storage.base import (
     CHUNK_SIZE,
+    ObjectExists,
     ObjectInfo,
     ObjectNotFound,
     Storage,
@@ -50,8 +53,10 @@ class FilesystemStorage(Storage):
     def __repr__(self) -> str:
         return f"FilesystemStorage({str(self.root)!r})"
 
-    async def put(self, key: str, chunks: AsyncIterable[bytes]) -> ObjectInfo:
-        """Stream chunks into a temp file beside the key, then fsync and rename it into place."""
+    async def put(
+        self, key: str, chunks: AsyncIterable[bytes], *, create_only: bool = False
+    ) -> ObjectInfo:
+        """Stream chunks into a temp file beside the key, then fsync and move it into place."""
         final = self.path(key)
         tmp = final.with_name(f".{final.name}.{secrets.token_hex(8)}.tmp")
         file = await _io(key, _create, tmp)
@@ -64,7 +69,9 @@ class FilesystemStorage(Storage):
                 if len(pending) >= _WRITE_BATCH:
                     await _io(key, file.write, pending)
                     pending.clear()
-            modified = await _io(key, _commit, file, pending, tmp, final)
+            modified = await _io(key, _commit, file, pending, tmp, final, create_only)
+            if modified is None:
+                raise ObjectExists(ObjectInfo(key=key, size=size, sha256=digest.hexdigest()))
         except BaseException:
             # Inline rather than in a thread, so a cancellation cannot skip it: closing waits
             # at most for one batch write still in flight, and the unlink is metadata only.
@@ -174,14 +181,27 @@ def _make_dirs(folder: Path) -> None:
     _fsync_dir(folder.parent)
 
 
-def _commit(file: io.BufferedWriter, tail: bytearray, tmp: Path, final: Path) -> float:
+def _commit(
+    file: io.BufferedWriter, tail: bytearray, tmp: Path, final: Path, create_only: bool
+) -> float | None:
+    """Flush, fsync and publish the temp file; its mtime, or None if create_only found one."""
     file.write(tail)
     file.flush()
     os.fsync(file.fileno())
     file.close()
-    # The rename is atomic: readers see the old object or the whole new one, never a part.
-    os.replace(tmp, final)
-    # fsync the folder so the rename itself survives a power cut.
+    if create_only:
+        try:
+            # link is atomic and fails if the name exists: an object is never rewritten
+            os.link(tmp, final)
+        except FileExistsError:
+            return None  # the caller's _discard removes the temp file
+        # published: a temp name left by a failed unlink is only an orphan the audit reports
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    else:
+        # The rename is atomic: readers see the old object or the whole new one, never a part.
+        os.replace(tmp, final)
+    # fsync the folder so the new entry itself survives a power cut.
     _fsync_dir(final.parent)
     return final.stat().st_mtime
 

@@ -6,7 +6,13 @@ import hashlib
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 
-from imagepipe.storage.base import CHUNK_SIZE, ObjectInfo, ObjectNotFound, Storage
+from imagepipe.storage.base import (
+    CHUNK_SIZE,
+    ObjectExists,
+    ObjectInfo,
+    ObjectNotFound,
+    Storage,
+)
 
 
 class MemoryStorage(Storage):
@@ -15,11 +21,16 @@ class MemoryStorage(Storage):
     def __init__(self) -> None:
         self._objects: dict[str, tuple[bytes, ObjectInfo]] = {}
 
-    async def put(self, key: str, chunks: AsyncIterable[bytes]) -> ObjectInfo:
+    async def put(
+        self, key: str, chunks: AsyncIterable[bytes], *, create_only: bool = False
+    ) -> ObjectInfo:
         """Collect the chunks, then store them in one assignment (atomic for readers)."""
         data = b"".join([chunk async for chunk in chunks])
         digest = hashlib.sha256(data).hexdigest()
         info = ObjectInfo(key=key, size=len(data), sha256=digest, modified=time.time())
+        # no await between this check and the assignment: atomic on the event loop
+        if create_only and key in self._objects:
+            raise ObjectExists(info)
         self._objects[key] = (data, info)
         return info
 

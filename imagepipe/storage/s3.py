@@ -2,13 +2,24 @@
 
 boto3 is blocking, so every call runs in a thread. botocore errors are translated into the
 storage error tree here and only here (`translate_error`).
+
+A create-only put sends ``If-None-Match: *``, so the server itself refuses to rewrite an
+object (412 -> ObjectExists). Some servers accept the header and overwrite anyway (rclone
+serve s3 does), and a multipart upload cannot carry it through boto3's transfer manager, so
+the first create-only put probes the server once; where the header is not honoured (and for
+multipart bodies) the put checks that the key is free, then writes. That check is not atomic:
+it is safe only because every create-only key has one writer at a time (an original's key
+belongs to one Idempotency-Key lease or one fresh random id; a derivative's to the one
+running job of its ticket: arq runs one job per id).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
+import secrets
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import IO, Any, ParamSpec, TypeVar
@@ -20,6 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from imagepipe.storage.base import (
     CHUNK_SIZE,
+    ObjectExists,
     ObjectInfo,
     ObjectNotFound,
     Storage,
@@ -37,6 +49,9 @@ _TRANSFER = TransferConfig(
 )
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+_PRECONDITION_FAILED = {"412", "PreconditionFailed"}
+_NOT_IMPLEMENTED = {"501", "NotImplemented"}
+PROBE_PREFIX = ".imagepipe-probe/if-none-match-"  # written and deleted once per process
 _DENIED = {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 _BUCKET_IS_OURS = {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}
 
@@ -56,6 +71,7 @@ class S3Storage(Storage):
     ) -> None:
         self.bucket = bucket
         self.region = region
+        self._conditional: bool | None = None  # does the server honour If-None-Match: *?
         config = Config(
             connect_timeout=connect_timeout_ms / 1000,
             read_timeout=read_timeout_ms / 1000,
@@ -78,7 +94,9 @@ class S3Storage(Storage):
     def __repr__(self) -> str:
         return f"S3Storage(bucket={self.bucket!r})"
 
-    async def put(self, key: str, chunks: AsyncIterable[bytes]) -> ObjectInfo:
+    async def put(
+        self, key: str, chunks: AsyncIterable[bytes], *, create_only: bool = False
+    ) -> ObjectInfo:
         """Spool the chunks while hashing, then upload with Content-MD5 and sha256 metadata."""
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) as spool:
             sha256, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
@@ -87,9 +105,15 @@ class S3Storage(Storage):
                 md5.update(chunk)
                 size += len(chunk)
                 await _spool_write(key, spool, chunk)
-            digest = sha256.hexdigest()
-            confirmed = await self._call(key, self._upload, key, spool, size, digest, md5.digest())
-        return ObjectInfo(key=key, size=size, sha256=digest, confirmed=confirmed)
+            offered = ObjectInfo(key=key, size=size, sha256=sha256.hexdigest())
+            confirmed = await self._store(spool, offered, md5.digest(), create_only)
+        return ObjectInfo(key=key, size=size, sha256=offered.sha256, confirmed=confirmed)
+
+    async def conditional_writes(self) -> bool:
+        """Whether the server refuses a PUT with ``If-None-Match: *`` over an existing key."""
+        if self._conditional is None:
+            self._conditional = await self._call(PROBE_PREFIX, self._probe_conditional)
+        return self._conditional
 
     async def open(self, key: str) -> AsyncIterator[bytes]:
         """Stream a GET in CHUNK_SIZE pieces, one thread hop per piece."""
@@ -143,10 +167,42 @@ class S3Storage(Storage):
         except (ClientError, BotoCoreError) as exc:
             raise translate_error(exc, key) from exc
 
-    def _upload(self, key: str, body: IO[bytes], size: int, sha256: str, md5: bytes) -> bool:
+    async def _store(
+        self, spool: IO[bytes], offered: ObjectInfo, md5: bytes, create_only: bool
+    ) -> bool:
+        """Upload the spooled bytes; with create_only never over an existing object."""
+        key, multipart = offered.key, offered.size > MULTIPART_THRESHOLD
+        conditional = create_only and not multipart and await self.conditional_writes()
+        # checked, not conditional: safe only with one writer per key (module docstring)
+        if create_only and not conditional and await self.exists(key):
+            raise ObjectExists(offered)
+        try:
+            return await self._call(key, self._upload, spool, offered, md5, conditional)
+        except ObjectExists:
+            raise ObjectExists(offered) from None  # the server's 412, with what was offered
+
+    def _probe_conditional(self) -> bool:
+        """PUT one empty probe object twice with If-None-Match: *; a 412 means it is honoured."""
+        key = PROBE_PREFIX + secrets.token_hex(8)
+        try:
+            for _ in range(2):
+                self._client.put_object(Bucket=self.bucket, Key=key, Body=b"", IfNoneMatch="*")
+        except ClientError as exc:
+            if _code(exc) in _NOT_IMPLEMENTED:
+                return False
+            if _code(exc) not in _PRECONDITION_FAILED:
+                raise
+            return True
+        finally:
+            # the answer stands even if this cleanup fails (an empty object is left behind)
+            with contextlib.suppress(ClientError, BotoCoreError):
+                self._client.delete_object(Bucket=self.bucket, Key=key)
+        return False  # the second PUT overwrote the first
+
+    def _upload(self, body: IO[bytes], offered: ObjectInfo, md5: bytes, if_none: bool) -> bool:
         """Upload; whether the server's ETag confirms it stored exactly these bytes."""
         body.seek(0)
-        metadata = {"sha256": sha256}
+        key, size, metadata = offered.key, offered.size, {"sha256": offered.sha256 or ""}
         if size > MULTIPART_THRESHOLD:
             # Each part carries its own checksum; the sha256 metadata is checked on verify.
             extra = {"Metadata": metadata}
@@ -160,6 +216,8 @@ class S3Storage(Storage):
             # The server recomputes the MD5 and refuses the PUT if a byte changed on the way.
             ContentMD5=base64.b64encode(md5).decode("ascii"),
             Metadata=metadata,
+            # the server refuses (412) to replace an existing object
+            **({"IfNoneMatch": "*"} if if_none else {}),
         )
         # a single PUT's ETag is the MD5 of what the server stored (unless it encrypts with
         # KMS, where it differs and the caller reads the object back instead)
@@ -193,6 +251,8 @@ def translate_error(exc: Exception, key: str) -> StorageError:
     message = exc.response.get("Error", {}).get("Message", "")
     if code in _NOT_FOUND:
         return ObjectNotFound(key)
+    if code in _PRECONDITION_FAILED or status == 412:
+        return ObjectExists(ObjectInfo(key=key, size=0))  # `put` adds what was offered
     if code in _DENIED or status == 403:
         return StoragePermissionDenied(f"{key}: S3 refused our credentials ({code}) {message}")
     return StorageError(f"{key}: S3 error {code} (HTTP {status}) {message}".rstrip())

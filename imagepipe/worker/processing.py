@@ -1,7 +1,10 @@
 """process_photo: resize one photo, then report the outcome over a signed callback.
 
     ticket -> original (primary) -> render in the decode sandbox -> derivatives (primary,
-    atomic) -> callback event (processing.completed | processing.failed)
+    atomic, write-once) -> callback event (processing.completed | processing.failed)
+
+A derivative is never rewritten: a re-run of a job (a worker killed mid-job; arq runs a job
+at least once) keeps the sizes already written and reports those files, not its own bytes.
 
 A permanent fault (an image the decoder refuses, a decode past its deadline) fails the
 ticket at once with a reason. A transient one (storage, Redis, a crashed or out-of-memory
@@ -14,6 +17,7 @@ import asyncio
 import functools
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from arq import Retry
@@ -24,7 +28,7 @@ from imagepipe.errors import NotFound
 from imagepipe.imaging.decoding import ImageRejected
 from imagepipe.imaging.render import Rendered, Rendition, render
 from imagepipe.models import Derivative, StoredFile, Ticket
-from imagepipe.storage import ObjectNotFound, Storage, StorageError
+from imagepipe.storage import ObjectExists, ObjectInfo, ObjectNotFound, Storage, StorageError
 from imagepipe.worker import notify
 from imagepipe.worker.deps import WorkerDeps, deps
 from imagepipe.worker.sandbox import DecodeCrashed, DecodeOutOfMemory, DecodeTimeout
@@ -126,7 +130,7 @@ async def write_sizes(primary: Storage, photo_id: str, rendered: Rendered) -> di
 
     async def write(r: Rendition) -> StoredFile:
         key = keys.derivative(photo_id, r.name, formats.extension(r.format))
-        info = await primary.put_bytes(key, r.data)
+        info = await _write_once(primary, key, r.data)
         return StoredFile(
             key=key,
             bytes=info.size,
@@ -142,6 +146,17 @@ async def write_sizes(primary: Storage, photo_id: str, rendered: Rendered) -> di
         else:
             sizes[r.name] = Derivative(**file.model_dump(), width=r.width, height=r.height)
     return sizes
+
+
+async def _write_once(primary: Storage, key: str, data: bytes) -> ObjectInfo:
+    """Create the derivative; one an earlier run of the job wrote is kept as it is."""
+    try:
+        return await primary.put_bytes(key, data, create_only=True)
+    except ObjectExists:
+        existing = await primary.head(key)
+        if existing.sha256 is not None:
+            return existing
+        return replace(existing, sha256=await primary.sha256(key))  # head had no sha256
 
 
 def _ids(ticket: Ticket, attempt: int) -> dict[str, Any]:
