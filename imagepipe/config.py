@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     # every idle claim would end in a timeout
     redis_timeout_ms: int = Field(default=5000, ge=1500)
 
+    # -- the catalog (PostgreSQL) -----------------------------------------------------
+    database_url: str | None = None  # unset: `imagepipe dev` starts the embedded PostgreSQL
+    database_pool_size: int = Field(default=10, gt=0)  # connections per process, at most
+    database_connect_timeout_ms: int = Field(default=3000, gt=0)
+    database_statement_timeout_ms: int = Field(default=5000, gt=0)
+
     # -- storage -------------------------------------------------------------------
     primary_dir: Path | None = None  # default: <data_dir>/primary
     # a bucket makes primary S3 (shared by machines); unset endpoint = AWS's own

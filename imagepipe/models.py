@@ -86,6 +86,7 @@ class PhotoManifest(Original):
 
     ticket_id: str
     created_at: float
+    completed_at: float = 0.0  # when it was indexed (0: by a version that did not say)
     sizes: dict[str, Derivative]
 
     def object_keys(self) -> list[str]:

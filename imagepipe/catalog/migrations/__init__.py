@@ -1,0 +1,1 @@
+"""Alembic's migration scripts for the catalog (`imagepipe migrate` applies them)."""

@@ -1,0 +1,201 @@
+"""PhotoCatalog: the queries every role runs against the catalog, and nothing else.
+
+    accepted(ticket)                     the upload's row (state accepted) and its original
+    completed(manifest, manifest_file)   the photo indexed: upright size, sizes, its objects
+    failed(photo_id, error)              processing gave up
+    get(photo_id) / page(cursor, limit)  a photo; the gallery, newest first (keyset paging)
+    backup_changed(key, state, reason)   an object's backup state, as the replicator finds it
+
+Every write is idempotent (a retried callback, a re-run audit): inserts skip rows that
+exist, and a terminal photo never changes state again.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from imagepipe.catalog.schema import objects, photos
+from imagepipe.errors import BadRequest
+from imagepipe.models import BackupState, Original, PhotoManifest, StoredFile, Ticket
+
+ACCEPTED, COMPLETED, FAILED = "accepted", "completed", "failed"
+
+
+def at(seconds: float) -> datetime:
+    """A Unix time as the catalog stores it."""
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a gallery page ends: the next page starts after this photo."""
+
+    completed_at: datetime
+    photo_id: str
+
+    def encode(self) -> str:
+        """Opaque to clients: they hand back what `next` said."""
+        raw = f"{self.completed_at.timestamp():.6f}/{self.photo_id}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """The cursor a client sent back; 400 for one this server never made."""
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+            stamp, photo_id = raw.split("/", 1)
+            return cls(at(float(stamp)), photo_id)
+        except (ValueError, binascii.Error, OverflowError, OSError):
+            raise BadRequest("`before` is not a cursor this server gave out") from None
+
+
+@dataclass(frozen=True)
+class GalleryRow:
+    """One photo of a gallery page."""
+
+    photo_id: str
+    completed_at: datetime
+
+
+def _facts(original: Original, ticket_id: str, created_at: float) -> dict[str, Any]:
+    """The columns an original's facts fill."""
+    return {
+        "id": original.photo_id,
+        "ticket_id": ticket_id,
+        "original_key": original.original_key,
+        "format": original.format,
+        "width": original.width,
+        "height": original.height,
+        "bytes": original.bytes,
+        "sha256": original.sha256,
+        "created_at": at(created_at),
+    }
+
+
+def _original(original: Original) -> StoredFile:
+    return StoredFile(key=original.original_key, bytes=original.bytes, sha256=original.sha256)
+
+
+async def _insert_objects(
+    db: AsyncConnection, photo_id: str, files: list[tuple[StoredFile, str]], now: datetime
+) -> None:
+    """Record objects (kind: original, derivative, manifest); ones already recorded stay."""
+    rows = [
+        {
+            "key": file.key,
+            "photo_id": photo_id,
+            "kind": kind,
+            "bytes": file.bytes,
+            "sha256": file.sha256,
+            "backup_state": BackupState.PENDING.value,
+            "backup_attempts": 0,
+            "backup_changed_at": now,
+            "created_at": now,
+        }
+        for file, kind in files
+    ]
+    await db.execute(insert(objects).values(rows).on_conflict_do_nothing())
+
+
+class PhotoCatalog:
+    """Photos and their objects in PostgreSQL."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def accepted(self, ticket: Ticket) -> None:
+        """Record an accepted upload and its original (a second call changes nothing)."""
+        now = at(ticket.created_at)
+        row = {**_facts(ticket, ticket.id, ticket.created_at), "state": ACCEPTED, "updated_at": now}
+        async with self.engine.begin() as db:
+            await db.execute(insert(photos).values(row).on_conflict_do_nothing())
+            await _insert_objects(db, ticket.photo_id, [(_original(ticket), "original")], now)
+
+    async def completed(self, manifest: PhotoManifest, manifest_file: StoredFile) -> None:
+        """Index a processed photo from its manifest: its row completed (made if missing:
+        `reindex` rebuilds the catalog this way), its original, derivatives and manifest."""
+        now = datetime.now(tz=UTC)
+        done = {
+            "state": COMPLETED,
+            "width": manifest.width,
+            "height": manifest.height,
+            "sizes": {name: d.model_dump(mode="json") for name, d in manifest.sizes.items()},
+            "completed_at": at(manifest.completed_at) if manifest.completed_at else now,
+            "updated_at": now,
+        }
+        row = {**_facts(manifest, manifest.ticket_id, manifest.created_at), **done}
+        upsert = insert(photos).values(row)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[photos.c.id], set_=done, where=photos.c.state == ACCEPTED
+        )
+        files = [(_original(manifest), "original")]
+        files += [(f, "derivative") for d in manifest.sizes.values() for f in d.files]
+        files.append((manifest_file, "manifest"))
+        async with self.engine.begin() as db:
+            await db.execute(upsert)
+            await _insert_objects(db, manifest.photo_id, files, now)
+
+    async def failed(self, photo_id: str, error: str | None) -> None:
+        """Processing gave up on this photo (a completed one stays completed)."""
+        now = datetime.now(tz=UTC)
+        async with self.engine.begin() as db:
+            await db.execute(
+                update(photos)
+                .where(photos.c.id == photo_id, photos.c.state == ACCEPTED)
+                .values(state=FAILED, error=error, updated_at=now)
+            )
+
+    async def page(self, before: Cursor | None, limit: int) -> list[GalleryRow]:
+        """Completed photos, newest first, after ``before`` (keyset: no OFFSET scans)."""
+        query = (
+            select(photos.c.id, photos.c.completed_at)
+            .where(photos.c.state == COMPLETED)
+            .order_by(photos.c.completed_at.desc(), photos.c.id.desc())
+            .limit(limit)
+        )
+        if before is not None:
+            mark = tuple_(photos.c.completed_at, photos.c.id)
+            query = query.where(mark < tuple_(before.completed_at, before.photo_id))
+        async with self.engine.connect() as db:
+            found = await db.execute(query)
+        return [GalleryRow(photo_id, completed_at) for photo_id, completed_at in found]
+
+    async def photo(self, photo_id: str) -> dict[str, Any] | None:
+        """A photo's row, or None."""
+        async with self.engine.connect() as db:
+            found = await db.execute(select(photos).where(photos.c.id == photo_id))
+        row = found.mappings().first()
+        return dict(row) if row is not None else None
+
+    async def backup_state(self, photo_id: str) -> BackupState:
+        """Completed when every object of the photo is in backup; failed when one failed."""
+        query = (
+            select(objects.c.backup_state, func.count())
+            .where(objects.c.photo_id == photo_id)
+            .group_by(objects.c.backup_state)
+        )
+        async with self.engine.connect() as db:
+            counts: dict[str, int] = {state: n for state, n in await db.execute(query)}
+        if counts.get(BackupState.FAILED.value):
+            return BackupState.FAILED
+        done = counts and set(counts) == {BackupState.COMPLETED.value}
+        return BackupState.COMPLETED if done else BackupState.PENDING
+
+    async def backup_changed(self, key: str, state: BackupState, reason: str | None) -> None:
+        """An object's backup copy is verified (completed), failed for good, or being retried."""
+        values: dict[str, Any] = {
+            "backup_state": state.value,
+            "backup_reason": reason,
+            "backup_changed_at": datetime.now(tz=UTC),
+            "backup_attempts": objects.c.backup_attempts + 1,
+        }
+        async with self.engine.begin() as db:
+            await db.execute(update(objects).where(objects.c.key == key).values(values))

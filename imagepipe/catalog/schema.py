@@ -1,0 +1,80 @@
+"""The catalog's tables (SQLAlchemy Core). Migrations create them; queries are built on them.
+
+photos    one row per accepted upload: accepted -> completed | failed
+objects   one row per object on primary: its size, sha256 and backup state
+marks     named timestamps (the audit's watermark)
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+photos = Table(
+    "photos",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("ticket_id", Text, nullable=False),
+    Column("state", Text, nullable=False),  # accepted | completed | failed
+    Column("original_key", Text, nullable=False),
+    Column("format", Text, nullable=False),
+    Column("width", Integer, nullable=False),  # upright once completed
+    Column("height", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("sizes", JSONB, nullable=True),  # size name -> Derivative, once completed
+    Column("error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("completed_at", DateTime(timezone=True), nullable=True),
+    Column("verified_at", DateTime(timezone=True), nullable=True),  # the audit's last deep look
+)
+# the gallery, newest first, a page at a time (keyset: completed_at, id)
+Index(
+    "photos_gallery",
+    photos.c.completed_at.desc(),
+    photos.c.id.desc(),
+    postgresql_where=photos.c.state == "completed",
+)
+Index("photos_changed", photos.c.updated_at)  # what changed since the audit's watermark
+Index("photos_verified", photos.c.verified_at.asc().nulls_first(), photos.c.id)
+
+objects = Table(
+    "objects",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("photo_id", Text, ForeignKey("photos.id"), nullable=False),
+    Column("kind", Text, nullable=False),  # original | derivative | manifest
+    Column("bytes", BigInteger, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("backup_state", Text, nullable=False),  # pending | completed | failed
+    Column("backup_reason", Text, nullable=True),
+    Column("backup_attempts", Integer, nullable=False),
+    Column("backup_changed_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+Index("objects_photo", objects.c.photo_id)
+Index(
+    "objects_unconfirmed",
+    objects.c.backup_changed_at,
+    postgresql_where=objects.c.backup_state != "completed",
+)
+
+marks = Table(
+    "marks",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+)

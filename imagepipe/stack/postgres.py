@@ -1,0 +1,85 @@
+"""The embedded PostgreSQL of a local stack: the `pgserver` package's PostgreSQL 16 binaries,
+its data under `<data dir>/postgres/`, reached over a Unix socket in that folder.
+
+pgserver makes the cluster (initdb) and starts the server (as a user of its own when we run
+as root: PostgreSQL refuses root). Stopping is ours: a fast shutdown (SIGINT) when the stack
+stops, never by pgserver's own exit hooks, so the tests can kill and restart it at will.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from imagepipe.stack.servers import Server
+
+log = logging.getLogger(__name__)
+STOP_TIMEOUT_S = 15.0
+
+
+def _server_class() -> Any:
+    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
+        warnings.simplefilter("ignore")
+        from pgserver.postgres_server import PostgresServer
+    return PostgresServer
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):  # a zombie of ours counts as gone
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+class EmbeddedPostgres(Server):
+    """PostgreSQL under `<data_dir>/postgres/`, kept across restarts of the stack."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir).resolve() / "postgres"
+        self.url = ""
+        self.pid: int | None = None
+
+    def start(self) -> str:
+        """Make the cluster if there is none, start the server, return its URL."""
+        if self.pid is not None and _alive(self.pid):
+            return self.url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # a terminal's Ctrl-C must reach the roles first, not the database they use
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            server = _server_class()(self.data_dir, cleanup_mode=None)
+        except Exception as exc:  # pgserver raises CalledProcessError, AssertionError, ...
+            raise RuntimeError(f"postgresql did not start: {exc}") from exc
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        self.pid = server.get_pid()
+        self.url = server.get_uri()
+        log.info("embedded postgresql at %s (pid %s)", self.data_dir, self.pid)
+        return self.url
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT: active connections end, data is safe); safe to call twice."""
+        pid, self.pid = self.pid, None
+        if pid is None or not _alive(pid):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            log.warning("postgresql ignored a fast shutdown; killing it")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
