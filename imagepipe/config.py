@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     # -- uploads -------------------------------------------------------------------
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     upload_idle_timeout_s: float = Field(default=30.0, gt=0)  # silent mid-body this long: 408
+    upload_deadline_s: float = Field(default=600.0, gt=0)  # a body not done by then (trickled): 408
+    # per api process; past these a request gets 503 + Retry-After
+    max_concurrent_uploads: int = Field(default=64, gt=0)
+    max_event_streams: int = Field(default=1000, gt=0)
     max_pixels: int = Field(default=50_000_000, gt=0)
     formats: Annotated[tuple[str, ...], NoDecode] = Field(default_factory=decodable_formats)
     max_queue_depth: int = Field(default=10_000, gt=0)  # shed load past this many queued jobs

@@ -10,7 +10,9 @@ from fastapi import FastAPI
 
 from imagepipe import __version__
 from imagepipe.api import problems
-from imagepipe.api.routes import callbacks, page, photos, polling, probes
+from imagepipe.api.edges import HeadAsGet, ResponseDefaults
+from imagepipe.api.limits import ConcurrencyLimit
+from imagepipe.api.routes import callbacks, docs, page, photos, polling, probes
 from imagepipe.api.services import Services
 from imagepipe.config import Settings
 
@@ -31,10 +33,18 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         summary="Upload photos; get a ticket at once; poll it while they are resized.",
         lifespan=lifespan,
+        docs_url=None,  # routes.docs serves them, in development only
+        redoc_url=None,
     )
     problems.install(app)
     for module in (photos, polling, callbacks, probes, page):
         app.include_router(module.router)
+    if settings.environment != "production":  # the docs load Swagger UI and ReDoc from a CDN
+        app.include_router(docs.router)
+    # the last added runs first: defaults on every answer, then HEAD, then the bounds
+    app.add_middleware(ConcurrencyLimit, settings=settings)
+    app.add_middleware(HeadAsGet)
+    app.add_middleware(ResponseDefaults)
     return app
 
 
