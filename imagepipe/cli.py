@@ -155,7 +155,8 @@ def _serve(args: argparse.Namespace) -> int:
     from imagepipe.logs import setup_logging
 
     try:
-        settings = Settings()
+        # only `imagepipe dev` runs in development: it makes its own secrets for its roles
+        settings = Settings(environment="development") if args.role == "dev" else Settings()
     except ValidationError as exc:
         print(f"imagepipe: invalid settings:\n{exc}", file=sys.stderr)
         return 2

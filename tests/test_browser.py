@@ -27,7 +27,7 @@ from imagepipe.config import Settings
 from imagepipe.stack.processes import RoleProcess
 from imagepipe.stack.roles import role_argv, role_env
 from tests import images
-from tests.conftest import free_port
+from tests.conftest import CALLBACK_SECRET, free_port
 from tests.stack import api_server
 from tests.test_e2e import stop_all
 
@@ -90,7 +90,7 @@ def stack_settings(
             "backup_s3_bucket": bucket,
             "AWS_ACCESS_KEY_ID": "test",
             "AWS_SECRET_ACCESS_KEY": "test",
-            "callback_secret": "test-secret",
+            "callback_secret": CALLBACK_SECRET,
             "max_upload_bytes": MAX_BYTES,
         }
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -18,7 +20,7 @@ from imagepipe.stack.dev import role_settings
 from imagepipe.stack.net import local_host
 from imagepipe.stack.roles import role_argv, role_commands, role_env
 from imagepipe.stack.supervisor import Supervisor
-from tests.conftest import free_port
+from tests.conftest import CALLBACK_SECRET, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -111,12 +113,14 @@ def test_role_env_points_roles_at_the_stack(
 ) -> None:
     monkeypatch.delenv("IMAGEPIPE_CALLBACK_URL", raising=False)
     settings = Settings(
+        environment="development",  # as `imagepipe dev` builds them
         data_dir=tmp_path / "data",
         redis_url="redis://127.0.0.1:1/0",
         backup_s3_endpoint="http://127.0.0.1:2",
     )
     env = role_env(role_settings(settings, "0.0.0.0", 8123), base={"KEEP": "me"})
     assert env["KEEP"] == "me"
+    assert env["IMAGEPIPE_ENVIRONMENT"] == "development"
     assert env["IMAGEPIPE_REDIS_URL"] == "redis://127.0.0.1:1/0"
     assert env["IMAGEPIPE_BACKUP_S3_ENDPOINT"] == "http://127.0.0.1:2"
     assert env["IMAGEPIPE_DATA_DIR"] == str((tmp_path / "data").resolve())
@@ -128,8 +132,18 @@ def test_role_env_keeps_a_callback_url_the_user_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("IMAGEPIPE_CALLBACK_URL", "http://elsewhere/cb")
-    env = role_env(role_settings(Settings(data_dir=tmp_path), "127.0.0.1", 1), base={})
+    settings = Settings(environment="development", data_dir=tmp_path)
+    env = role_env(role_settings(settings, "127.0.0.1", 1), base={})
     assert env["IMAGEPIPE_CALLBACK_URL"] == "http://elsewhere/cb"
+
+
+def test_role_settings_call_back_on_the_apis_callback_listener(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("IMAGEPIPE_CALLBACK_URL", raising=False)
+    settings = Settings(environment="development", data_dir=tmp_path, callback_port=8124)
+    url = role_settings(settings, "0.0.0.0", 8123).callback_url
+    assert url == "http://127.0.0.1:8124/internal/callbacks"
 
 
 def test_role_env_reproduces_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,7 +157,10 @@ def test_role_env_reproduces_the_settings(tmp_path: Path, monkeypatch: pytest.Mo
         AWS_ACCESS_KEY_ID="key-id",
         AWS_SECRET_ACCESS_KEY="key-secret",
         callback_url="http://127.0.0.1:4/internal/callbacks",
-        callback_secret="callback-secret",
+        callback_secret=CALLBACK_SECRET,
+        callback_previous_secret="previous-callback-secret-of-32-characters",
+        callback_host="10.0.0.2",
+        callback_port=8001,
         worker_concurrency=3,
     )
     for name in [n for n in os.environ if n.startswith(("IMAGEPIPE_", "AWS_"))]:
@@ -191,6 +208,20 @@ def answers_200(url: str) -> bool:
         return False
 
 
+def assert_roles_got_the_data_dirs_own_secrets(data_dir: Path) -> None:
+    """`imagepipe dev` made its secrets file (owner-only) and handed them to its roles through
+    their environment, never on a command line anyone can read."""
+    path = data_dir / "secrets.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    made = json.loads(path.read_text())
+    processes = stack_processes(data_dir)
+    assert not [s for s in made.values() if s in " ".join(processes.values())]
+    api = next(pid for pid, argv in processes.items() if "imagepipe api" in argv)
+    environ = Path(f"/proc/{api}/environ").read_bytes().split(b"\0")
+    assert f"IMAGEPIPE_CALLBACK_SECRET={made['callback_secret']}".encode() in environ
+    assert b"IMAGEPIPE_ENVIRONMENT=development" in environ
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
@@ -223,6 +254,7 @@ def test_dev_runs_the_stack_and_stops_it_cleanly(
         # worker and replicator may be between a crash and their restart; these must be up
         for name in ("valkey", "rclone serve s3", "imagepipe api", "imagepipe dev"):
             assert name in running
+        assert_roles_got_the_data_dirs_own_secrets(data_dir)
         # dev announces the stack once its own check of the api port passes (its next tick)
         wait_for(lambda: "imagepipe is up: " in (tmp_path / "dev.log").read_text(), 10, 0.1)
         if whole_group:

@@ -19,11 +19,12 @@ from imagepipe.imaging.decoding import ImageRejected, NeedMoreData
 from imagepipe.imaging.probe import Probe, probe
 from imagepipe.imaging.render import Rendered, render
 from tests import images
+from tests.conftest import SECRETS
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 LADDER = parse_sizes(DEFAULT_SIZES)
 MAX_PIXELS = 50_000_000
-QUALITIES = Settings().qualities
+QUALITIES = Settings(**SECRETS).qualities
 METADATA_KEYS = ("exif", "icc_profile", "xmp", "XML:com.adobe.xmp", "comment")
 # Where the stored top-left marker lands once each EXIF orientation is applied.
 MARKER_AFTER = {

@@ -46,6 +46,8 @@ def build_worker(
             ),
         ],
         redis_pool=redis_client(settings),  # ours: arq's own pool has no read timeout
+        job_serializer=queue.encode_job,  # JSON: a job from Redis must not be able to run code
+        job_deserializer=queue.decode_job,
         queue_name=queue_name,
         ctx={"settings": settings},
         on_startup=startup,
