@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import signal
 import stat
@@ -20,6 +22,7 @@ from imagepipe.stack.dev import role_settings
 from imagepipe.stack.net import local_host
 from imagepipe.stack.roles import role_argv, role_commands, role_env
 from imagepipe.stack.supervisor import Supervisor
+from tests import images
 from tests.conftest import CALLBACK_SECRET, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,7 +62,9 @@ def test_starts_every_child(supervisor: Supervisor) -> None:
     assert all(alive(pid) for pid in pids.values())
 
 
-def test_restarts_a_child_killed_from_outside(supervisor: Supervisor) -> None:
+def test_restarts_a_child_killed_from_outside(
+    supervisor: Supervisor, caplog: pytest.LogCaptureFixture
+) -> None:
     before = supervisor.pids()
     os.kill(before["b"], signal.SIGKILL)
 
@@ -67,9 +72,11 @@ def test_restarts_a_child_killed_from_outside(supervisor: Supervisor) -> None:
         supervisor.poll()
         return supervisor.pids().get("b", before["b"]) != before["b"]
 
-    wait_for(restarted, timeout=5)
+    with caplog.at_level(logging.WARNING, "imagepipe.stack.supervisor"):
+        wait_for(restarted, timeout=5)
     assert supervisor.pids()["a"] == before["a"]
     assert supervisor.children["b"].crashes == 1
+    assert caplog.messages[0].startswith("b failed (killed by SIGKILL) after ")
 
 
 def test_stop_leaves_no_process_alive(supervisor: Supervisor) -> None:
@@ -270,3 +277,33 @@ def test_dev_runs_the_stack_and_stops_it_cleanly(
             dev.kill()
             dev.wait()
         log.close()
+
+
+# -- what a role's own log lines say -----------------------------------------------------
+
+
+def role_lines(argv: list[str], env: dict[str, str]) -> list[str]:
+    """The log lines of one run of a role (text format: `time role level message`)."""
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=90, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [line for line in done.stderr.splitlines() if line[:2].isdigit()]
+
+
+@pytest.mark.e2e
+async def test_a_worker_names_its_lane_and_counts_the_photos_it_failed(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    broken = images.truncated(images.jpeg(1600, 1200), 0.4)  # a header, then half a body
+    for body in (images.jpeg(320, 240), broken):
+        sent = await http.post("/photos", content=body, headers={"content-type": "image/jpeg"})
+        assert sent.status_code == 202, sent.text
+    env = role_env(settings, IMAGEPIPE_LOG_FORMAT="text", IMAGEPIPE_WORKER_CONCURRENCY="1")
+    uploads = await asyncio.to_thread(role_lines, role_argv("worker", "--burst"), env)
+    assert {line.split()[1] for line in uploads} == {"worker"}
+    # arq counts jobs, and both jobs succeeded as jobs; the last line counts photos
+    assert uploads[-1].endswith(
+        "worker stopped; photos in this process: 1 completed, 1 failed (0 tries retried)"
+    )
+    backfill = role_argv("worker", "--lane", "backfill", "--burst")
+    lines = await asyncio.to_thread(role_lines, backfill, env)
+    assert lines and {line.split()[1] for line in lines} == {"backfill"}

@@ -97,7 +97,8 @@ def test_heic_and_avif_are_decoded_upright(make: object, orientation: int) -> No
     upright = (480, 640) if orientation in (6, 8) else (640, 480)
     assert (result.width, result.height) == upright
     im = decoded(result.renditions[0].data)
-    assert im.format == "JPEG" and im.size == (375, 500) if orientation != 1 else (500, 375)
+    assert im.format == "JPEG"
+    assert im.size == ((375, 500) if orientation != 1 else (500, 375))
     assert images.red_corner(im) == {1: "top-left", 6: "top-right", 8: "bottom-left"}[orientation]
 
 
