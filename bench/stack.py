@@ -58,7 +58,7 @@ class Stack:
                     "backup_s3_bucket": BUCKET,
                     "AWS_ACCESS_KEY_ID": ACCESS_KEY,
                     "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-                    "callback_secret": "bench-callback-secret",
+                    "callback_secret": "bench-callback-secret-of-32-characters-at-least",
                     "worker_concurrency": self.workers,
                 }
             )

@@ -146,6 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _log_role(args: argparse.Namespace) -> str:
+    """The role every log line names: a backfill worker says so, not just "worker"."""
+    return "backfill" if getattr(args, "lane", None) == "backfill" else str(args.role)
+
+
 def _serve(args: argparse.Namespace) -> int:
     """Build the server Settings once (refusing invalid ones), log, and run the command."""
     from pydantic import ValidationError
@@ -155,11 +160,12 @@ def _serve(args: argparse.Namespace) -> int:
     from imagepipe.logs import setup_logging
 
     try:
-        settings = Settings()
+        # only `imagepipe dev` runs in development: it makes its own secrets for its roles
+        settings = Settings(environment="development") if args.role == "dev" else Settings()
     except ValidationError as exc:
         print(f"imagepipe: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    setup_logging(settings, role=args.role)
+    setup_logging(settings, role=_log_role(args))
     try:
         return SERVER_COMMANDS[args.role](settings, args)
     except RedisConfigError as exc:  # a Redis that may evict: refuse, plainly

@@ -16,7 +16,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from imagepipe.formats import OUTPUT_FORMATS
 from imagepipe.imaging.codecs import can_decode, can_encode, decodable_formats
 
-DEV_CALLBACK_SECRET = "dev-only-callback-secret-change-me"  # noqa: S105 (refused outside dev)
+MIN_CALLBACK_SECRET_CHARS = 32
+# values older releases documented or defaulted to: public, so refused in production
+DOCUMENTED_SECRETS = frozenset(
+    {"dev-only-callback-secret-change-me", "imagepipe", "imagepipe-secret"}
+)
+GENERATE_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 DEFAULT_SIZES = "sq:75:crop,t:100,s:240,m:500,l:1024,xl:2048"
 _SIZE_NAME = re.compile(r"^[a-z0-9]{1,8}$")
 
@@ -30,6 +35,18 @@ def _output_formats(text: str) -> tuple[str, ...]:
         if not can_encode(name):
             raise ValueError(f"this Pillow build cannot encode {name}")
     return names
+
+
+def _weakness(name: str, secret: SecretStr, least: int = 1) -> str | None:
+    """Why production refuses this secret (under ``least`` characters, or public), or None."""
+    value = secret.get_secret_value()
+    if not value:
+        return f"{name} is not set"
+    if value in DOCUMENTED_SECRETS:
+        return f"{name} is a documented (public) value"
+    if len(value) < least:
+        return f"{name} has {len(value)} characters, fewer than {least}"
+    return None
 
 
 class SizeSpec(BaseModel, frozen=True):
@@ -85,15 +102,20 @@ def parse_sizes(text: str) -> tuple[SizeSpec, ...]:
 class Settings(BaseSettings):
     """Every knob of every role. Env names are ``IMAGEPIPE_<FIELD>`` unless aliased."""
 
-    model_config = SettingsConfigDict(env_prefix="IMAGEPIPE_", extra="ignore")
+    # hide_input_in_errors: a refusal must not print the secrets it was given
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGEPIPE_", extra="ignore", hide_input_in_errors=True
+    )
 
-    environment: Literal["development", "production"] = "development"
+    # production (the default) refuses weak secrets; only `imagepipe dev` runs in development
+    environment: Literal["development", "production"] = "production"
     data_dir: Path = Path("storage")
     host: str = "127.0.0.1"
     port: int = 8000
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     metrics_port: int = Field(default=0, ge=0)  # worker/replicator /metrics port; 0 = off
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 only where a scraper on another host needs it
 
     # -- Redis / Valkey ------------------------------------------------------------
     redis_url: str | None = None  # unset: `imagepipe dev` starts the embedded Valkey
@@ -118,12 +140,10 @@ class Settings(BaseSettings):
     backup_s3_endpoint: str | None = None  # unset: `imagepipe dev` starts `rclone serve s3`
     backup_s3_bucket: str = "imagepipe-backup"
     backup_s3_region: str = "us-east-1"
-    s3_access_key_id: str = Field(
-        default="imagepipe", validation_alias=AliasChoices("AWS_ACCESS_KEY_ID")
-    )
+    # no defaults: production refuses empty ones; `imagepipe dev` makes its own
+    s3_access_key_id: str = Field(default="", validation_alias=AliasChoices("AWS_ACCESS_KEY_ID"))
     s3_secret_access_key: SecretStr = Field(
-        default=SecretStr("imagepipe-secret"),
-        validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY"),
+        default=SecretStr(""), validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY")
     )
     s3_connect_timeout_ms: int = Field(default=3000, gt=0)
     s3_read_timeout_ms: int = Field(default=30000, gt=0)
@@ -131,6 +151,10 @@ class Settings(BaseSettings):
     # -- uploads -------------------------------------------------------------------
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     upload_idle_timeout_s: float = Field(default=30.0, gt=0)  # silent mid-body this long: 408
+    upload_deadline_s: float = Field(default=600.0, gt=0)  # a body not done by then (trickled): 408
+    # per api process; past these a request gets 503 + Retry-After
+    max_concurrent_uploads: int = Field(default=64, gt=0)
+    max_event_streams: int = Field(default=1000, gt=0)
     max_pixels: int = Field(default=50_000_000, gt=0)
     formats: Annotated[tuple[str, ...], NoDecode] = Field(default_factory=decodable_formats)
     max_queue_depth: int = Field(default=10_000, gt=0)  # shed load past this many queued jobs
@@ -155,8 +179,12 @@ class Settings(BaseSettings):
 
     # -- callbacks -----------------------------------------------------------------
     callback_url: str = "http://127.0.0.1:8000/internal/callbacks"
-    callback_secret: SecretStr = SecretStr(DEV_CALLBACK_SECRET)
+    callback_secret: SecretStr = SecretStr("")  # production: at least 32 characters
     callback_previous_secret: SecretStr | None = None  # still accepted during rotation
+    # a port: /internal/callbacks is served only on this listener (keep it on a private
+    # network), no longer on the public port; 0 = on the public port (`imagepipe dev`)
+    callback_host: str = "127.0.0.1"
+    callback_port: int = Field(default=0, ge=0, le=65535)
     callback_connect_timeout_ms: int = Field(default=3000, gt=0)
     callback_timeout_ms: int = Field(default=5000, gt=0)  # read (and write) timeout
     callback_max_tries: int = Field(default=30, gt=0)
@@ -184,6 +212,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(f.strip().upper() for f in value.split(",") if f.strip())
         return value
+
+    @field_validator("callback_previous_secret", mode="before")
+    @classmethod
+    def _empty_previous_secret_is_none(cls, value: object) -> object:
+        # an empty one would make signatures with an empty key valid
+        empty = value == "" or (isinstance(value, SecretStr) and not value.get_secret_value())
+        return None if empty else value
 
     @field_validator("output_formats", mode="before")
     @classmethod
@@ -214,12 +249,13 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _refuse_dev_secret_in_production(self) -> Settings:
-        if (
-            self.environment == "production"
-            and self.callback_secret.get_secret_value() == DEV_CALLBACK_SECRET
-        ):
-            raise ValueError("IMAGEPIPE_CALLBACK_SECRET must be set in production")
+    def _production_needs_real_secrets(self) -> Settings:
+        weak = self.weak_secrets() if self.environment == "production" else []
+        if weak:
+            raise ValueError(
+                f"production refuses weak secrets: {'; '.join(weak)} (make a secret with "
+                f"`{GENERATE_HINT}`; for a local stack, `imagepipe dev` makes its own)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -253,6 +289,19 @@ class Settings(BaseSettings):
         if self.callback_previous_secret is not None:
             secrets.append(self.callback_previous_secret.get_secret_value())
         return secrets
+
+    def weak_secrets(self) -> list[str]:
+        """What production refuses here: an empty, short or documented secret, each named."""
+        least = MIN_CALLBACK_SECRET_CHARS
+        checks = [
+            _weakness("IMAGEPIPE_CALLBACK_SECRET", self.callback_secret, least),
+            _weakness("AWS_ACCESS_KEY_ID", SecretStr(self.s3_access_key_id)),
+            _weakness("AWS_SECRET_ACCESS_KEY", self.s3_secret_access_key),
+        ]
+        if self.callback_previous_secret is not None:
+            previous = self.callback_previous_secret
+            checks.append(_weakness("IMAGEPIPE_CALLBACK_PREVIOUS_SECRET", previous, least))
+        return [weakness for weakness in checks if weakness]
 
     def size(self, name: str) -> SizeSpec | None:
         """The configured size called ``name``, if any."""

@@ -1,19 +1,20 @@
 """The Redis/Valkey client every role shares: a bounded pool with explicit timeouts.
 
 arq's `create_pool` passes no read timeout to redis-py (a dead server would hang a command
-forever), so the pool is built here and handed to arq as the worker's `redis_pool`.
+forever), so the pool is built here and handed to arq as the worker's `redis_pool`. Its jobs
+are JSON (`queue.encode_job`), never arq's default pickle.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import cast
 
 from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError
 
+from imagepipe import queue
 from imagepipe.config import Settings
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,10 @@ def redis_client(settings: Settings) -> ArqRedis:
         socket_timeout=settings.redis_timeout_ms / 1000,
         health_check_interval=HEALTH_CHECK_S,
     )
-    # from_pool: the client owns the pool and closes it; typed as Redis, built as cls
-    return cast(ArqRedis, ArqRedis.from_pool(pool))
+    # JSON, not arq's default pickle: a job read from Redis must not be able to run code
+    client = ArqRedis(pool, job_serializer=queue.encode_job, job_deserializer=queue.decode_job)
+    client.auto_close_connection_pool = True  # as redis-py's from_pool: it owns the pool
+    return client
 
 
 async def connect(settings: Settings) -> ArqRedis:

@@ -1,6 +1,6 @@
 """The formats registry: every image format imagepipe knows, and everything known about it.
 
-    name  extension  media types  file names  magic bytes  output (encoder options, rank)
+    name  label  extension  media types  file names  magic bytes  output (encoder options, rank)
 
 Plain Python and no Pillow, so the CLI client sniffs files with the same table the API
 sniffs uploads with. Which of these formats this installation can decode or encode is a
@@ -41,6 +41,7 @@ class Format:
     """
 
     name: str  # Pillow's name for it, and the name settings use
+    label: str  # what people call it: the page and every message show this one
     extension: str  # of the storage keys imagepipe writes
     media_types: tuple[str, ...]  # the first is the one imagepipe sends
     file_names: tuple[str, ...]  # the extensions browsers and cameras give such files
@@ -58,6 +59,7 @@ class Format:
 FORMATS: tuple[Format, ...] = (
     Format(
         "JPEG",
+        "JPEG",
         "jpg",
         ("image/jpeg", "image/pjpeg"),
         (".jpg", ".jpeg", ".jpe", ".jfif"),
@@ -68,14 +70,18 @@ FORMATS: tuple[Format, ...] = (
     ),
     Format(
         "PNG",
+        "PNG",
         "png",
         ("image/png", "image/apng"),
         (".png", ".apng"),
         lambda b: b.startswith(b"\x89PNG\r\n\x1a\n"),
     ),
-    Format("GIF", "gif", ("image/gif",), (".gif",), lambda b: b[:6] in (b"GIF87a", b"GIF89a")),
+    Format(
+        "GIF", "GIF", "gif", ("image/gif",), (".gif",), lambda b: b[:6] in (b"GIF87a", b"GIF89a")
+    ),
     Format(
         "WEBP",
+        "WebP",
         "webp",
         ("image/webp",),
         (".webp",),
@@ -85,9 +91,15 @@ FORMATS: tuple[Format, ...] = (
         rank=1,
     ),
     Format(
-        "TIFF", "tif", ("image/tiff",), (".tif", ".tiff"), lambda b: b[:4] in (b"II*\0", b"MM\0*")
+        "TIFF",
+        "TIFF",
+        "tif",
+        ("image/tiff",),
+        (".tif", ".tiff"),
+        lambda b: b[:4] in (b"II*\0", b"MM\0*"),
     ),
     Format(
+        "AVIF",
         "AVIF",
         "avif",
         ("image/avif",),
@@ -99,6 +111,7 @@ FORMATS: tuple[Format, ...] = (
     ),
     Format(
         "HEIF",
+        "HEIC",  # what iPhones name the files, and what people know it as
         "heic",
         ("image/heic", "image/heif"),
         (".heic", ".heif"),
@@ -125,6 +138,11 @@ def extension(name: str) -> str:
 def media_type(name: str) -> str:
     """The media type imagepipe sends a file of this format as."""
     return get(name).media_type
+
+
+def labels(names: Sequence[str]) -> list[str]:
+    """The display labels of these formats ("WebP", "HEIC"), in the same order."""
+    return [get(name).label for name in names]
 
 
 def sniff(prefix: bytes, allowed: Sequence[str] | None = None) -> str | None:

@@ -13,7 +13,17 @@ import time
 
 from imagepipe.config import Settings
 
-CONTEXT_FIELDS = ("ticket_id", "photo_id", "key", "job_id", "event", "attempt", "status")
+CONTEXT_FIELDS = (
+    "ticket_id",
+    "photo_id",
+    "key",
+    "job_id",
+    "event",
+    "attempt",
+    "status",
+    "reason",
+    "client",
+)
 
 
 class JsonFormatter(logging.Formatter):

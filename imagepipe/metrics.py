@@ -67,7 +67,10 @@ def size_class(pixels: int) -> str:
     )
 
 
-def serve(port: int) -> None:
-    """Expose this process's metrics on ``port`` (0 = not at all)."""
+def serve(port: int, host: str) -> None:
+    """Expose this process's metrics on ``host:port`` (port 0 = not at all).
+
+    ``host`` is IMAGEPIPE_METRICS_HOST: loopback unless a scraper elsewhere needs it.
+    """
     if port:
-        start_http_server(port, addr="0.0.0.0")  # scraped from other hosts
+        start_http_server(port, addr=host)

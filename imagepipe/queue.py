@@ -5,9 +5,15 @@
 
 Jobs carry ids, never payloads, and are enqueued under deterministic ids, so the queue
 can never hold one ticket's processing (or one callback's delivery) twice.
+
+Jobs and their results are stored as JSON (`encode_job`, `decode_job`), never as arq's
+default pickle: unpickling runs code, so whoever could write to Redis could run it in a worker.
 """
 
 from __future__ import annotations
+
+import json
+from typing import Any, cast
 
 from arq.connections import ArqRedis
 
@@ -15,6 +21,17 @@ from imagepipe import keys
 
 PROCESS_PHOTO = "process_photo"
 SEND_CALLBACK = "send_callback"
+
+
+def encode_job(record: dict[str, Any]) -> bytes:
+    """An arq job or result record as JSON; what JSON cannot hold (a failed job's exception
+    as its result) as its repr."""
+    return json.dumps(record, default=repr, separators=(",", ":")).encode()
+
+
+def decode_job(data: bytes) -> dict[str, Any]:
+    """An arq job or result record from its JSON."""
+    return cast(dict[str, Any], json.loads(data))
 
 
 async def enqueue_processing(

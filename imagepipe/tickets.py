@@ -39,16 +39,26 @@ def advance(ticket: Ticket, event: CallbackEvent) -> Ticket | None:
         raise Conflict(f"ticket is {ticket.status.value}; {event.type} would move it backwards")
     if target is ticket.status and event.attempt <= ticket.attempts:
         return None
+    completed = target is TicketStatus.COMPLETED
     return ticket.model_copy(
         update={
             "status": target,
             "attempts": max(ticket.attempts, event.attempt),
             "error": event.error if target is TicketStatus.FAILED else None,
-            "sizes": event.sizes if target is TicketStatus.COMPLETED else ticket.sizes,
+            "sizes": event.sizes if completed else ticket.sizes,
+            **(_upright(event) if completed else {}),
             "updated_at": now(),
             "version": ticket.version + 1,
         }
     )
+
+
+def _upright(event: CallbackEvent) -> dict[str, int]:
+    """The photo's size as it is shown (EXIF orientation applied), where the event has it.
+
+    Until then the ticket holds the size the upload's header gave, in stored orientation.
+    """
+    return {"width": event.width, "height": event.height} if event.width and event.height else {}
 
 
 class TicketStore:

@@ -73,7 +73,7 @@ class Cluster:
                 AWS_ACCESS_KEY_ID=ACCESS,
                 AWS_SECRET_ACCESS_KEY=SECRET,
                 callback_url=f"{self.url}/internal/callbacks",
-                callback_secret="faults-callback-secret",
+                callback_secret="faults-callback-secret-of-32-characters-at-least",
             )
         )
         self.logs = self.root / "logs"

@@ -128,6 +128,13 @@ def jpeg(
     return _save(photo(width, height), "JPEG", **params)
 
 
+def tagged_jpeg(width: int, height: int) -> bytes:
+    """A JPEG carrying every kind of metadata a derivative must drop: EXIF (orientation 6 and
+    a GPS position), XMP, an sRGB ICC profile and a comment."""
+    meta = {"exif_gps": True, "xmp": True, "comment": b"secret", "icc": srgb_profile()}
+    return jpeg(width, height, orientation=6, **meta)
+
+
 def png(width: int, height: int, *, mode: str = "RGB") -> bytes:
     """A PNG of ``photo`` in ``mode`` (P, L, I;16, 1, RGBA, ...)."""
     im = photo(width, height)

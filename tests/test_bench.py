@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,24 @@ from typing import Any
 
 import pytest
 
+from bench.__main__ import ALL_ROWS
+from bench.notes import NOTES
+
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parent.parent
+FIGURE = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")  # 241, 0.97; not the 3 of S3 or MD5's 5
+
+
+def figures(text: str) -> set[str]:
+    """Every number written in ``text``."""
+    return set(FIGURE.findall(text))
+
+
+def test_the_notes_quote_no_figure() -> None:
+    """The notes go into every run's report: a measured figure in them is stale next run."""
+    rows = {str(n) for n in ALL_ROWS}  # "as in row 2" names a row, not a measurement
+    for number, note in NOTES.items():
+        assert figures(note) <= rows, f"note {number} quotes {sorted(figures(note) - rows)}"
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +97,16 @@ def test_stack_rows_report_their_samples(quick: tuple[list[dict[str, Any]], str]
     assert set(rows[6]["per_s"]) == set(rows[6]["api_cpu_ms"]) == {"bare", "ticket", "ticket 304"}
     assert rows[7]["lags_s"] and rows[7]["backlog"] >= 0
     assert rows[8]["api_peak_mb"] >= rows[8]["api_baseline_mb"] > 0
+
+
+def test_the_report_s_prose_quotes_only_what_this_run_measured(
+    quick: tuple[list[dict[str, Any]], str],
+) -> None:
+    _, markdown = quick
+    notes = [note.strip() for note in NOTES.values()]
+    measured = markdown
+    for note in notes:
+        assert note in markdown
+        measured = measured.replace(note, "")
+    quoted = figures("\n".join(notes))
+    assert quoted <= figures(measured), f"not from this run: {sorted(quoted - figures(measured))}"

@@ -25,10 +25,11 @@ from imagepipe.catalog.schema import metadata
 from imagepipe.config import Settings
 from imagepipe.errors import BadRequest
 from imagepipe.models import BackupState, Derivative, PhotoManifest, StoredFile, Ticket
+from tests.conftest import SECRETS
 
 
 def engine_for(url: str) -> AsyncEngine:
-    return create_engine(Settings(database_url=url, environment="development"))
+    return create_engine(Settings(database_url=url, **SECRETS))
 
 
 @pytest.fixture

@@ -86,6 +86,29 @@ class LoseFirstResponse(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+class Recording(httpx.AsyncBaseTransport):
+    """Passes requests on and notes them; event streams can be made to fail like a proxy's."""
+
+    def __init__(self, streams: str = "work") -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.streams = streams  # "work", "404" or "cut"
+        self.sent: list[str] = []
+        self.streaming = asyncio.Event()  # a ticket's event stream was asked for
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(f"{request.method} {request.url.path}")
+        if request.url.path.endswith("/events"):
+            self.streaming.set()
+            if self.streams == "404":
+                return httpx.Response(404, json={"title": "Not Found"})
+            if self.streams == "cut":
+                raise httpx.RemoteProtocolError("a proxy ended the stream", request=request)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 def test_images_are_found_by_their_bytes_not_their_names(tmp_path: Path) -> None:
     album(tmp_path)
     (tmp_path / "fake.jpg").write_text("not a picture")
@@ -107,7 +130,11 @@ async def test_a_missing_path_or_no_images_is_a_usage_error(tmp_path: Path) -> N
 
 
 async def test_a_folder_is_uploaded_processed_and_tabled(
-    api_url: str, settings: Settings, redis: Redis, tmp_path: Path
+    api_url: str,
+    settings: Settings,
+    redis: Redis,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     run = client.upload([album(tmp_path)], options(api_url, concurrency=2))
     code, document = await with_worker(settings, redis, 3, run)
@@ -115,11 +142,17 @@ async def test_a_folder_is_uploaded_processed_and_tabled(
     assert document["counts"] == {"completed": 3}
     assert document["skipped"] == [str(tmp_path / "README.txt")]
     names = {s.name for s in settings.sizes}
+    ladder = [s.name for s in settings.sizes]  # largest first
     for row in document["files"]:
         assert set(row["sizes"]) == names and row["ticket_id"] and row["tries"] == 1
+        assert list(row["sizes"]) == ladder, "in ladder order, not by name"
     table = io.StringIO()
     show(document, as_json=False, out=table)
     assert "dunes.png" in table.getvalue() and "completed" in table.getvalue()
+    assert " ".join(ladder) in table.getvalue()
+    notes = capsys.readouterr().err
+    assert "skipped 1 file(s) that are not images" in notes
+    assert str(tmp_path / "README.txt") in notes  # named, not only counted
 
 
 async def test_json_from_the_command_line_parses(
@@ -190,6 +223,41 @@ async def test_tickets_unfinished_at_the_timeout_exit_3(api_url: str, tmp_path: 
     assert code == EXIT_UNFINISHED and document["files"][0]["status"] == "queued"
 
 
+async def upload_one_worked_once_streaming(
+    api_url: str, settings: Settings, folder: Path, seen: Recording
+) -> dict[str, Any]:
+    """Upload one photo; the worker runs only once the client asked for its event stream."""
+    (folder / "a.jpg").write_bytes(images.jpeg(320, 240))
+
+    async def work_once_streaming() -> None:
+        await seen.streaming.wait()
+        await run_worker_burst(settings)
+
+    run = client.upload([folder], options(api_url), seen)
+    (code, document), _ = await asyncio.gather(run, work_once_streaming())
+    assert code == EXIT_OK and document["files"][0]["status"] == "completed", document
+    row: dict[str, Any] = document["files"][0]
+    return row
+
+
+async def test_the_client_hears_completion_on_the_ticket_s_event_stream(
+    api_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    seen = Recording()
+    row = await upload_one_worked_once_streaming(api_url, settings, tmp_path, seen)
+    assert f"GET /tickets/{row['ticket_id']}/events" in seen.sent
+    assert seen.sent.count("GET /tickets") == 1, "one batch round first, then the stream"
+
+
+@pytest.mark.parametrize("streams", ["404", "cut"])
+async def test_without_event_streams_the_client_polls(
+    api_url: str, settings: Settings, tmp_path: Path, streams: str
+) -> None:
+    seen = Recording(streams)
+    await upload_one_worked_once_streaming(api_url, settings, tmp_path, seen)
+    assert seen.sent.count("GET /tickets") >= 2, "polled after the stream failed"
+
+
 @pytest.mark.parametrize(
     ("statuses", "waited", "code"),
     [
@@ -206,7 +274,17 @@ def test_exit_codes(statuses: list[str], waited: bool, code: int) -> None:
     assert client.exit_code(items, waited) == code
 
 
-SERVER_ONLY = ("PIL", "pillow_heif", "arq", "boto3", "fastapi", "redis", "imagepipe.config")
+SERVER_ONLY = (
+    "PIL",
+    "pillow_heif",
+    "arq",
+    "boto3",
+    "fastapi",
+    "starlette",
+    "sse_starlette",  # the server's SSE; the client reads streams with httpx_sse
+    "redis",
+    "imagepipe.config",
+)
 
 
 def test_the_client_loads_no_server_library_and_ignores_server_settings(tmp_path: Path) -> None:

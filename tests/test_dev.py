@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -18,7 +22,8 @@ from imagepipe.stack.dev import role_settings
 from imagepipe.stack.net import local_host
 from imagepipe.stack.roles import role_argv, role_commands, role_env
 from imagepipe.stack.supervisor import Supervisor
-from tests.conftest import free_port
+from tests import images
+from tests.conftest import CALLBACK_SECRET, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -57,7 +62,9 @@ def test_starts_every_child(supervisor: Supervisor) -> None:
     assert all(alive(pid) for pid in pids.values())
 
 
-def test_restarts_a_child_killed_from_outside(supervisor: Supervisor) -> None:
+def test_restarts_a_child_killed_from_outside(
+    supervisor: Supervisor, caplog: pytest.LogCaptureFixture
+) -> None:
     before = supervisor.pids()
     os.kill(before["b"], signal.SIGKILL)
 
@@ -65,9 +72,11 @@ def test_restarts_a_child_killed_from_outside(supervisor: Supervisor) -> None:
         supervisor.poll()
         return supervisor.pids().get("b", before["b"]) != before["b"]
 
-    wait_for(restarted, timeout=5)
+    with caplog.at_level(logging.WARNING, "imagepipe.stack.supervisor"):
+        wait_for(restarted, timeout=5)
     assert supervisor.pids()["a"] == before["a"]
     assert supervisor.children["b"].crashes == 1
+    assert caplog.messages[0].startswith("b failed (killed by SIGKILL) after ")
 
 
 def test_stop_leaves_no_process_alive(supervisor: Supervisor) -> None:
@@ -111,12 +120,14 @@ def test_role_env_points_roles_at_the_stack(
 ) -> None:
     monkeypatch.delenv("IMAGEPIPE_CALLBACK_URL", raising=False)
     settings = Settings(
+        environment="development",  # as `imagepipe dev` builds them
         data_dir=tmp_path / "data",
         redis_url="redis://127.0.0.1:1/0",
         backup_s3_endpoint="http://127.0.0.1:2",
     )
     env = role_env(role_settings(settings, "0.0.0.0", 8123), base={"KEEP": "me"})
     assert env["KEEP"] == "me"
+    assert env["IMAGEPIPE_ENVIRONMENT"] == "development"
     assert env["IMAGEPIPE_REDIS_URL"] == "redis://127.0.0.1:1/0"
     assert env["IMAGEPIPE_BACKUP_S3_ENDPOINT"] == "http://127.0.0.1:2"
     assert env["IMAGEPIPE_DATA_DIR"] == str((tmp_path / "data").resolve())
@@ -128,8 +139,18 @@ def test_role_env_keeps_a_callback_url_the_user_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("IMAGEPIPE_CALLBACK_URL", "http://elsewhere/cb")
-    env = role_env(role_settings(Settings(data_dir=tmp_path), "127.0.0.1", 1), base={})
+    settings = Settings(environment="development", data_dir=tmp_path)
+    env = role_env(role_settings(settings, "127.0.0.1", 1), base={})
     assert env["IMAGEPIPE_CALLBACK_URL"] == "http://elsewhere/cb"
+
+
+def test_role_settings_call_back_on_the_apis_callback_listener(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("IMAGEPIPE_CALLBACK_URL", raising=False)
+    settings = Settings(environment="development", data_dir=tmp_path, callback_port=8124)
+    url = role_settings(settings, "0.0.0.0", 8123).callback_url
+    assert url == "http://127.0.0.1:8124/internal/callbacks"
 
 
 def test_role_env_reproduces_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,7 +164,10 @@ def test_role_env_reproduces_the_settings(tmp_path: Path, monkeypatch: pytest.Mo
         AWS_ACCESS_KEY_ID="key-id",
         AWS_SECRET_ACCESS_KEY="key-secret",
         callback_url="http://127.0.0.1:4/internal/callbacks",
-        callback_secret="callback-secret",
+        callback_secret=CALLBACK_SECRET,
+        callback_previous_secret="previous-callback-secret-of-32-characters",
+        callback_host="10.0.0.2",
+        callback_port=8001,
         worker_concurrency=3,
     )
     for name in [n for n in os.environ if n.startswith(("IMAGEPIPE_", "AWS_"))]:
@@ -191,6 +215,20 @@ def answers_200(url: str) -> bool:
         return False
 
 
+def assert_roles_got_the_data_dirs_own_secrets(data_dir: Path) -> None:
+    """`imagepipe dev` made its secrets file (owner-only) and handed them to its roles through
+    their environment, never on a command line anyone can read."""
+    path = data_dir / "secrets.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    made = json.loads(path.read_text())
+    processes = stack_processes(data_dir)
+    assert not [s for s in made.values() if s in " ".join(processes.values())]
+    api = next(pid for pid, argv in processes.items() if "imagepipe api" in argv)
+    environ = Path(f"/proc/{api}/environ").read_bytes().split(b"\0")
+    assert f"IMAGEPIPE_CALLBACK_SECRET={made['callback_secret']}".encode() in environ
+    assert b"IMAGEPIPE_ENVIRONMENT=development" in environ
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
@@ -223,6 +261,7 @@ def test_dev_runs_the_stack_and_stops_it_cleanly(
         # worker and replicator may be between a crash and their restart; these must be up
         for name in ("valkey", "rclone serve s3", "imagepipe api", "imagepipe dev"):
             assert name in running
+        assert_roles_got_the_data_dirs_own_secrets(data_dir)
         # dev announces the stack once its own check of the api port passes (its next tick)
         wait_for(lambda: "imagepipe is up: " in (tmp_path / "dev.log").read_text(), 10, 0.1)
         if whole_group:
@@ -238,3 +277,33 @@ def test_dev_runs_the_stack_and_stops_it_cleanly(
             dev.kill()
             dev.wait()
         log.close()
+
+
+# -- what a role's own log lines say -----------------------------------------------------
+
+
+def role_lines(argv: list[str], env: dict[str, str]) -> list[str]:
+    """The log lines of one run of a role (text format: `time role level message`)."""
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=90, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [line for line in done.stderr.splitlines() if line[:2].isdigit()]
+
+
+@pytest.mark.e2e
+async def test_a_worker_names_its_lane_and_counts_the_photos_it_failed(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    broken = images.truncated(images.jpeg(1600, 1200), 0.4)  # a header, then half a body
+    for body in (images.jpeg(320, 240), broken):
+        sent = await http.post("/photos", content=body, headers={"content-type": "image/jpeg"})
+        assert sent.status_code == 202, sent.text
+    env = role_env(settings, IMAGEPIPE_LOG_FORMAT="text", IMAGEPIPE_WORKER_CONCURRENCY="1")
+    uploads = await asyncio.to_thread(role_lines, role_argv("worker", "--burst"), env)
+    assert {line.split()[1] for line in uploads} == {"worker"}
+    # arq counts jobs, and both jobs succeeded as jobs; the last line counts photos
+    assert uploads[-1].endswith(
+        "worker stopped; photos in this process: 1 completed, 1 failed (0 tries retried)"
+    )
+    backfill = role_argv("worker", "--lane", "backfill", "--burst")
+    lines = await asyncio.to_thread(role_lines, backfill, env)
+    assert lines and {line.split()[1] for line in lines} == {"backfill"}

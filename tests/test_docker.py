@@ -9,8 +9,10 @@ import json
 import re
 import shlex
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -22,6 +24,14 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 ROLES = ("api", "worker", "replicator")
 WAITS = {"service_healthy", "service_completed_successfully"}
+# what an operator puts in docker/.env: compose starts nothing without them
+OPERATOR_ENV = {
+    "IMAGEPIPE_CALLBACK_SECRET": "operator-callback-secret-of-32-characters",
+    "MINIO_ROOT_USER": "operator",
+    "MINIO_ROOT_PASSWORD": "operator-password",
+}
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|ACCESS_KEY|ROOT_USER")
+REQUIRED = re.compile(r"\$\{\w+:\?[^}]+\}")
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +78,18 @@ def env_names() -> set[str]:
     return names
 
 
-def interpolate(value: object) -> str:
-    """A compose value as a container sees it when no override is set."""
-    text = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
+def interpolate(value: object, env: Mapping[str, str] = OPERATOR_ENV) -> str:
+    """A compose value as a container sees it, given what the operator set (``env``)."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, how, fallback = match.groups()
+        if name in env:
+            return env[name]
+        if how == ":?":  # compose itself refuses to start, with this message
+            pytest.fail(f"compose stops: {name} is required ({fallback})")
+        return fallback
+
+    text = re.sub(r"\$\{(\w+)(:-|:\?)([^}]*)\}", substitute, str(value))
     return text.replace("$$", "$")
 
 
@@ -112,6 +131,7 @@ def test_environment_names_are_settings_and_parse(
             monkeypatch.setenv(key, value)
         settings = Settings()
         assert settings.primary_is_s3 and settings.redis_url == "redis://valkey:6379/0"
+        assert settings.environment == "production"  # the default: weak secrets refused
 
 
 def test_the_bucket_job_creates_the_buckets_the_roles_use(services: dict[str, Any]) -> None:
@@ -127,6 +147,34 @@ def test_the_bucket_job_creates_the_buckets_the_roles_use(services: dict[str, An
     assert interpolate(api_env["AWS_SECRET_ACCESS_KEY"]) == interpolate(
         minio["MINIO_ROOT_PASSWORD"]
     )
+
+
+def test_no_secret_has_a_default(services: dict[str, Any]) -> None:
+    secrets = {
+        (name, key): str(value)
+        for name, service in services.items()
+        for key, value in service.get("environment", {}).items()
+        if SECRET_NAME.search(key)
+    }
+    assert {key for _, key in secrets} >= {"IMAGEPIPE_CALLBACK_SECRET", "MINIO_ROOT_PASSWORD"}
+    for where, value in secrets.items():
+        assert REQUIRED.fullmatch(value), (where, value)  # ${VAR:?message}: no fallback
+        with pytest.raises(pytest.fail.Exception, match="is required"):
+            interpolate(value, env={})
+    text = (DOCKER / "compose.yaml").read_text()
+    assert not [v for v in re.findall(r"\$\{(\w+):?-", text) if SECRET_NAME.search(v)]
+
+
+def test_workers_call_back_on_the_apis_unpublished_internal_port(
+    services: dict[str, Any],
+) -> None:
+    api = services["api"]["environment"]
+    port = int(api["IMAGEPIPE_CALLBACK_PORT"])
+    assert port != int(api["IMAGEPIPE_PORT"]) and api["IMAGEPIPE_CALLBACK_HOST"] == "0.0.0.0"
+    for name in ("worker", "replicator"):
+        url = urlsplit(services[name]["environment"]["IMAGEPIPE_CALLBACK_URL"])
+        assert (url.hostname, url.port, url.path) == ("api", port, "/internal/callbacks")
+    assert not [p for p in services["api"]["ports"] if p.rsplit(":", 1)[-1] == str(port)]
 
 
 def test_healthchecks(services: dict[str, Any]) -> None:

@@ -19,8 +19,9 @@ from redis import Redis
 from imagepipe.config import Settings
 from imagepipe.stack.local import LocalServers
 from imagepipe.stack.servers import EmbeddedS3, EmbeddedValkey
+from tests.conftest import CALLBACK_SECRET, SECRETS
 
-ACCESS, SECRET = "imagepipe", "imagepipe-secret"
+ACCESS, SECRET = "embedded-key", "embedded-secret"
 BODY = b"an original, byte for byte"
 
 
@@ -101,6 +102,17 @@ def test_s3_refuses_a_wrong_digest_and_a_wrong_secret(tmp_path: Path) -> None:
     assert not (tmp_path / "backup" / "backup" / "k").exists()
 
 
+def test_s3_keeps_its_key_pair_off_the_command_line(tmp_path: Path) -> None:
+    secret = 'a "quoted" secret'  # the key pair travels CSV-quoted in RCLONE_AUTH_KEY
+    with EmbeddedS3(tmp_path, "backup", ACCESS, secret) as s3:
+        argv = Path(f"/proc/{s3.pid}/cmdline").read_bytes()  # what `ps` shows anyone
+        assert b"rclone" in argv and b"serve" in argv
+        assert ACCESS.encode() not in argv and b"quoted" not in argv
+        assert "Contents" not in s3_client(s3.url, secret=secret).list_objects_v2(Bucket="backup")
+        with pytest.raises(ClientError, match="SignatureDoesNotMatch"):
+            s3_client(s3.url, secret="wrong-secret").list_objects_v2(Bucket="backup")
+
+
 def test_s3_objects_survive_restart(tmp_path: Path) -> None:
     with EmbeddedS3(tmp_path, "backup", ACCESS, SECRET) as s3:
         s3_client(s3.url).put_object(Bucket="backup", Key="a/b.jpg", Body=BODY)
@@ -136,7 +148,14 @@ def test_s3_refuses_access_keys_rclone_would_reject(tmp_path: Path) -> None:
 
 def test_local_servers_start_both_and_point_the_settings_at_them(tmp_path: Path) -> None:
     base = Settings.model_validate(
-        {"data_dir": tmp_path, "redis_url": None, "backup_s3_endpoint": None}
+        {
+            "data_dir": tmp_path,
+            "redis_url": None,
+            "backup_s3_endpoint": None,
+            "callback_secret": CALLBACK_SECRET,
+            "AWS_ACCESS_KEY_ID": ACCESS,
+            "AWS_SECRET_ACCESS_KEY": SECRET,
+        }
     )
     servers = LocalServers(base)
     settings = servers.start()
@@ -156,7 +175,10 @@ def test_local_servers_start_both_and_point_the_settings_at_them(tmp_path: Path)
 
 def test_local_servers_leave_configured_servers_alone(tmp_path: Path) -> None:
     settings = Settings(
-        data_dir=tmp_path, redis_url="redis://elsewhere:1/0", backup_s3_endpoint="http://b:2"
+        data_dir=tmp_path,
+        redis_url="redis://elsewhere:1/0",
+        backup_s3_endpoint="http://b:2",
+        **SECRETS,
     )
     servers = LocalServers(settings)
     assert servers.valkey is None and servers.s3 is None

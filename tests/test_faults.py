@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from imagepipe.stack.roles import role_argv
 from imagepipe.stack.servers import EmbeddedS3
 from tests import images
 from tests.cluster import ACCESS, BUCKET, SECRET, Cluster
+from tests.conftest import unavailable
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
@@ -332,6 +334,8 @@ async def test_valkey_restored_from_an_older_snapshot_is_repaired_by_the_audit(
 
 
 async def test_primary_disk_full_refuses_uploads_cleanly(tmp_path: Path, client) -> None:  # type: ignore[no-untyped-def]
+    if os.geteuid() != 0:
+        unavailable("the disk-full test mounts a 3 MB tmpfs, which needs root: run it as root")
     root = tmp_path / "stack"
     (root / "primary").mkdir(parents=True)
     mounted = subprocess.run(

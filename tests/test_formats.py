@@ -20,6 +20,7 @@ from imagepipe.imaging.probe import Probe, probe
 from imagepipe.imaging.render import render
 from imagepipe.stack.net import free_port
 from tests import images
+from tests.conftest import SECRETS
 from tests.stack import api_server, replicate_all, run_worker_burst
 from tests.test_audit import repair
 from tests.test_flow import assert_backup_matches_primary
@@ -32,11 +33,11 @@ FIREFOX_WEBP_ONLY = "image/webp,*/*"
 
 
 def ladder(text: str = LADDER) -> tuple[SizeSpec, ...]:
-    return Settings(sizes=text).sizes
+    return Settings(**SECRETS, sizes=text).sizes
 
 
 def rendered(data: bytes, sizes: str = LADDER) -> imaging.Rendered:
-    settings = Settings(sizes=sizes)
+    settings = Settings(**SECRETS, sizes=sizes)
     return render(data, settings.sizes, formats=ALL, max_pixels=10**8, qualities=settings.qualities)
 
 
@@ -50,10 +51,12 @@ def decoded(data: bytes) -> Image.Image:
 
 
 def test_sizes_name_their_formats_and_the_rest_take_the_default() -> None:
-    settings = Settings(sizes="t:100,m:500:jpeg+webp,sq:75:crop:avif", output_formats="jpeg,webp")
+    settings = Settings(
+        **SECRETS, sizes="t:100,m:500:jpeg+webp,sq:75:crop:avif", output_formats="jpeg,webp"
+    )
     formats = {s.name: s.formats for s in settings.sizes}
     assert formats == {"t": ("JPEG", "WEBP"), "m": ("JPEG", "WEBP"), "sq": ("AVIF",)}
-    assert Settings().size("m") == SizeSpec(name="m", edge=500, formats=("JPEG",))
+    assert Settings(**SECRETS).size("m") == SizeSpec(name="m", edge=500, formats=("JPEG",))
 
 
 @pytest.mark.parametrize(
@@ -66,13 +69,13 @@ def test_sizes_name_their_formats_and_the_rest_take_the_default() -> None:
 )
 def test_a_ladder_with_an_unknown_format_is_refused(sizes: str, complaint: str) -> None:
     with pytest.raises(ValidationError, match=complaint.replace("[", r"\[").replace("+", r"\+")):
-        Settings(sizes=sizes)
+        Settings(**SECRETS, sizes=sizes)
 
 
 def test_heic_and_avif_uploads_are_allowed_by_default_with_the_extra() -> None:
-    assert {"HEIF", "AVIF"} <= set(Settings().formats)
+    assert {"HEIF", "AVIF"} <= set(Settings(**SECRETS).formats)
     with pytest.raises(ValidationError, match="cannot decode"):
-        Settings(formats="JPEG,BMP")
+        Settings(**SECRETS, formats="JPEG,BMP")
 
 
 def test_parse_sizes_keeps_formats_empty_until_settings_fill_them_in() -> None:
@@ -94,7 +97,8 @@ def test_heic_and_avif_are_decoded_upright(make: object, orientation: int) -> No
     upright = (480, 640) if orientation in (6, 8) else (640, 480)
     assert (result.width, result.height) == upright
     im = decoded(result.renditions[0].data)
-    assert im.format == "JPEG" and im.size == (375, 500) if orientation != 1 else (500, 375)
+    assert im.format == "JPEG"
+    assert im.size == ((375, 500) if orientation != 1 else (500, 375))
     assert images.red_corner(im) == {1: "top-left", 6: "top-right", 8: "bottom-left"}[orientation]
 
 

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from imagepipe import cli, logs
 from imagepipe.config import Settings
 from imagepipe.stack.healthcheck import problems
+from imagepipe.stack.roles import settings_env
 from tests.conftest import free_port
 
 
@@ -52,6 +53,8 @@ def test_the_command_exits_0_or_1(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(logs, "setup_logging", lambda *a, **k: None)  # keep pytest's handlers
+    for name, value in settings_env(settings).items():  # its secrets too: production rules
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("IMAGEPIPE_REDIS_URL", str(settings.redis_url))
     assert cli.main(["health", "--role", "worker"]) == 0
     assert "healthy" in capsys.readouterr().out

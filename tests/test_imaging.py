@@ -9,7 +9,7 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageChops, ImageOps, ImageStat, JpegImagePlugin
+from PIL import ExifTags, Image, ImageChops, ImageOps, ImageStat, JpegImagePlugin
 
 from imagepipe import formats
 from imagepipe.config import DEFAULT_SIZES, Settings, SizeSpec, parse_sizes
@@ -19,12 +19,23 @@ from imagepipe.imaging.decoding import ImageRejected, NeedMoreData
 from imagepipe.imaging.probe import Probe, probe
 from imagepipe.imaging.render import Rendered, render
 from tests import images
+from tests.conftest import SECRETS
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 LADDER = parse_sizes(DEFAULT_SIZES)
 MAX_PIXELS = 50_000_000
-QUALITIES = Settings().qualities
+QUALITIES = Settings(**SECRETS).qualities
 METADATA_KEYS = ("exif", "icc_profile", "xmp", "XML:com.adobe.xmp", "comment")
+# Bytes of the test photos' metadata, in any container: EXIF (its camera make), XMP, comment.
+METADATA_MARKERS = (
+    b"Exif\0\0",
+    b"ICC_PROFILE",
+    b"http://ns.adobe.com/xap",
+    b"secret",
+    b"imagepipe-tests",
+    b"adobe:ns:meta",
+)
+EVERY_OUTPUT = parse_sizes("m:500:jpeg+webp+avif")
 # Where the stored top-left marker lands once each EXIF orientation is applied.
 MARKER_AFTER = {
     1: "top-left",
@@ -74,13 +85,13 @@ def bare_job(im: Image.Image) -> imaging.Job:
     return job
 
 
-def assert_no_metadata(data: bytes) -> None:
+def assert_no_metadata(data: bytes, fmt: str = "JPEG") -> None:
     im = Image.open(BytesIO(data))
-    assert im.format == "JPEG"
-    assert not [key for key in METADATA_KEYS if key in im.info]
-    assert not im.getexif()
-    for marker in (b"Exif\0\0", b"ICC_PROFILE", b"http://ns.adobe.com/xap", b"secret"):
-        assert marker not in data
+    assert im.format == fmt
+    assert not [key for key in METADATA_KEYS if key in im.info], (fmt, im.info.keys())
+    assert not im.getexif() and not im.getexif().get_ifd(ExifTags.IFD.GPSInfo)
+    for marker in METADATA_MARKERS:
+        assert marker not in data, (fmt, marker)
 
 
 def mean_rgb(im: Image.Image, box: tuple[int, int, int, int]) -> tuple[float, ...]:
@@ -359,6 +370,21 @@ def test_encode_drops_metadata_the_image_still_carries() -> None:
     assert_no_metadata(job.renditions[0].data)
 
 
+def test_encode_drops_metadata_in_every_output_format() -> None:
+    job = bare_job(images.photo(40, 30))
+    job.image.info.update(
+        comment=b"secret",
+        exif=images.exif_bytes(orientation=6, gps=True),
+        icc_profile=images.srgb_profile(),
+        xmp=images.XMP,
+    )
+    job.sizes, job.rungs = EVERY_OUTPUT, {"m": job.image}
+    imaging.encode(job)
+    assert [r.format for r in job.renditions] == ["JPEG", "WEBP", "AVIF"]
+    for rendition in job.renditions:
+        assert_no_metadata(rendition.data, rendition.format)
+
+
 def test_run_step_names_the_failing_step() -> None:
     def explode(job: imaging.Job) -> None:
         raise OSError("broken data stream")
@@ -462,6 +488,24 @@ def test_render_strips_every_piece_of_metadata() -> None:
         assert_no_metadata(rendition.data)
     for rendition in do_render(images.icc_jpeg(300, 200)).renditions:
         assert_no_metadata(rendition.data)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: images.tagged_jpeg(900, 600),
+        lambda: images.icc_jpeg(300, 200),
+        lambda: images.heic(640, 480, orientation=6),
+    ],
+    ids=["jpeg-with-everything", "adobe-rgb", "heic"],
+)
+def test_render_strips_metadata_from_webp_and_avif_too(make: Callable[[], bytes]) -> None:
+    rendered = render(
+        make(), EVERY_OUTPUT, formats=[*FORMATS, "HEIF"], max_pixels=MAX_PIXELS, qualities=QUALITIES
+    )
+    assert [r.format for r in rendered.renditions] == ["JPEG", "WEBP", "AVIF"]
+    for rendition in rendered.renditions:
+        assert_no_metadata(rendition.data, rendition.format)
 
 
 def test_render_encodes_baseline_4_2_0() -> None:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import socket
+import time
+from pathlib import Path
+
 import httpx
+import pytest
 from redis.asyncio import Redis
 
 from imagepipe.config import Settings
 from imagepipe.replication.audit import audit_once
+from imagepipe.stack.processes import RoleProcess, stop_roles
+from imagepipe.stack.roles import role_argv, role_env
 from tests import images
+from tests.conftest import free_port
 
 
 def sample(text: str, name: str) -> float:
@@ -47,3 +55,33 @@ async def test_readyz_details_backlog_and_last_audit(
     assert ready["last_audit"]["backup_missing"] == 0
     text = (await http.get("/metrics")).text
     assert sample(text, "imagepipe_audit_last_run_timestamp_seconds") > 0
+
+
+def listening_on(port: int) -> set[str]:
+    """The local IPv4 addresses with a TCP socket listening on ``port`` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, _, hex_port = local.partition(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+@pytest.mark.parametrize("role", ["worker", "replicator"])
+def test_a_role_serves_its_metrics_on_loopback_by_default(
+    settings: Settings, tmp_path: Path, role: str
+) -> None:
+    port = free_port()
+    env = role_env(settings, IMAGEPIPE_METRICS_PORT=str(port))
+    process = RoleProcess(role, role_argv(role), env, tmp_path / f"{role}.log").start()
+    try:
+        deadline = time.monotonic() + 30
+        while not listening_on(port):
+            process.check_alive()
+            assert time.monotonic() < deadline, process.log_tail()
+            time.sleep(0.1)
+        assert listening_on(port) == {"127.0.0.1"}
+        assert "imagepipe_job_duration_seconds" in httpx.get(f"http://127.0.0.1:{port}/").text
+    finally:
+        assert stop_roles([process]) == []

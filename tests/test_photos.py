@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from imagepipe import keys
+from imagepipe.api.services import retry_after_for
 from imagepipe.config import Settings
 from tests import images
 
@@ -174,3 +175,13 @@ async def test_upload_sha256_matches_what_was_sent(
     ticket = (await http.post("/photos", files={"file": ("a.jpg", photo, "image/jpeg")})).json()
     stored = (settings.primary_root / "originals" / f"{ticket['photo_id']}.jpg").read_bytes()
     assert hashlib.sha256(stored).digest() == hashlib.sha256(photo).digest()
+
+
+async def test_an_idle_stack_says_retry_after_1_and_more_as_the_queue_grows(
+    http: httpx.AsyncClient,
+) -> None:
+    response = await http.post(
+        "/photos", files={"file": ("a.jpg", images.jpeg(40, 30), "image/jpeg")}
+    )
+    assert response.headers["retry-after"] == "1"  # as the README says: this upload's job only
+    assert retry_after_for(1) == 1 < retry_after_for(100) < retry_after_for(1000) <= 30

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import time
@@ -21,13 +22,36 @@ def python(name: str, code: str, log: Path) -> RoleProcess:
     return RoleProcess(name, [sys.executable, "-c", code], log_path=log)
 
 
-def test_a_role_logs_to_its_file_and_stops(tmp_path: Path) -> None:
+def test_a_role_logs_to_its_file_and_stops(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     role = python("ticker", TICKER, tmp_path / "ticker.log").start()
     wait_for(lambda: "tick" in role.log_text(), timeout=10)
     pid = role.pid
-    assert role.alive and role.stop(timeout_s=5)
+    with caplog.at_level(logging.INFO, "imagepipe.stack.processes"):
+        assert role.alive and role.stop(timeout_s=5)
     assert not role.alive and not alive(pid)
     assert role.log_tail(5) == "tick\n"
+    assert role.returncode == -signal.SIGTERM  # our SIGTERM's default action ended it...
+    assert caplog.messages == ["stopped ticker"]  # ...which is a clean stop, not a failure
+
+
+def test_a_role_that_fails_as_it_stops_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    failing = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(3))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    role = python("flaky", failing, tmp_path / "flaky.log").start()
+    wait_for(lambda: "ready" in role.log_text(), timeout=10)
+    with caplog.at_level(logging.INFO, "imagepipe.stack.processes"):
+        assert role.stop(timeout_s=5)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "flaky ended in a failure, not a clean stop (exit code 3)")
+    ]
 
 
 def test_pause_freezes_the_role_and_stop_still_ends_it(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from imagepipe import webhooks
 from imagepipe.api.app import create_app
 from imagepipe.config import Settings
 from tests import images
+from tests.conftest import SECRETS
 
 CALLBACK = ("POST", "/internal/callbacks")
 
@@ -63,7 +64,7 @@ def send(case: Case, api_url: str, settings: Settings, ticket: dict[str, Any]) -
 
 def operations() -> list[tuple[str, str]]:
     """Every (method, path) the app publishes; the live server's schema is what gets fuzzed."""
-    paths = create_app(Settings(redis_url=None)).openapi()["paths"]
+    paths = create_app(Settings(redis_url=None, **SECRETS)).openapi()["paths"]
     return [(method.upper(), path) for path, ops in paths.items() for method in ops]
 
 

@@ -9,7 +9,6 @@ import os
 import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import boto3
 import pytest
@@ -37,7 +36,7 @@ from imagepipe.storage.factory import backup_storage, primary_storage
 from imagepipe.storage.filesystem import FilesystemStorage
 from imagepipe.storage.memory import MemoryStorage
 from imagepipe.storage.s3 import S3Storage, translate_error
-from tests.conftest import free_port
+from tests.conftest import SECRETS, free_port
 
 MiB = 1024 * 1024
 
@@ -419,7 +418,7 @@ async def test_s3_unreachable_endpoint_is_storage_error() -> None:
 
 
 def test_primary_storage_is_the_filesystem_under_primary_root(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path)
+    settings = Settings(data_dir=tmp_path, **SECRETS)
     store = primary_storage(settings)
     assert isinstance(store, FilesystemStorage)
     assert store.root == tmp_path / "primary"
@@ -428,9 +427,8 @@ def test_primary_storage_is_the_filesystem_under_primary_root(tmp_path: Path) ->
 async def test_backup_storage_talks_to_the_configured_bucket(
     tmp_path: Path, s3_endpoint: str, s3_bucket: str
 ) -> None:
-    credentials: dict[str, Any] = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
     settings = Settings(
-        data_dir=tmp_path, backup_s3_endpoint=s3_endpoint, backup_s3_bucket=s3_bucket, **credentials
+        data_dir=tmp_path, backup_s3_endpoint=s3_endpoint, backup_s3_bucket=s3_bucket, **SECRETS
     )
     store = backup_storage(settings)
     await store.put_bytes("originals/p1.jpg", b"x")
@@ -441,7 +439,7 @@ async def test_backup_storage_talks_to_the_configured_bucket(
 
 def test_backup_storage_needs_an_endpoint(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="BACKUP_S3_ENDPOINT"):
-        backup_storage(Settings(data_dir=tmp_path, backup_s3_endpoint=None))
+        backup_storage(Settings(data_dir=tmp_path, backup_s3_endpoint=None, **SECRETS))
 
 
 # -- create-only on S3 servers with and without conditional writes -------------------------

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
 from imagepipe import keys
+from imagepipe.config import Settings
 from imagepipe.errors import Conflict, NotFound
 from imagepipe.ids import new_photo_id, new_ticket_id
 from imagepipe.models import CallbackEvent, Derivative, Ticket, TicketStatus
 from imagepipe.tickets import TicketStore, advance
+from tests import images
+from tests.stack import run_worker_burst
 
 
 def make_ticket(status: TicketStatus = TicketStatus.QUEUED) -> Ticket:
@@ -80,6 +84,14 @@ def test_same_state_again_is_a_no_op_unless_a_new_attempt() -> None:
     assert retried is not None and retried.attempts == 2
 
 
+def test_completion_records_the_photo_upright() -> None:
+    ticket = make_ticket().model_copy(update={"width": 40, "height": 30})  # the header's
+    started = advance(ticket, event(ticket, "processing.started", width=1, height=1))
+    assert started is not None and (started.width, started.height) == (40, 30)
+    done = advance(ticket, event(ticket, "processing.completed", width=30, height=40))
+    assert done is not None and (done.width, done.height) == (30, 40)
+
+
 def test_failure_carries_its_reason() -> None:
     ticket = make_ticket()
     failed = advance(ticket, event(ticket, "processing.failed", error="not an image"))
@@ -133,3 +145,22 @@ async def test_creating_a_ticket_again_never_resets_it(redis: Redis) -> None:
         store.create(pipe, ticket)
         await pipe.execute()
     assert await store.get(ticket.id) == done
+
+
+async def test_a_completed_ticket_shows_the_photo_upright_not_its_largest_size(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    sent = images.jpeg(2400, 1800, orientation=6)  # a phone held upright
+    accepted = await http.post("/photos", content=sent, headers={"content-type": "image/jpeg"})
+    assert accepted.status_code == 202 and accepted.json()["photo"] is None
+    await run_worker_burst(settings)
+    ticket = (await http.get(accepted.headers["location"])).json()
+    assert ticket["status"] == "completed", ticket
+    photo = ticket["photo"]
+    assert (photo["width"], photo["height"]) == (1800, 2400)
+    assert (photo["sizes"]["xl"]["width"], photo["sizes"]["xl"]["height"]) == (1536, 2048)
+    assert list(photo["sizes"]) == [s.name for s in settings.sizes]  # largest first
+    batch = (await http.get("/tickets", params={"ids": ticket["id"]})).json()
+    assert batch["tickets"][ticket["id"]]["photo"] == photo
+    indexed = (await http.get(f"/photos/{ticket['photo_id']}")).json()
+    assert (indexed["width"], indexed["height"]) == (1800, 2400)

@@ -91,7 +91,22 @@ def test_the_limits_follow_the_settings(settings: Settings) -> None:
     view = config_view(custom)
     assert (view["max_upload_bytes"], view["max_pixels"]) == (1234, 99)
     assert view["formats"] == ["PNG", "HEIF"]
+    assert view["format_labels"] == ["PNG", "HEIC"]
     assert "image/png" in view["media_types"] and "image/heic" in view["media_types"]
     assert "image/jpeg" not in view["media_types"]
     assert {".png", ".heic"} <= set(view["extensions"])
     assert [s["name"] for s in view["sizes"]] == [s.name for s in settings.sizes]
+
+
+async def test_the_page_and_the_server_name_formats_alike(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    labels = (await http.get("/ui/config")).json()["format_labels"]
+    assert {"JPEG", "WebP", "HEIC"} <= set(labels)  # how people name them: not WEBP, HEIF
+    refused = await http.post(
+        "/photos", content=b"a letter", headers={"content-type": "image/jpeg"}
+    )
+    assert refused.status_code == 415
+    assert f"({', '.join(labels)})" in refused.json()["detail"]
+    script = (STATIC / "app.js").read_text()
+    assert "format_labels" in script and "HEIC" not in script  # no list of its own

@@ -170,7 +170,7 @@ async def store_original(
         raise BadRequest("the upload is empty")
     image_format = formats.sniff(prefix, settings.formats)
     if image_format is None:
-        allowed = ", ".join(settings.formats)
+        allowed = ", ".join(formats.labels(settings.formats))
         raise UnsupportedMediaType(f"not an image in an accepted format ({allowed})")
     key = keys.original(photo_id, formats.extension(image_format))
     probe = HeaderProbe([image_format], settings.max_pixels)

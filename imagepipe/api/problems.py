@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from imagepipe.api.edges import with_defaults
 from imagepipe.errors import ImagepipeError
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,14 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
+def render(exc: ImagepipeError) -> JSONResponse:
+    """The problem for one of our errors (also for middleware, which runs outside the handlers)."""
+    return problem(exc.status, exc.title, exc.detail, exc.retry_after)
+
+
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ImagepipeError)
-    return problem(exc.status, exc.title, exc.detail, exc.retry_after)
+    return render(exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -51,7 +57,10 @@ async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem(500, "Internal error", "an unexpected error happened; it has been logged")
+    response = problem(500, "Internal error", "an unexpected error happened; it has been logged")
+    # sent by Starlette's outermost middleware, past `edges.ResponseDefaults`: added here
+    response.raw_headers = with_defaults(response.raw_headers)
+    return response
 
 
 def install(app: FastAPI) -> None:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable
 from typing import Any, cast
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from imagepipe import keys
 from imagepipe.api.services import Services
 from imagepipe.storage import StorageError
+
+log = logging.getLogger(__name__)
+TIMEOUTS = (TimeoutError, RedisTimeout)
+UNREACHABLE = (OSError, RedisConnectionError, StorageError)
 
 
 async def last_audit(services: Services) -> dict[str, float]:
@@ -32,10 +39,18 @@ async def readiness(services: Services) -> tuple[bool, dict[str, Any]]:
         checks["replication_past_target"] = backlog.past_target
         checks["last_audit"] = await last_audit(services)
     except (RedisError, OSError) as exc:
-        checks["redis"] = f"unreachable: {exc}"
+        checks["redis"] = failed("redis", exc)
     try:
         await services.primary.check()
         checks["primary"] = "ok"
     except StorageError as exc:
-        checks["primary"] = f"unreachable: {exc}"
+        checks["primary"] = failed("primary", exc)
     return checks["redis"] == "ok" and checks["primary"] == "ok", checks
+
+
+def failed(check: str, exc: Exception) -> str:
+    """Why a check failed, in a word; the exception (hosts, paths) goes to the log only."""
+    log.warning("not ready: %s failed: %s", check, exc)
+    if isinstance(exc, TIMEOUTS) or isinstance(exc.__cause__, TIMEOUTS):
+        return "timed out"
+    return "unreachable" if isinstance(exc, UNREACHABLE) else "error"

@@ -99,5 +99,5 @@ class Services:
 
 
 def retry_after_for(depth: int) -> int:
-    """Seconds a poller should wait with ``depth`` jobs queued: 1 when empty, at most 30."""
-    return min(30, 1 + math.ceil(depth / 8))
+    """Seconds a poller should wait with ``depth`` jobs queued: 1 below 8, +1 per 8, at most 30."""
+    return min(30, 1 + depth // 8)

@@ -35,7 +35,15 @@ def sizes_view(photo_id: str, sizes: dict[str, Derivative]) -> dict[str, Any]:
 
 def ticket_view(ticket: Ticket, backup: BackupState) -> dict[str, Any]:
     """The public ticket (internal fields such as storage keys stay inside)."""
-    photo = {"sizes": sizes_view(ticket.photo_id, ticket.sizes)} if ticket.sizes else None
+    photo = (
+        {
+            "width": ticket.width,  # upright, once completed: the photo's own, not a size's
+            "height": ticket.height,
+            "sizes": sizes_view(ticket.photo_id, ticket.sizes),
+        }
+        if ticket.sizes
+        else None
+    )
     return {
         "id": ticket.id,
         "status": ticket.status.value,
@@ -92,8 +100,12 @@ def gallery_view(
 
 
 def json_bytes(body: Any) -> bytes:
-    """Compact, stable JSON (stable so equal bodies get equal ETags)."""
-    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    """Compact JSON in the order the view built it (so a photo's sizes stay largest first).
+
+    Stable all the same: every view builds its dicts in one fixed order, so equal bodies
+    get equal bytes and equal ETags.
+    """
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def etag_of(content: bytes) -> str:

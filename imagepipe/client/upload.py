@@ -1,8 +1,10 @@
 """`imagepipe upload PATHS…`: send photos, N at a time, then wait for every ticket.
 
     find images (by their magic bytes, never the file name) -> POST /photos, streamed, with
-    a progress bar each -> GET /tickets?ids=… until every ticket is terminal, as often as
-    Retry-After says -> a table, or one JSON document (--json)
+    a progress bar each -> GET /tickets?ids=… once, then each unfinished ticket's event
+    stream (GET /tickets/{id}/events, --concurrency at a time) until it is terminal; a
+    ticket whose stream breaks is polled as often as Retry-After says -> a table, or one
+    JSON document (--json)
 
 A network error, 408, 409, 429 or 5xx retries the file with the same Idempotency-Key: when
 only the response was lost, the retry gets the ticket the first try made, not a second photo.
@@ -15,15 +17,18 @@ Exit codes (the worst one wins): 0 every photo completed (or was accepted, with 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
+from httpx_sse import SSEError, aconnect_sse
 
 from imagepipe import backoff, formats
 from imagepipe.client.view import Bars, Waiting, report, show
@@ -36,6 +41,8 @@ RETRY_AFTER_CAP_S = 30.0
 # connect fast, but give a slow server time to take a large body
 HTTP_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 TERMINAL = {"completed", "failed", "refused", "error"}
+# a stream that breaks (or a server without them) leaves its ticket to polling
+STREAM_ERRORS = (httpx.TransportError, SSEError, ValueError, KeyError)
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ class Upload:
         """Take the server's view of the ticket."""
         self.ticket_id, self.photo_id = ticket["id"], ticket["photo_id"]
         self.status, self.error = ticket["status"], ticket.get("error")
-        self.sizes = (ticket.get("photo") or {}).get("sizes") or {}
+        self.sizes = (ticket.get("photo") or {}).get("sizes") or {}  # largest first
         self.finished = time.monotonic()
 
     def end(self, status: str, error: str) -> None:
@@ -232,15 +239,60 @@ def retry_after(response: httpx.Response) -> float | None:
 async def wait_for_tickets(
     http: httpx.AsyncClient, items: Sequence[Upload], options: Options
 ) -> None:
-    """Poll the batch endpoint until every accepted ticket is terminal, or the timeout."""
+    """Follow every accepted ticket until it is terminal, or until the timeout."""
     waiting = {i.ticket_id: i for i in items if i.ticket_id and i.status not in TERMINAL}
-    deadline = time.monotonic() + options.timeout_s
-    with Waiting(len(waiting), options.progress) as bar:
-        while waiting and (left := deadline - time.monotonic()) > 0:
-            delay = await poll(http, waiting)
+    with Waiting(len(waiting), options.progress) as bar, suppress(TimeoutError):
+        async with asyncio.timeout(options.timeout_s):
+            await poll(http, waiting)  # one batch round: tickets already done drop out at once
             bar.update(len(waiting))
-            if waiting:
-                await asyncio.sleep(min(delay, left))
+            await follow_all(http, waiting, options.concurrency, bar)
+            await poll_until_done(http, waiting, bar)  # tickets whose stream broke
+
+
+async def follow_all(
+    http: httpx.AsyncClient, waiting: dict[str, Upload], streams: int, bar: Waiting
+) -> None:
+    """Follow each ticket's event stream, ``streams`` at a time; the terminal ones drop out.
+
+    A state is seen the moment the server has it, not a Retry-After later: a small photo's
+    ticket completes in a fraction of the second a poll would wait.
+    """
+    gate = asyncio.Semaphore(streams)  # one connection is left over for polls
+
+    async def one(ticket_id: str) -> None:
+        async with gate:
+            await follow(http, waiting[ticket_id])
+        if waiting[ticket_id].status in TERMINAL:
+            del waiting[ticket_id]
+            bar.update(len(waiting))
+
+    async with asyncio.TaskGroup() as group:
+        for ticket_id in list(waiting):
+            group.create_task(one(ticket_id))
+
+
+async def follow(http: httpx.AsyncClient, item: Upload) -> None:
+    """Take each state the ticket's event stream sends, until a terminal one or a break."""
+    url = f"/tickets/{item.ticket_id}/events"
+    with suppress(*STREAM_ERRORS):
+        async with aconnect_sse(http, "GET", url) as source:
+            if source.response.status_code != 200:
+                return
+            async for event in source.aiter_sse():
+                item.apply(json.loads(event.data))
+                if item.status in TERMINAL:
+                    return
+
+
+async def poll_until_done(
+    http: httpx.AsyncClient, waiting: dict[str, Upload], bar: Waiting
+) -> None:
+    """Poll the batch endpoint, as often as Retry-After says, until no ticket is waiting."""
+    while waiting:
+        delay = await poll(http, waiting)
+        bar.update(len(waiting))
+        if waiting:
+            await asyncio.sleep(delay)
 
 
 async def poll(http: httpx.AsyncClient, waiting: dict[str, Upload]) -> float:

@@ -143,8 +143,10 @@ def show(document: dict[str, Any], as_json: bool, out: TextIO | None = None) -> 
     notes = Console(stderr=True)
     if document["counts"]:
         notes.print(", ".join(f"{n} {status}" for status, n in document["counts"].items()))
-    if document["skipped"]:
-        notes.print(f"skipped {len(document['skipped'])} file(s) that are not images")
+    if skipped := document["skipped"]:
+        notes.print(f"skipped {len(skipped)} file(s) that are not images:")
+        for path in skipped:
+            notes.print(Text(f"  {path}"))  # Text, not markup: a name may hold [brackets]
     if document["error"]:
         notes.print(Text(f"imagepipe upload: {document['error']}", style="red"))
 

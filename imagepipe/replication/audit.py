@@ -168,7 +168,8 @@ class Auditor:
     async def requeue_stuck(self, ticket: Ticket) -> None:
         """A ticket that stopped moving: run its processing again unless it is queued now."""
         for lane in (keys.UPLOADS_QUEUE, keys.BACKFILL_QUEUE):
-            job = Job(keys.process_job_id(ticket.id), self.redis, _queue_name=lane)
+            job_id = keys.process_job_id(ticket.id)
+            job = Job(job_id, self.redis, _queue_name=lane, _deserializer=queue.decode_job)
             if await job.status() in ACTIVE_JOB:
                 return  # just slow, not stuck
         attempt = int(time.time())  # a fresh job id: the old one may have a kept result

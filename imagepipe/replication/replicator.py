@@ -195,7 +195,7 @@ async def _main(settings: Settings) -> None:
     await check_redis_policy(redis)
     primary, backup = primary_storage(settings), backup_storage(settings)
     replicator = Replicator(settings, redis, primary, backup)
-    metrics.serve(settings.metrics_port)
+    metrics.serve(settings.metrics_port, settings.metrics_host)
     helpers = [
         asyncio.create_task(audit_periodically(settings, redis, primary, backup)),
         asyncio.create_task(refresh_gauges_periodically(redis)),

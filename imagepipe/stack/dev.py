@@ -1,8 +1,9 @@
 """`imagepipe dev`: Valkey, backup S3, api, worker and replicator on one machine.
 
 The servers are the embedded ones unless `IMAGEPIPE_REDIS_URL` / `IMAGEPIPE_BACKUP_S3_ENDPOINT`
-point elsewhere. The roles run as child processes that a `Supervisor` restarts when they
-die; SIGINT/SIGTERM stop everything, roles first, then the servers they use.
+point elsewhere, and the secrets are the data dir's own (`stack.credentials`). The roles run
+as child processes that a `Supervisor` restarts when they die; SIGINT/SIGTERM stop
+everything, roles first, then the servers they use.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from imagepipe.config import Settings
+from imagepipe.stack.credentials import with_dev_secrets
 from imagepipe.stack.local import LocalServers
 from imagepipe.stack.net import local_host, port_answers
 from imagepipe.stack.roles import role_commands, role_env
@@ -27,9 +29,12 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def role_settings(settings: Settings, host: str, port: int) -> Settings:
-    """The settings every role of the stack runs with: callbacks go to this api by default."""
+    """The settings every role of the stack runs with: callbacks go to this api by default
+    (to its callback listener, where IMAGEPIPE_CALLBACK_PORT gives it one)."""
     if "callback_url" in settings.model_fields_set:
         return settings  # the user named a callback URL: keep it
+    if settings.callback_port:
+        host, port = settings.callback_host, settings.callback_port
     callback_url = f"http://{local_host(host)}:{port}/internal/callbacks"
     return settings.model_copy(update={"callback_url": callback_url})
 
@@ -76,8 +81,8 @@ def run_dev(settings: Settings, host: str, port: int) -> int:
     settings.primary_root.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         request = _trap_stop_signals(stack)
-        servers = LocalServers(settings)
         try:
+            servers = LocalServers(with_dev_secrets(settings))
             settings = servers.start()
         except (RuntimeError, OSError) as exc:
             log.error("cannot start the local stack: %s", exc)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from signal import SIGCONT, SIGKILL, SIGSTOP, SIGTERM
+from signal import SIGCONT, SIGINT, SIGKILL, SIGSTOP, SIGTERM, Signals
 from typing import IO, Self
 
 import httpx
@@ -26,6 +26,19 @@ STOP_TIMEOUT_S = 15.0
 KILL_WAIT_S = 45.0  # generous: a loaded machine is slow to stop a worker gracefully
 READY_POLL_S = 0.1
 LOG_TAIL_CHARS = 3000
+# How a role ends when it is told to stop: its own clean exit, our SIGTERM's default action,
+# or a terminal's Ctrl-C (which reaches the whole foreground group: `imagepipe dev`'s roles too)
+STOPPED_CODES = frozenset({0, -SIGTERM, -SIGINT, 128 + SIGINT, 128 + SIGTERM})
+
+
+def exit_reason(code: int) -> str:
+    """An exit status in words: "exit code 1", or "killed by SIGSEGV" for a signal."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
 
 
 def signal_group(pid: int, signum: int) -> None:
@@ -144,8 +157,18 @@ class RoleProcess:
         # also SIGKILL whatever the role forked and left behind, even after a clean exit
         signal_group(process.pid, SIGKILL)
         self.returncode = process.returncode
-        log.info("stopped %s (code %s)", self.name, self.returncode)
+        self._log_stop(clean)
         return clean
+
+    def _log_stop(self, clean: bool) -> None:
+        """Log a role that ended as told as stopped, and one that failed instead as failed."""
+        code = self.returncode
+        if clean and code in STOPPED_CODES:
+            log.info("stopped %s", self.name)
+        elif clean and code is not None:
+            log.warning(
+                "%s ended in a failure, not a clean stop (%s)", self.name, exit_reason(code)
+            )
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> bool:
         """SIGTERM the role's group, SIGKILL it after `timeout_s`; True if it exited on its own."""

@@ -40,6 +40,7 @@ def role_env(
 def settings_env(settings: Settings) -> dict[str, str]:
     """The IMAGEPIPE_* and AWS_* variables that make a role's Settings point where these do."""
     env = {
+        "IMAGEPIPE_ENVIRONMENT": settings.environment,
         "IMAGEPIPE_DATA_DIR": str(settings.data_dir.resolve()),
         "IMAGEPIPE_BACKUP_S3_BUCKET": settings.backup_s3_bucket,
         "IMAGEPIPE_BACKUP_S3_REGION": settings.backup_s3_region,
@@ -55,9 +56,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "IMAGEPIPE_PRIMARY_S3_BUCKET": settings.primary_s3_bucket,
         "IMAGEPIPE_PRIMARY_S3_ENDPOINT": settings.primary_s3_endpoint,
         "IMAGEPIPE_WORKER_CONCURRENCY": str(settings.worker_concurrency or ""),
+        "IMAGEPIPE_CALLBACK_PORT": str(settings.callback_port or ""),
     }
     if settings.primary_s3_bucket:
         optional["IMAGEPIPE_PRIMARY_S3_REGION"] = settings.primary_s3_region
+    if settings.callback_port:
+        optional["IMAGEPIPE_CALLBACK_HOST"] = settings.callback_host
     if settings.callback_previous_secret is not None:
         optional["IMAGEPIPE_CALLBACK_PREVIOUS_SECRET"] = (
             settings.callback_previous_secret.get_secret_value()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -120,7 +121,7 @@ def rclone_binary() -> Path:
 
 def _check_auth_key(access_key: str, secret_key: str) -> None:
     # rclone silently answers InvalidAccessKeyId for access keys under 3 characters,
-    # and --auth-key splits the pair at the comma
+    # and its auth key (RCLONE_AUTH_KEY) splits the pair at the comma
     if len(access_key) < 3:
         raise ValueError("the S3 access key must be at least 3 characters for rclone")
     if "," in access_key or "," in secret_key:
@@ -173,8 +174,6 @@ class EmbeddedS3(Server):
             str(self.root),
             "--addr",
             f"127.0.0.1:{self.port}",
-            "--auth-key",
-            self._auth,
             "--config",
             str(config),
             "--log-file",
@@ -190,6 +189,10 @@ class EmbeddedS3(Server):
             # own process group: a terminal Ctrl-C must not stop it before the roles using it
             return subprocess.Popen(
                 self._command(config),
+                # the key pair as --auth-key would be on a command line anyone can read
+                # (/proc/<pid>/cmdline, ps); rclone reads every flag from RCLONE_<FLAG> too,
+                # a list flag as CSV: quoted, or the pair's comma would split it in two
+                env={**os.environ, "RCLONE_AUTH_KEY": '"' + self._auth.replace('"', '""') + '"'},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

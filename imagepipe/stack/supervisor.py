@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from imagepipe.stack.processes import RoleProcess, stop_roles
+from imagepipe.stack.processes import RoleProcess, exit_reason, stop_roles
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,9 @@ class Supervisor:
         delay = min(self.backoff_s * 2 ** (child.crashes - 1), RESTART_BACKOFF_CAP_S)
         child.restart_at = now + delay
         log.warning(
-            "%s exited with code %s after %.1f s; restarting in %.1f s",
+            "%s failed (%s) after %.1f s; restarting in %.1f s",
             child.name,
-            code,
+            exit_reason(code),
             lived,
             delay,
         )

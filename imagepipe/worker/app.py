@@ -18,7 +18,7 @@ from imagepipe.config import Settings
 from imagepipe.connections import redis_client
 from imagepipe.worker.deps import concurrency, shutdown, startup
 from imagepipe.worker.notify import send_callback
-from imagepipe.worker.processing import process_photo
+from imagepipe.worker.processing import outcomes_line, process_photo
 
 log = logging.getLogger(__name__)
 STOP_RECHECK_S = 0.1  # after SIGTERM, how often to make sure the worker is stopping
@@ -46,6 +46,8 @@ def build_worker(
             ),
         ],
         redis_pool=redis_client(settings),  # ours: arq's own pool has no read timeout
+        job_serializer=queue.encode_job,  # JSON: a job from Redis must not be able to run code
+        job_deserializer=queue.decode_job,
         queue_name=queue_name,
         ctx={"settings": settings},
         on_startup=startup,
@@ -93,6 +95,18 @@ def run_worker(
     settings: Settings, queue_name: str = keys.UPLOADS_QUEUE, burst: bool = False
 ) -> None:
     """Run the worker role until interrupted (or until the queue is empty, with burst).
+
+    Its last line counts the photos: arq's shutdown line counts jobs, all of them "complete"
+    when they reported a failed photo.
+    """
+    try:
+        _run_until_stopped(settings, queue_name, burst)
+    finally:
+        log.info("worker stopped; %s", outcomes_line())
+
+
+def _run_until_stopped(settings: Settings, queue_name: str, burst: bool) -> None:
+    """Run arq workers on the lane until one stops for good.
 
     arq's worker exits when Redis goes away; a worker process must outlive a Redis restart,
     so it starts a fresh arq worker once Redis answers again (jobs it held are re-run by arq).

@@ -73,7 +73,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     """arq on_startup: build the WorkerDeps of this process."""
     settings: Settings = ctx["settings"]
     ctx["deps"] = await WorkerDeps.start(settings, ctx["redis"])
-    metrics.serve(settings.metrics_port)
+    metrics.serve(settings.metrics_port, settings.metrics_host)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -35,6 +36,9 @@ from imagepipe.worker.sandbox import DecodeCrashed, DecodeOutOfMemory, DecodeTim
 
 log = logging.getLogger(__name__)
 Upright = tuple[int, int]  # width, height after EXIF orientation
+# Photos this process took to an outcome: completed, failed, retry. arq counts jobs, and a
+# job that reports a failed photo succeeded as a job, so its "0 failed" says nothing of them.
+OUTCOMES: Counter[str] = Counter()
 
 
 class PermanentFailure(Exception):
@@ -73,6 +77,13 @@ async def _process_ticket(d: WorkerDeps, ticket_id: str, attempt: int) -> str:
     finally:
         size = metrics.size_class(ticket.width * ticket.height)
         metrics.JOB_SECONDS.labels(size, outcome).observe(time.perf_counter() - started)
+        OUTCOMES[outcome] += 1
+
+
+def outcomes_line() -> str:
+    """The photos this process completed and failed, for the worker's last log line."""
+    done, failed, retried = OUTCOMES["completed"], OUTCOMES["failed"], OUTCOMES["retry"]
+    return f"photos in this process: {done} completed, {failed} failed ({retried} tries retried)"
 
 
 async def _process(d: WorkerDeps, ticket: Ticket, attempt: int) -> str:

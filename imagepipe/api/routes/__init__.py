@@ -5,4 +5,5 @@ polling     GET /tickets/{id}, /tickets?ids=, /tickets/{id}/events
 callbacks   POST /internal/callbacks
 probes      /healthz, /readyz, /metrics
 page        the browser page and its assets, /ui/config
+docs        /docs, /redoc (development only)
 """

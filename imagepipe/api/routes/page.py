@@ -95,6 +95,7 @@ def config_view(settings: Settings) -> dict[str, Any]:
         "max_upload_bytes": settings.max_upload_bytes,
         "max_pixels": settings.max_pixels,
         "formats": list(settings.formats),
+        "format_labels": formats.labels(settings.formats),  # what the page shows
         "media_types": [t for f in known for t in f.media_types],
         "extensions": [e for f in known for e in f.file_names],
         "sizes": [s.model_dump(mode="json") for s in settings.sizes],  # largest first

@@ -16,24 +16,25 @@ from fastapi.responses import JSONResponse
 from imagepipe import keys, metrics
 from imagepipe.api.accept import accept_upload
 from imagepipe.api.bodies import (
-    LingeringResponse,
+    MULTIPART_SLACK,
     Received,
+    declared_length,
     file_stream,
+    refusal,
     request_body,
     with_deadline,
 )
 from imagepipe.api.deps import ServicesDep
-from imagepipe.api.problems import problem
 from imagepipe.api.services import Services, retry_after_for
 from imagepipe.api.serving import Derivatives
-from imagepipe.api.views import gallery_view, not_modified, photo_view, ticket_json
-from imagepipe.errors import ImagepipeError, PayloadTooLarge, RequestTimeout
+from imagepipe.api.views import cached_json, gallery_view, not_modified, photo_view, ticket_json
+from imagepipe.errors import ImagepipeError, PayloadTooLarge
 from imagepipe.models import Ticket
 
 router = APIRouter(tags=["photos"])
-MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file
-IMMUTABLE = "public, max-age=31536000, immutable"
-STAND_IN = "public, max-age=300"
+# `public` is implied (no Authorization); every cache may keep a derivative
+IMMUTABLE = "max-age=31536000, immutable"
+STAND_IN = "max-age=300"
 # The route streams the body itself; this documents it (and lets schema fuzzers send one).
 UPLOAD_BODY = {
     "required": True,
@@ -51,21 +52,15 @@ UPLOAD_BODY = {
 }
 
 
-def _declared_length(request: Request) -> int | None:
-    declared = request.headers.get("content-length", "")
-    return int(declared) if declared.isdigit() else None
-
-
 def _body(request: Request, services: Services, received: Received) -> AsyncIterator[bytes]:
-    declared = _declared_length(request)
-    if declared is not None and declared > services.settings.max_upload_bytes + MULTIPART_SLACK:
-        raise PayloadTooLarge(
-            f"the upload is larger than {services.settings.max_upload_bytes} bytes"
-        )
-    idle_s = services.settings.upload_idle_timeout_s
-    content_type = request.headers.get("content-type", "")
-    body = with_deadline(request_body(request.receive, received), idle_s)
-    return file_stream(content_type, body)
+    settings = services.settings
+    max_bytes = settings.max_upload_bytes + MULTIPART_SLACK
+    declared = declared_length(request.headers)
+    if declared is not None and declared > max_bytes:
+        raise PayloadTooLarge(f"the upload is larger than {settings.max_upload_bytes} bytes")
+    raw = request_body(request.receive, received, max_bytes)
+    body = with_deadline(raw, settings.upload_idle_timeout_s, settings.upload_deadline_s)
+    return file_stream(request.headers.get("content-type", ""), body)
 
 
 async def _accepted(services: Services, ticket: Ticket, depth: int) -> JSONResponse:
@@ -75,25 +70,6 @@ async def _accepted(services: Services, ticket: Ticket, depth: int) -> JSONRespo
         "Retry-After": str(retry_after_for(depth)),
     }
     return JSONResponse(body, status_code=202, headers=headers)
-
-
-def _refused(
-    request: Request, services: Services, received: Received, exc: ImagepipeError
-) -> Response:
-    """The problem; a body still arriving is read on (and dropped) up to twice the limit.
-
-    So a client that sends it all before reading gets the answer, not a reset, unless it
-    sends more than that; then, or when it has stalled, the connection closes.
-    """
-    response = problem(exc.status, exc.title, exc.detail, exc.retry_after)
-    if received.complete:
-        return response
-    budget = 2 * services.settings.max_upload_bytes + MULTIPART_SLACK - received.bytes
-    declared = _declared_length(request)
-    if isinstance(exc, RequestTimeout) or (declared or 0) - received.bytes > budget:
-        response.headers["Connection"] = "close"  # it could never finish within the budget
-        return response
-    return LingeringResponse(response, budget, services.settings.upload_idle_timeout_s)
 
 
 @router.post("/photos", status_code=202, openapi_extra={"requestBody": UPLOAD_BODY})
@@ -110,7 +86,7 @@ async def upload_photo(
         response = await _accepted(services, ticket, depth)
     except ImagepipeError as exc:
         metrics.UPLOADS.labels(str(exc.status)).inc()
-        return _refused(request, services, received, exc)
+        return refusal(request, exc, received, services.settings)
     metrics.UPLOADS.labels("accepted").inc()
     metrics.ACCEPT_SECONDS.observe(time.monotonic() - started)
     return response
@@ -131,11 +107,12 @@ async def list_photos(
 
 
 @router.get("/photos/{photo_id}")
-async def get_photo(photo_id: str, services: ServicesDep) -> dict[str, Any]:
-    """A processed photo: dimensions, every size's URL, and the backup state."""
+async def get_photo(photo_id: str, request: Request, services: ServicesDep) -> Response:
+    """A processed photo: dimensions, every size's URL, and the backup state (`ETag`/`304`)."""
     manifest = await services.index.manifest(photo_id)
     object_keys = [*manifest.object_keys(), keys.manifest(photo_id)]
-    return photo_view(manifest, await services.replication.backup_state(object_keys))
+    backup = await services.replication.backup_state(object_keys)
+    return cached_json(request, photo_view(manifest, backup))  # revalidated: backup changes
 
 
 @router.get("/photos/{photo_id}/{size}")

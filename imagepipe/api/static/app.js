@@ -14,13 +14,13 @@ const GALLERY_PAGE = 12;
 const CONFLICT_RETRIES = 20;
 const REFUSED = new Set([400, 413, 415, 422]); // the file itself is the problem: no retry
 const TERMINAL = new Set(["completed", "failed"]);
-const FORMAT_NAMES = { JPEG: "JPEG", PNG: "PNG", WEBP: "WebP", GIF: "GIF", HEIF: "HEIC" };
 const PREVIEWABLE = new Set(["image/jpeg", "image/png", "image/gif", "image/webp", "image/avif"]);
 const FALLBACK_CONFIG = {
   max_upload_bytes: Infinity,
   media_types: [],
   extensions: [],
   formats: [],
+  format_labels: [],
   sizes: [],
 };
 
@@ -50,8 +50,9 @@ function formatBytes(count) {
   return `${value.toFixed(digits).replace(/\.0$/, "")} ${units[unit]}`;
 }
 
-function listFormats(formats) {
-  const names = formats.map((format) => FORMAT_NAMES[format] ?? format);
+// The server's own labels (WebP, not WEBP): the page and its refusals name formats alike.
+function listFormats(limits) {
+  const names = limits.format_labels ?? limits.formats;
   return names.length > 1 ? `${names.slice(0, -1).join(", ")} or ${names.at(-1)}` : names[0] ?? "";
 }
 
@@ -101,7 +102,7 @@ function refusal(file, limits) {
   const known = limits.media_types.includes(file.type) || limits.extensions.includes(extension);
   // an unknown type ("") goes to the server, which sniffs the bytes; a known other type stops
   if (!known && file.type !== "" && limits.formats.length) {
-    return `Not a photo we accept. Send ${listFormats(limits.formats)}.`;
+    return `Not a photo we accept. Send ${listFormats(limits)}.`;
   }
   if (file.size > limits.max_upload_bytes) {
     return `Too large: ${formatBytes(file.size)}, and the limit is ${formatBytes(limits.max_upload_bytes)}.`;
@@ -263,7 +264,7 @@ function describe(ticket) {
     case "processing":
       return ["Processing", "Making every size…"];
     case "completed":
-      return ["Completed", largest(ticket.photo?.sizes ?? {})];
+      return ["Completed", dimensions(ticket.photo)];
     default:
       return ["Failed", failure(ticket.error || "")];
   }
@@ -283,9 +284,9 @@ function failure(reason) {
   return known ? known[1] : `Could not be processed: ${sentence(reason || "no reason given")}`;
 }
 
-function largest(sizes) {
-  const [top] = Object.values(sizes).sort((a, b) => b.width * b.height - a.width * a.height);
-  return top ? `${top.width} × ${top.height} px` : "";
+// The photo's own size, upright: not its largest derivative, which may be smaller.
+function dimensions(photo) {
+  return photo?.width ? `${photo.width} × ${photo.height} px` : "";
 }
 
 let skippedFiles = 0; // from folders: hidden files and files that are not photos
@@ -646,7 +647,7 @@ async function showLimits() {
   if (!limits.formats.length) return;
   const accept = [...limits.media_types, ...limits.extensions].join(",");
   $("#file-input").accept = accept;
-  $("#limits").textContent = `${listFormats(limits.formats)}, up to ${formatBytes(limits.max_upload_bytes)} each.`;
+  $("#limits").textContent = `${listFormats(limits)}, up to ${formatBytes(limits.max_upload_bytes)} each.`;
 }
 
 setUpPickers();
