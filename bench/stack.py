@@ -28,7 +28,7 @@ from imagepipe.config import Settings
 from imagepipe.stack.local import LocalServers
 from imagepipe.stack.net import free_port
 from imagepipe.stack.processes import RoleProcess, wait_ready
-from imagepipe.stack.roles import role_argv, role_env
+from imagepipe.stack.roles import migrate_catalog, role_argv, role_env
 from imagepipe.stack.servers import EmbeddedS3, EmbeddedValkey
 
 ACCESS_KEY, SECRET_KEY = "bench", "bench-secret"
@@ -52,8 +52,9 @@ class Stack:
             Settings.model_validate(
                 {
                     "data_dir": self.root,
-                    # the embedded Valkey and S3, whatever the environment says
+                    # the embedded Valkey, PostgreSQL and S3, whatever the environment says
                     "redis_url": None,
+                    "database_url": None,
                     "backup_s3_endpoint": None,
                     "backup_s3_bucket": BUCKET,
                     "AWS_ACCESS_KEY_ID": ACCESS_KEY,
@@ -77,8 +78,8 @@ class Stack:
                 stack.close()
 
     def start_servers(self) -> None:
-        """Start Valkey and rclone's S3 (both keep their data under ``root``)."""
-        self.servers.start()
+        """Start Valkey, PostgreSQL and rclone's S3 (their data under ``root``); migrate."""
+        migrate_catalog(self.servers.start())
         self.port = free_port()
 
     @property

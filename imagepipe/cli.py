@@ -53,6 +53,18 @@ def _audit(settings: Settings, args: argparse.Namespace) -> int:
     return run_audit(settings, as_json=args.json)
 
 
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from imagepipe.catalog.commands import run_migrate
+
+    return run_migrate(settings)
+
+
+def _reindex(settings: Settings, args: argparse.Namespace) -> int:
+    from imagepipe.catalog.commands import run_reindex
+
+    return run_reindex(settings)
+
+
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
     from imagepipe.stack.dev import run_dev
 
@@ -123,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     roles.add_parser("replicator", help="copy primary to backup S3, forever")
     audit = roles.add_parser("audit", help="check now that every upload finished and is backed up")
     audit.add_argument("--json", action="store_true", help="print the report as JSON")
+    roles.add_parser("migrate", help="bring the catalog's schema up to this version")
+    roles.add_parser("reindex", help="rebuild the catalog from the manifests in storage")
     _add_client_commands(roles)
     return parser
 
@@ -133,6 +147,8 @@ SERVER_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "replicator": _replicator,
     "dev": _dev,
     "audit": _audit,
+    "migrate": _migrate,
+    "reindex": _reindex,
     "health": _health,
 }
 
@@ -155,8 +171,10 @@ def _serve(args: argparse.Namespace) -> int:
     """Build the server Settings once (refusing invalid ones), log, and run the command."""
     from pydantic import ValidationError
 
+    from imagepipe.catalog.migrate import SchemaOutdated
     from imagepipe.config import Settings
     from imagepipe.connections import RedisConfigError
+    from imagepipe.errors import CatalogUnavailable
     from imagepipe.logs import setup_logging
 
     try:
@@ -168,7 +186,8 @@ def _serve(args: argparse.Namespace) -> int:
     setup_logging(settings, role=_log_role(args))
     try:
         return SERVER_COMMANDS[args.role](settings, args)
-    except RedisConfigError as exc:  # a Redis that may evict: refuse, plainly
+    # a Redis that may evict, a catalog on another schema or out of reach: refuse, plainly
+    except (RedisConfigError, SchemaOutdated, CatalogUnavailable) as exc:
         print(f"imagepipe: {exc}", file=sys.stderr)
         return 2
 

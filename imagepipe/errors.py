@@ -14,7 +14,8 @@
     ├── UnsupportedMediaType            415  not an image of an allowed format
     ├── IdempotencyMismatch             422  same key, different content
     ├── ServiceOverloaded               503  queue too deep: shed load (with Retry-After)
-    │   └── ServiceUnavailable          503  Redis or primary storage unreachable
+    │   └── ServiceUnavailable          503  Redis, the catalog or primary storage unreachable
+    │       └── CatalogUnavailable      503  PostgreSQL unreachable or too slow
     └── InsufficientStorage             507  primary store full
 
 Routes raise these; `api.problems` renders them as RFC 9457 problem+json. Storage errors
@@ -94,3 +95,10 @@ class ServiceUnavailable(ServiceOverloaded):
 
 class InsufficientStorage(ImagepipeError):
     status, title = 507, "Insufficient storage"
+
+
+class CatalogUnavailable(ServiceUnavailable):
+    """The catalog (PostgreSQL) did not answer; transient: retry later."""
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or "the catalog is unreachable; retry", retry_after=5)

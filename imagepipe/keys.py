@@ -11,16 +11,12 @@ BACKFILL_QUEUE = PREFIX + "queue:backfill"
 # -- replication log -------------------------------------------------------------------
 REPLICATION_STREAM = PREFIX + "replication:log"
 REPLICATION_GROUP = "replicators"
-REPLICATION_STATE = PREFIX + "replication:state"  # hash: storage key -> ReplicaState json
 REPLICATION_PENDING = PREFIX + "replication:pending"  # zset: storage key -> first enqueued at
 REPLICATION_PENDING_BYTES = PREFIX + "replication:pending-bytes"  # hash: storage key -> size
 
 # -- the audit -------------------------------------------------------------------------------
 AUDIT_LAST = PREFIX + "audit:last"  # hash: finding kind -> count, finished_at -> timestamp
 AUDIT_LOCK = PREFIX + "audit:lock"  # one periodic audit at a time across replicators
-
-# -- the index of processed photos (the gallery), newest first ----------------------------
-GALLERY = PREFIX + "photos:completed"  # zset: photo id -> completed at
 
 
 def ticket(ticket_id: str) -> str:
@@ -36,6 +32,12 @@ def ticket_channel(ticket_id: str) -> str:
 def photo_ticket(photo_id: str) -> str:
     """Photo id -> ticket id, so a photo found on primary leads back to its ticket."""
     return f"{PREFIX}photo:{photo_id}:ticket"
+
+
+def photo_backup(photo_id: str) -> str:
+    """Hash: each of a photo's objects -> its backup state, while its ticket is kept (polls
+    read it; the catalog keeps the durable state)."""
+    return f"{PREFIX}photo:{photo_id}:backup"
 
 
 def idempotency(key_digest: str) -> str:

@@ -19,7 +19,7 @@ from imagepipe.config import Settings
 from imagepipe.stack.local import LocalServers
 from imagepipe.stack.net import free_port
 from imagepipe.stack.processes import RoleProcess, stop_roles, wait_ready
-from imagepipe.stack.roles import role_argv, role_env
+from imagepipe.stack.roles import migrate_catalog, role_argv, role_env
 from imagepipe.stack.servers import EmbeddedS3, EmbeddedValkey
 
 BUCKET = "backup"
@@ -67,7 +67,9 @@ class Cluster:
             Settings(
                 data_dir=self.root,
                 port=self.port,
-                redis_url=None,  # the embedded Valkey and S3, whatever the environment says
+                # the embedded Valkey, PostgreSQL and S3, whatever the environment says
+                redis_url=None,
+                database_url=None,
                 backup_s3_endpoint=None,
                 backup_s3_bucket=BUCKET,
                 AWS_ACCESS_KEY_ID=ACCESS,
@@ -100,8 +102,8 @@ class Cluster:
         return self.servers.s3
 
     def start(self, roles: tuple[str, ...] = tuple(ROLES)) -> None:
-        """Start the servers, then the roles."""
-        self.servers.start()
+        """Start the servers, migrate the catalog, then start the roles."""
+        migrate_catalog(self.servers.start())
         for role in roles:
             self.start_role(role)
 

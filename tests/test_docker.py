@@ -29,6 +29,7 @@ OPERATOR_ENV = {
     "IMAGEPIPE_CALLBACK_SECRET": "operator-callback-secret-of-32-characters",
     "MINIO_ROOT_USER": "operator",
     "MINIO_ROOT_PASSWORD": "operator-password",
+    "POSTGRES_PASSWORD": "operator-database-password",
 }
 SECRET_NAME = re.compile(r"SECRET|PASSWORD|ACCESS_KEY|ROOT_USER")
 REQUIRED = re.compile(r"\$\{\w+:\?[^}]+\}")
@@ -112,7 +113,7 @@ def imagepipe_services(services: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_every_role_is_a_service_of_the_image(services: dict[str, Any]) -> None:
-    assert set(imagepipe_services(services)) == set(ROLES)
+    assert set(imagepipe_services(services)) == {*ROLES, "migrate"}  # migrate: a one-shot job
     for name, service in imagepipe_services(services).items():
         build = service["build"]
         context = (DOCKER / build["context"]).resolve()
@@ -156,7 +157,8 @@ def test_no_secret_has_a_default(services: dict[str, Any]) -> None:
         for key, value in service.get("environment", {}).items()
         if SECRET_NAME.search(key)
     }
-    assert {key for _, key in secrets} >= {"IMAGEPIPE_CALLBACK_SECRET", "MINIO_ROOT_PASSWORD"}
+    wanted = {"IMAGEPIPE_CALLBACK_SECRET", "MINIO_ROOT_PASSWORD", "POSTGRES_PASSWORD"}
+    assert {key for _, key in secrets} >= wanted
     for where, value in secrets.items():
         assert REQUIRED.fullmatch(value), (where, value)  # ${VAR:?message}: no fallback
         with pytest.raises(pytest.fail.Exception, match="is required"):
@@ -202,6 +204,21 @@ def test_dependencies_wait_for_health_or_completion(services: dict[str, Any]) ->
         needs = services[name]["depends_on"]
         assert needs["valkey"]["condition"] == "service_healthy"
         assert needs["buckets"]["condition"] == "service_completed_successfully"
+        # no role starts on a catalog whose schema is behind it
+        assert needs["migrate"]["condition"] == "service_completed_successfully"
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_the_catalog_is_a_persistent_postgresql_the_roles_share(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    postgres = services["postgres"]
+    assert postgres["image"].startswith("postgres:")
+    volume = postgres["volumes"][0].split(":")
+    assert volume[1] == "/var/lib/postgresql/data" and volume[0] in compose["volumes"]
+    assert postgres["healthcheck"]["test"][1] == "pg_isready"
+    urls = {services[name]["environment"]["IMAGEPIPE_DATABASE_URL"] for name in ROLES}
+    assert len(urls) == 1 and urlsplit(interpolate(urls.pop())).hostname == "postgres"
 
 
 def test_workers_scale_and_published_ports_stay_on_loopback(services: dict[str, Any]) -> None:

@@ -21,7 +21,8 @@ from imagepipe import keys, metrics, queue
 from imagepipe.api.idempotency import Reservation
 from imagepipe.api.ingest import StoredOriginal, limit_bytes, store_original
 from imagepipe.api.services import Services
-from imagepipe.errors import IdempotencyMismatch, PhotoIdTaken
+from imagepipe.catalog.photos import PhotoCatalog
+from imagepipe.errors import CatalogUnavailable, IdempotencyMismatch, PhotoIdTaken
 from imagepipe.ids import new_photo_id, new_ticket_id
 from imagepipe.models import Original, Ticket
 from imagepipe.replication import log as replication
@@ -46,9 +47,7 @@ async def accept_upload(
     )
     try:
         stored = await _ingest(services, body, photo_id, reservation)
-        ticket = await accept(
-            services.redis, services.tickets, stored.original(), ticket_id, reservation=reservation
-        )
+        ticket = await _accept_stored(services, stored, ticket_id, reservation)
     except BaseException:
         if reservation is not None:
             await services.idempotency.release(reservation)
@@ -56,6 +55,26 @@ async def accept_upload(
     metrics.UPLOAD_BYTES.inc(stored.info.size)
     metrics.TICKET_TRANSITIONS.labels("queued").inc()
     return ticket, depth + 1  # + this upload's job
+
+
+async def _accept_stored(
+    services: Services, stored: StoredOriginal, ticket_id: str, reservation: Reservation | None
+) -> Ticket:
+    """`accept`; when the catalog is down, the original just written goes again (503)."""
+    try:
+        return await accept(
+            services.redis,
+            services.tickets,
+            services.catalog,
+            stored.original(),
+            ticket_id,
+            reservation=reservation,
+        )
+    except CatalogUnavailable:
+        if reservation is None or not reservation.retry:
+            # made by this request and named by nothing: the refusal leaves nothing behind
+            await services.primary.delete(stored.key)
+        raise
 
 
 async def _ingest(
@@ -85,17 +104,20 @@ async def _replay(services: Services, body: AsyncIterator[bytes], earlier: Reser
 async def accept(
     redis: ArqRedis,
     tickets: TicketStore,
+    catalog: PhotoCatalog,
     original: Original,
     ticket_id: str,
     *,
     reservation: Reservation | None = None,
     lane: str = keys.UPLOADS_QUEUE,
 ) -> Ticket:
-    """Create the ticket, log the original for backup, and enqueue its processing."""
+    """Record the photo in the catalog, create the ticket, log the original for backup, and
+    enqueue its processing."""
     ticket = Ticket(id=ticket_id, **original.original_facts())
+    await catalog.accepted(ticket)  # first: a ticket never names a photo the catalog lacks
     async with redis.pipeline(transaction=True) as pipe:
         tickets.create(pipe, ticket)
-        replication.append(pipe, {ticket.original_key: ticket.bytes})
+        replication.append(pipe, {ticket.original_key: ticket.bytes}, tickets.retention_s)
         if reservation is not None:
             reservation.commit(pipe, ticket.id, ticket.sha256)
         await pipe.execute()

@@ -3,11 +3,14 @@
 apply_once(webhook_id, event)  a redelivered webhook-id is acknowledged, not reapplied;
                                otherwise the event moves the ticket forward, and on
                                completion the photo is indexed:
-  manifest on primary (before the ticket completes: a completed ticket has one), then in
-  the ticket's own transaction its derivatives onto the replication log and the photo
-  into the gallery
+  manifest on primary, then the catalog (the photo completed, its objects), then in the
+  ticket's own transaction its derivatives onto the replication log
 manifest(photo_id)             an indexed photo's record, or 404
 page(before, limit)            the gallery, newest first
+
+The catalog is written before the ticket changes: a completed or failed ticket always has
+its photo indexed, and a callback retried after a failure in between finds the catalog
+already right (every catalog write is idempotent).
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from imagepipe import keys, metrics
+from imagepipe.catalog.photos import Cursor, GalleryRow, PhotoCatalog
 from imagepipe.errors import Conflict, NotFound
 from imagepipe.ids import is_photo_id
-from imagepipe.models import CallbackEvent, PhotoManifest, Ticket, TicketStatus
+from imagepipe.models import CallbackEvent, PhotoManifest, StoredFile, Ticket, TicketStatus, now
 from imagepipe.replication import log as replication
-from imagepipe.storage import ObjectNotFound, Storage
+from imagepipe.storage import Storage
 from imagepipe.tickets import TicketStore
 
 log = logging.getLogger(__name__)
@@ -34,15 +38,21 @@ def manifest_of(ticket: Ticket, event: CallbackEvent) -> PhotoManifest:
     facts = ticket.original_facts()
     facts.update(width=event.width or ticket.width, height=event.height or ticket.height)
     return PhotoManifest(
-        **facts, ticket_id=ticket.id, created_at=ticket.created_at, sizes=event.sizes
+        **facts,
+        ticket_id=ticket.id,
+        created_at=ticket.created_at,
+        completed_at=now(),
+        sizes=event.sizes,
     )
 
 
 class PhotoIndex:
-    """The web tier's index of processed photos: manifests on primary, the gallery in Redis."""
+    """The web tier's index of processed photos: manifests on primary, rows in the catalog."""
 
-    def __init__(self, redis: Redis, primary: Storage, tickets: TicketStore) -> None:
-        self.redis, self.primary, self.tickets = redis, primary, tickets
+    def __init__(
+        self, redis: Redis, primary: Storage, tickets: TicketStore, catalog: PhotoCatalog
+    ) -> None:
+        self.redis, self.primary, self.tickets, self.catalog = redis, primary, tickets, catalog
 
     async def apply_once(self, webhook_id: str, event: CallbackEvent) -> str:
         """Apply a verified callback: ``applied``, ``unchanged`` or ``duplicate``."""
@@ -63,35 +73,42 @@ class PhotoIndex:
         ticket = await self.tickets.get(event.ticket_id)
         if ticket.photo_id != event.photo_id:
             raise Conflict("the event's photo is not this ticket's photo")
-        if event.type != "processing.completed" or ticket.status.terminal:
+        if ticket.status.terminal or event.type == "processing.started":
             return await self.tickets.apply(event)
+        if event.type == "processing.failed":
+            await self.catalog.failed(ticket.photo_id, event.error)
+            return await self.tickets.apply(event)
+        new_objects = await self._index(ticket, event)
+
+        def log_for_backup(pipe: Pipeline, updated: Ticket) -> None:
+            if updated.status is TicketStatus.COMPLETED:
+                replication.append(pipe, new_objects, self.tickets.retention_s)
+
+        return await self.tickets.apply(event, log_for_backup)
+
+    async def _index(self, ticket: Ticket, event: CallbackEvent) -> dict[str, int]:
+        """Write the manifest, then the catalog; the new objects (key -> bytes) to back up."""
+        manifest = manifest_of(ticket, event)
         manifest_key = keys.manifest(ticket.photo_id)
-        record = manifest_of(ticket, event).model_dump_json(indent=1).encode()
-        written = await self.primary.put_bytes(manifest_key, record)
+        written = await self.primary.put_bytes(
+            manifest_key, manifest.model_dump_json(indent=1).encode()
+        )
+        manifest_file = StoredFile(key=manifest_key, bytes=written.size, sha256=written.sha256 or "")
+        await self.catalog.completed(manifest, manifest_file)
         new_objects = {f.key: f.bytes for d in event.sizes.values() for f in d.files}
         new_objects[manifest_key] = written.size
-
-        def index(pipe: Pipeline, updated: Ticket) -> None:
-            if updated.status is TicketStatus.COMPLETED:
-                replication.append(pipe, new_objects)
-                pipe.zadd(keys.GALLERY, {updated.photo_id: updated.updated_at})
-
-        return await self.tickets.apply(event, index)
+        return new_objects
 
     async def manifest(self, photo_id: str) -> PhotoManifest:
         """The indexed photo's record, or 404 (also while it is still processing)."""
-        if not is_photo_id(photo_id):
-            raise NotFound("no such photo")
-        try:
-            raw = await self.primary.read(keys.manifest(photo_id))
-        except ObjectNotFound:
-            raise NotFound("no such photo (or it is still processing)") from None
-        return PhotoManifest.model_validate_json(raw)
+        found = await self.catalog.manifest(photo_id) if is_photo_id(photo_id) else None
+        if found is None:
+            raise NotFound("no such photo (or it is still processing)")
+        return found
 
-    async def page(self, before: float | None, limit: int) -> list[tuple[str, float]]:
-        """Up to ``limit`` (photo id, completed at), newest first, completed before ``before``."""
-        top = f"({before}" if before is not None else "+inf"
-        rows = await self.redis.zrevrangebyscore(
-            keys.GALLERY, top, "-inf", start=0, num=limit, withscores=True
-        )
-        return [(raw.decode(), score) for raw, score in rows]
+    async def page(self, before: str | None, limit: int) -> tuple[list[GalleryRow], str | None]:
+        """Up to ``limit`` completed photos, newest first, after the cursor ``before``; the
+        cursor of the next page (None: this was the last)."""
+        rows = await self.catalog.page(Cursor.decode(before) if before else None, limit)
+        last = rows[-1] if len(rows) == limit else None
+        return rows, Cursor(last.completed_at, last.photo_id).encode() if last else None

@@ -12,11 +12,12 @@ from redis.exceptions import TimeoutError as RedisTimeout
 
 from imagepipe import keys
 from imagepipe.api.services import Services
+from imagepipe.errors import CatalogUnavailable
 from imagepipe.storage import StorageError
 
 log = logging.getLogger(__name__)
 TIMEOUTS = (TimeoutError, RedisTimeout)
-UNREACHABLE = (OSError, RedisConnectionError, StorageError)
+UNREACHABLE = (OSError, RedisConnectionError, StorageError, CatalogUnavailable)
 
 
 async def last_audit(services: Services) -> dict[str, float]:
@@ -26,7 +27,8 @@ async def last_audit(services: Services) -> dict[str, float]:
 
 
 async def readiness(services: Services) -> tuple[bool, dict[str, Any]]:
-    """Ready when Redis and primary storage answer; the checks, with backlog detail."""
+    """Ready when Redis, the catalog and primary storage answer; the checks, with backlog
+    detail."""
     checks: dict[str, Any] = {}
     try:
         await services.redis.ping()
@@ -41,11 +43,16 @@ async def readiness(services: Services) -> tuple[bool, dict[str, Any]]:
     except (RedisError, OSError) as exc:
         checks["redis"] = failed("redis", exc)
     try:
+        await services.catalog.ping()
+        checks["catalog"] = "ok"
+    except CatalogUnavailable as exc:
+        checks["catalog"] = failed("catalog", exc)
+    try:
         await services.primary.check()
         checks["primary"] = "ok"
     except StorageError as exc:
         checks["primary"] = failed("primary", exc)
-    return checks["redis"] == "ok" and checks["primary"] == "ok", checks
+    return all(checks[c] == "ok" for c in ("redis", "catalog", "primary")), checks
 
 
 def failed(check: str, exc: Exception) -> str:

@@ -8,11 +8,15 @@ import time
 from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagepipe import keys
 from imagepipe.api.events import TicketEvents
 from imagepipe.api.idempotency import IdempotencyKeys
 from imagepipe.api.indexing import PhotoIndex
+from imagepipe.catalog.engine import create_engine
+from imagepipe.catalog.migrate import require_current_schema
+from imagepipe.catalog.photos import PhotoCatalog
 from imagepipe.config import Settings
 from imagepipe.connections import check_redis_policy, connect
 from imagepipe.errors import ServiceOverloaded
@@ -30,6 +34,8 @@ class Services:
 
     settings: Settings
     redis: ArqRedis
+    engine: AsyncEngine
+    catalog: PhotoCatalog
     primary: Storage
     tickets: TicketStore
     replication: ReplicationLog
@@ -41,9 +47,16 @@ class Services:
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
-        """Connect to Redis and primary storage; start the per-process event fan-out."""
+        """Connect to Redis, the catalog and primary storage; start the event fan-out.
+
+        Refuses (RedisConfigError, SchemaOutdated) a Redis that may evict, or a catalog whose
+        schema is not this code's.
+        """
         redis = await connect(settings)
         await check_redis_policy(redis)
+        engine = create_engine(settings)
+        await require_current_schema(engine)
+        catalog = PhotoCatalog(engine)
         events = TicketEvents(redis)
         await events.start()
         primary = primary_storage(settings)
@@ -51,13 +64,15 @@ class Services:
         return cls(
             settings=settings,
             redis=redis,
+            engine=engine,
+            catalog=catalog,
             primary=primary,
             tickets=tickets,
-            replication=ReplicationLog(redis),
+            replication=ReplicationLog(redis, settings.ticket_retention_s),
             idempotency=IdempotencyKeys(
                 redis, settings.idempotency_retention_s, lease_s=settings.idempotency_lease_s
             ),
-            index=PhotoIndex(redis, primary, tickets),
+            index=PhotoIndex(redis, primary, tickets, catalog),
             events=events,
         )
 
@@ -65,6 +80,7 @@ class Services:
         """Close every client."""
         await self.events.stop()
         await self.primary.close()
+        await self.engine.dispose()
         await self.redis.aclose()
 
     async def queue_depth(self) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import Request, Response
 
+from imagepipe.catalog.photos import GalleryRow
 from imagepipe.models import BackupState, Derivative, PhotoManifest, Ticket
 from imagepipe.replication.log import ReplicationLog
 
@@ -84,19 +85,19 @@ def photo_view(manifest: PhotoManifest, backup: BackupState) -> dict[str, Any]:
 
 
 def gallery_view(
-    rows: list[tuple[str, float]], size_names: list[str], limit: int
+    rows: list[GalleryRow], size_names: list[str], next_page: str | None
 ) -> dict[str, Any]:
     """A page of the gallery; ``next`` is the cursor of the following page (None: the end)."""
     photos = [
         {
-            "id": photo_id,
-            "url": f"/photos/{photo_id}",
-            "sizes": {name: f"/photos/{photo_id}/{name}" for name in size_names},
-            "completed_at": iso(completed_at),
+            "id": row.photo_id,
+            "url": f"/photos/{row.photo_id}",
+            "sizes": {name: f"/photos/{row.photo_id}/{name}" for name in size_names},
+            "completed_at": row.completed_at.isoformat(timespec="milliseconds"),
         }
-        for photo_id, completed_at in rows
+        for row in rows
     ]
-    return {"photos": photos, "next": rows[-1][1] if len(rows) == limit else None}
+    return {"photos": photos, "next": next_page}
 
 
 def json_bytes(body: Any) -> bytes:

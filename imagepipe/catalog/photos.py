@@ -14,19 +14,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import exc, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from imagepipe.catalog.schema import objects, photos
-from imagepipe.errors import BadRequest
+from imagepipe.errors import BadRequest, CatalogUnavailable
 from imagepipe.models import BackupState, Original, PhotoManifest, StoredFile, Ticket
 
 ACCEPTED, COMPLETED, FAILED = "accepted", "completed", "failed"
+# what a down, restarting or overloaded PostgreSQL raises: transient, a 503 to clients
+UNREACHABLE = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, OSError)
 
 
 def at(seconds: float) -> datetime:
@@ -105,17 +109,33 @@ async def _insert_objects(
     await db.execute(insert(objects).values(rows).on_conflict_do_nothing())
 
 
+@asynccontextmanager
+async def session(engine: AsyncEngine, write: bool = False) -> AsyncIterator[AsyncConnection]:
+    """A connection (in a transaction that commits at the end when ``write``); an unreachable
+    catalog becomes CatalogUnavailable here, at the boundary, and only here."""
+    try:
+        async with engine.begin() if write else engine.connect() as db:
+            yield db
+    except UNREACHABLE as error:
+        raise CatalogUnavailable(f"the catalog is unreachable ({type(error).__name__})") from error
+
+
 class PhotoCatalog:
     """Photos and their objects in PostgreSQL."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
+    async def ping(self) -> None:
+        """Raise CatalogUnavailable unless PostgreSQL answers (for /readyz)."""
+        async with session(self.engine) as db:
+            await db.execute(select(1))
+
     async def accepted(self, ticket: Ticket) -> None:
         """Record an accepted upload and its original (a second call changes nothing)."""
         now = at(ticket.created_at)
         row = {**_facts(ticket, ticket.id, ticket.created_at), "state": ACCEPTED, "updated_at": now}
-        async with self.engine.begin() as db:
+        async with session(self.engine, write=True) as db:
             await db.execute(insert(photos).values(row).on_conflict_do_nothing())
             await _insert_objects(db, ticket.photo_id, [(_original(ticket), "original")], now)
 
@@ -139,14 +159,14 @@ class PhotoCatalog:
         files = [(_original(manifest), "original")]
         files += [(f, "derivative") for d in manifest.sizes.values() for f in d.files]
         files.append((manifest_file, "manifest"))
-        async with self.engine.begin() as db:
+        async with session(self.engine, write=True) as db:
             await db.execute(upsert)
             await _insert_objects(db, manifest.photo_id, files, now)
 
     async def failed(self, photo_id: str, error: str | None) -> None:
         """Processing gave up on this photo (a completed one stays completed)."""
         now = datetime.now(tz=UTC)
-        async with self.engine.begin() as db:
+        async with session(self.engine, write=True) as db:
             await db.execute(
                 update(photos)
                 .where(photos.c.id == photo_id, photos.c.state == ACCEPTED)
@@ -164,16 +184,37 @@ class PhotoCatalog:
         if before is not None:
             mark = tuple_(photos.c.completed_at, photos.c.id)
             query = query.where(mark < tuple_(before.completed_at, before.photo_id))
-        async with self.engine.connect() as db:
+        async with session(self.engine) as db:
             found = await db.execute(query)
         return [GalleryRow(photo_id, completed_at) for photo_id, completed_at in found]
 
     async def photo(self, photo_id: str) -> dict[str, Any] | None:
         """A photo's row, or None."""
-        async with self.engine.connect() as db:
+        async with session(self.engine) as db:
             found = await db.execute(select(photos).where(photos.c.id == photo_id))
         row = found.mappings().first()
         return dict(row) if row is not None else None
+
+    async def manifest(self, photo_id: str) -> PhotoManifest | None:
+        """A completed photo's record (as its manifest on primary says it), or None."""
+        query = select(photos).where(photos.c.id == photo_id, photos.c.state == COMPLETED)
+        async with session(self.engine) as db:
+            row = (await db.execute(query)).mappings().first()
+        if row is None:
+            return None
+        return PhotoManifest(
+            photo_id=row["id"],
+            original_key=row["original_key"],
+            sha256=row["sha256"],
+            format=row["format"],
+            width=row["width"],
+            height=row["height"],
+            bytes=row["bytes"],
+            ticket_id=row["ticket_id"],
+            created_at=row["created_at"].timestamp(),
+            completed_at=row["completed_at"].timestamp(),
+            sizes=row["sizes"],
+        )
 
     async def backup_state(self, photo_id: str) -> BackupState:
         """Completed when every object of the photo is in backup; failed when one failed."""
@@ -182,12 +223,26 @@ class PhotoCatalog:
             .where(objects.c.photo_id == photo_id)
             .group_by(objects.c.backup_state)
         )
-        async with self.engine.connect() as db:
+        async with session(self.engine) as db:
             counts: dict[str, int] = {state: n for state, n in await db.execute(query)}
         if counts.get(BackupState.FAILED.value):
             return BackupState.FAILED
         done = counts and set(counts) == {BackupState.COMPLETED.value}
         return BackupState.COMPLETED if done else BackupState.PENDING
+
+    async def backup_found(self, states: dict[str, BackupState]) -> None:
+        """Set objects' backup states as a check found them (reindex, audit): no attempt counted."""
+        now = datetime.now(tz=UTC)
+        by_state: dict[BackupState, list[str]] = {}
+        for key, state in states.items():
+            by_state.setdefault(state, []).append(key)
+        async with session(self.engine, write=True) as db:
+            for state, found in by_state.items():
+                await db.execute(
+                    update(objects)
+                    .where(objects.c.key.in_(found))
+                    .values(backup_state=state.value, backup_reason=None, backup_changed_at=now)
+                )
 
     async def backup_changed(self, key: str, state: BackupState, reason: str | None) -> None:
         """An object's backup copy is verified (completed), failed for good, or being retried."""
@@ -197,5 +252,5 @@ class PhotoCatalog:
             "backup_changed_at": datetime.now(tz=UTC),
             "backup_attempts": objects.c.backup_attempts + 1,
         }
-        async with self.engine.begin() as db:
+        async with session(self.engine, write=True) as db:
             await db.execute(update(objects).where(objects.c.key == key).values(values))

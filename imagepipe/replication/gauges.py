@@ -23,7 +23,7 @@ from imagepipe.metrics import (
     REPLICATION_PENDING,
     REPLICATION_PENDING_BYTES,
 )
-from imagepipe.replication.log import ReplicationLog
+from imagepipe.replication.log import backlog as read_backlog
 
 
 async def refresh_system_gauges(redis: Redis) -> None:
@@ -34,7 +34,7 @@ async def refresh_system_gauges(redis: Redis) -> None:
         oldest = await redis.zrange(queue, 0, 0, withscores=True)
         # arq scores are the time a job may run (ms); a deferred job is not late yet
         QUEUE_OLDEST.labels(lane).set(max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else 0)
-    backlog = await ReplicationLog(redis).backlog()
+    backlog = await read_backlog(redis)
     REPLICATION_PENDING.set(backlog.pending)
     REPLICATION_PENDING_BYTES.set(backlog.pending_bytes)
     REPLICATION_LAG.set(backlog.oldest_age_s)

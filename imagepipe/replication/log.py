@@ -1,15 +1,16 @@
 """(4) The replication log: append at upload and at indexing; claim, ack, fail in the replicator.
 
-A Redis stream with one consumer group (every replicator process is a consumer), plus a hash
-of per-object state and a sorted set of what is still pending (its oldest score is the
-replication lag). Entries are acknowledged only after a verified copy, so a replicator that
-dies leaves its entries to be reclaimed by another.
+A Redis stream with one consumer group (every replicator process is a consumer), a sorted
+set of what is still pending (its oldest score is the replication lag) and, per photo, a
+hash of its objects' backup states that lives as long as its ticket (polls read it). The
+durable backup state of every object is the catalog's. Entries are acknowledged only after
+a verified copy, so a replicator that dies leaves its entries to be reclaimed by another.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -18,7 +19,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from imagepipe import keys
-from imagepipe.models import BackupState, ReplicaState, Ticket
+from imagepipe.models import BackupState, Ticket
 
 REPLICATION_TARGET_S = 15 * 60  # S3 Replication Time Control's promise: 99.99 % within this
 
@@ -41,25 +42,44 @@ class Backlog:
     past_target: int  # pending for longer than the 15-minute replication target
 
 
-def append(pipe: Pipeline, objects: Mapping[str, int]) -> None:
-    """Queue these objects (key -> size in bytes) for backup inside the caller's transaction."""
+def append(pipe: Pipeline, objects: Mapping[str, int], retention_s: int) -> None:
+    """Queue these objects (key -> size in bytes) for backup inside the caller's transaction.
+
+    Each photo's objects are also noted `pending` in its backup hash, kept ``retention_s``
+    (as long as its ticket), which ticket polls read.
+    """
     if not objects:
         return
     stamp = time.time()
     for key in objects:  # one log entry per object: each is claimed and copied on its own
         pipe.xadd(keys.REPLICATION_STREAM, {"key": key})
     # the bookkeeping goes in one command per structure, not one per object
-    state = ReplicaState(enqueued_at=stamp).model_dump_json()
-    pipe.hset(keys.REPLICATION_STATE, mapping=dict.fromkeys(objects, state))
     pipe.zadd(keys.REPLICATION_PENDING, dict.fromkeys(objects, stamp), nx=True)
     pipe.hset(keys.REPLICATION_PENDING_BYTES, mapping={k: str(size) for k, size in objects.items()})
+    for photo_id, photo_keys in _by_photo(objects).items():
+        pending = dict.fromkeys(photo_keys, BackupState.PENDING.value)
+        _note_backup(pipe, photo_id, pending, retention_s)
+
+
+def _by_photo(object_keys: Iterable[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for key in object_keys:
+        found.setdefault(keys.photo_of(key), []).append(key)
+    return found
+
+
+def _note_backup(pipe: Pipeline, photo_id: str, states: Mapping[str, str], ttl_s: int) -> None:
+    key = keys.photo_backup(photo_id)
+    pipe.hset(key, mapping=dict(states))
+    pipe.expire(key, ttl_s, nx=True)  # made here or before: it lives as long as the ticket
 
 
 class ReplicationLog:
     """The consumer side of the log, plus read-only views of replica state."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, retention_s: int) -> None:
         self.redis = redis
+        self.retention_s = retention_s  # of a photo's backup hash: its ticket's retention
 
     async def ensure_group(self) -> None:
         """Create the stream and its consumer group once (safe to call from every process)."""
@@ -105,16 +125,6 @@ class ReplicationLog:
             justid=True,
         )
 
-    async def record_attempt(self, key: str, reason: str) -> None:
-        """Note a transient failure on a still-pending object (for operators)."""
-        state = await self.state(key) or ReplicaState()
-        state.attempts += 1
-        state.reason = reason
-        state.updated_at = time.time()
-        await cast(
-            Awaitable[int], self.redis.hset(keys.REPLICATION_STATE, key, state.model_dump_json())
-        )
-
     async def complete(self, entry: Entry) -> None:
         """The copy is verified: acknowledge and mark the object completed."""
         await self._finish(entry, BackupState.COMPLETED, None)
@@ -124,29 +134,26 @@ class ReplicationLog:
         await self._finish(entry, BackupState.FAILED, reason)
 
     async def _finish(self, entry: Entry, outcome: BackupState, reason: str | None) -> None:
-        state = await self.state(entry.key) or ReplicaState()
-        state.state, state.reason, state.updated_at = outcome, reason, time.time()
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.REPLICATION_STATE, entry.key, state.model_dump_json())
+            photo_id = keys.photo_of(entry.key)
+            _note_backup(pipe, photo_id, {entry.key: outcome.value}, self.retention_s)
             pipe.zrem(keys.REPLICATION_PENDING, entry.key)
             pipe.hdel(keys.REPLICATION_PENDING_BYTES, entry.key)
             pipe.xack(keys.REPLICATION_STREAM, keys.REPLICATION_GROUP, entry.entry_id)
             pipe.xdel(keys.REPLICATION_STREAM, entry.entry_id)
             await pipe.execute()
 
-    async def state(self, key: str) -> ReplicaState | None:
-        """One object's replica state, if it was ever logged."""
-        raw = await cast(Awaitable[bytes | None], self.redis.hget(keys.REPLICATION_STATE, key))
-        return ReplicaState.model_validate_json(raw) if raw else None
-
     async def backup_state(self, object_keys: Sequence[str]) -> BackupState:
-        """A photo's backup state: completed only when every one of its objects is."""
-        lookup = self.redis.hmget(keys.REPLICATION_STATE, list(object_keys))
-        raws = await cast(Awaitable[list[bytes | None]], lookup)
-        states = [ReplicaState.model_validate_json(r).state if r else None for r in raws]
-        if BackupState.FAILED in states:
+        """A photo's backup state while its ticket lives: completed only when every one of
+        its objects is, failed when one failed."""
+        if not object_keys:
+            return BackupState.PENDING
+        photo_id = keys.photo_of(object_keys[0])
+        lookup = self.redis.hmget(keys.photo_backup(photo_id), list(object_keys))
+        states = await cast(Awaitable[list[bytes | None]], lookup)
+        if BackupState.FAILED.value.encode() in states:
             return BackupState.FAILED
-        if states and all(s is BackupState.COMPLETED for s in states):
+        if all(s == BackupState.COMPLETED.value.encode() for s in states):
             return BackupState.COMPLETED
         return BackupState.PENDING
 
@@ -159,15 +166,20 @@ class ReplicationLog:
 
     async def backlog(self) -> Backlog:
         """Pending count and the age of the oldest unreplicated object."""
-        now = time.time()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(keys.REPLICATION_PENDING)
-            pipe.zrange(keys.REPLICATION_PENDING, 0, 0, withscores=True)
-            pipe.hvals(keys.REPLICATION_PENDING_BYTES)
-            pipe.zcount(keys.REPLICATION_PENDING, "-inf", now - REPLICATION_TARGET_S)
-            pending, oldest, sizes, past = await pipe.execute()
-        age = now - oldest[0][1] if oldest else 0.0
-        return Backlog(pending, sum(int(s) for s in sizes), max(0.0, age), past)
+        return await backlog(self.redis)
+
+
+async def backlog(redis: Redis) -> Backlog:
+    """How far behind backup is: pending count and bytes, the oldest pending object's age."""
+    now = time.time()
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(keys.REPLICATION_PENDING)
+        pipe.zrange(keys.REPLICATION_PENDING, 0, 0, withscores=True)
+        pipe.hvals(keys.REPLICATION_PENDING_BYTES)
+        pipe.zcount(keys.REPLICATION_PENDING, "-inf", now - REPLICATION_TARGET_S)
+        pending, oldest, sizes, past = await pipe.execute()
+    age = now - oldest[0][1] if oldest else 0.0
+    return Backlog(pending, sum(int(s) for s in sizes), max(0.0, age), past)
 
 
 def _entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:

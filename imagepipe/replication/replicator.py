@@ -23,8 +23,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from imagepipe import backoff, keys, metrics
+from imagepipe.catalog.engine import create_engine
+from imagepipe.catalog.migrate import require_current_schema
+from imagepipe.catalog.photos import PhotoCatalog
 from imagepipe.config import Settings
 from imagepipe.connections import check_redis_policy, connect
+from imagepipe.errors import CatalogUnavailable
+from imagepipe.models import BackupState
 from imagepipe.replication.audit import Auditor
 from imagepipe.replication.gauges import refresh_system_gauges
 from imagepipe.replication.log import Entry, ReplicationLog
@@ -65,10 +70,12 @@ class Replicator:
         redis: Redis,
         primary: Storage,
         backup: Storage,
+        catalog: PhotoCatalog,
         consumer: str | None = None,
     ) -> None:
         self.settings = settings
-        self.log = ReplicationLog(redis)
+        self.log = ReplicationLog(redis, settings.ticket_retention_s)
+        self.catalog = catalog
         self.primary, self.backup = primary, backup
         self.consumer = consumer or consumer_name()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -121,6 +128,8 @@ class Replicator:
             attempt += 1
             try:
                 copied = await copy_verified(self.primary, self.backup, entry.key)
+                # the catalog first: an entry is acked only once its durable state says so
+                await self.catalog.backup_changed(entry.key, BackupState.COMPLETED, None)
                 await self.log.complete(entry)
             except ObjectNotFound:
                 await self._fail(entry, "source_missing: the object is not on primary")
@@ -128,7 +137,7 @@ class Replicator:
             except StoragePermissionDenied as exc:
                 await self._fail(entry, f"access_denied: {exc}")
                 return
-            except (StorageError, RedisError) as exc:
+            except (StorageError, RedisError, CatalogUnavailable) as exc:
                 metrics.REPLICATION_COPIES.labels("retry").inc()
                 await self._wait_and_retry(entry, attempt, f"{type(exc).__name__}: {exc}")
                 continue
@@ -143,7 +152,12 @@ class Replicator:
     async def _fail(self, entry: Entry, reason: str) -> None:
         metrics.REPLICATION_COPIES.labels("failed").inc()
         log.error("replication failed: %s", reason, extra={"key": entry.key})
-        await self.log.fail(entry, reason)
+        try:
+            await self.catalog.backup_changed(entry.key, BackupState.FAILED, reason)
+            await self.log.fail(entry, reason)
+        except (RedisError, CatalogUnavailable) as exc:
+            # left claimed: another try reclaims it once it has been idle long enough
+            log.warning("could not record the failure (%s)", exc, extra={"key": entry.key})
 
     async def _wait_and_retry(self, entry: Entry, attempt: int, reason: str) -> None:
         wait = backoff.delay(attempt, cap_s=self.settings.replication_backoff_cap_s)
@@ -153,9 +167,10 @@ class Replicator:
             reason,
             extra={"key": entry.key, "attempt": attempt},
         )
-        with suppress(RedisError):
-            await self.log.record_attempt(entry.key, reason)
+        with suppress(RedisError, CatalogUnavailable):
             await self.log.keep_alive(self.consumer, entry)  # still ours: don't reclaim it
+            # for operators: attempts and the last reason, on the object's catalog row
+            await self.catalog.backup_changed(entry.key, BackupState.PENDING, reason)
         with suppress(TimeoutError):
             await asyncio.wait_for(self.recovered.wait(), wait)
 
@@ -193,8 +208,10 @@ def consumer_name() -> str:
 async def _main(settings: Settings) -> None:
     redis = await connect(settings)
     await check_redis_policy(redis)
+    engine = create_engine(settings)
+    await require_current_schema(engine)
     primary, backup = primary_storage(settings), backup_storage(settings)
-    replicator = Replicator(settings, redis, primary, backup)
+    replicator = Replicator(settings, redis, primary, backup, PhotoCatalog(engine))
     metrics.serve(settings.metrics_port, settings.metrics_host)
     helpers = [
         asyncio.create_task(audit_periodically(settings, redis, primary, backup)),
@@ -215,6 +232,7 @@ async def _main(settings: Settings) -> None:
         await asyncio.gather(*helpers, *replicator.tasks, return_exceptions=True)
         await backup.close()
         await primary.close()
+        await engine.dispose()
         await redis.aclose()
 
 

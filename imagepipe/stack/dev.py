@@ -19,7 +19,7 @@ from imagepipe.config import Settings
 from imagepipe.stack.credentials import with_dev_secrets
 from imagepipe.stack.local import LocalServers
 from imagepipe.stack.net import local_host, port_answers
-from imagepipe.stack.roles import role_commands, role_env
+from imagepipe.stack.roles import migrate_catalog, role_commands, role_env
 from imagepipe.stack.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -81,13 +81,14 @@ def run_dev(settings: Settings, host: str, port: int) -> int:
     settings.primary_root.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         request = _trap_stop_signals(stack)
+        servers = LocalServers(with_dev_secrets(settings))
+        stack.callback(servers.stop)
         try:
-            servers = LocalServers(with_dev_secrets(settings))
             settings = servers.start()
+            migrate_catalog(settings)  # the dev stack keeps its catalog current
         except (RuntimeError, OSError) as exc:
             log.error("cannot start the local stack: %s", exc)
             return 1
-        stack.callback(servers.stop)
         supervisor = Supervisor(
             role_commands(host, port), role_env(role_settings(settings, host, port))
         )

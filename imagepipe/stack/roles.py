@@ -8,6 +8,7 @@ whoever starts roles builds the settings they share and passes them here.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Mapping
 
@@ -28,6 +29,19 @@ def role_commands(host: str, port: int) -> dict[str, list[str]]:
         "backfill": role_argv("worker", "--lane", "backfill", "--concurrency", "1"),
         "replicator": role_argv("replicator"),
     }
+
+
+def migrate_catalog(settings: Settings, timeout_s: float = 120.0) -> None:
+    """Run `imagepipe migrate` against the catalog these settings name, as an operator would.
+
+    Raises RuntimeError with its output when it fails.
+    """
+    done = subprocess.run(
+        role_argv("migrate"), env=role_env(settings), capture_output=True, timeout=timeout_s
+    )
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).decode(errors="replace")[-2000:]
+        raise RuntimeError(f"`imagepipe migrate` failed ({done.returncode}):\n{output}")
 
 
 def role_env(
@@ -51,6 +65,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
     optional = {
         "IMAGEPIPE_REDIS_URL": settings.redis_url,
+        "IMAGEPIPE_DATABASE_URL": settings.database_url,
         "IMAGEPIPE_BACKUP_S3_ENDPOINT": settings.backup_s3_endpoint,
         "IMAGEPIPE_PRIMARY_DIR": settings.primary_dir and str(settings.primary_dir.resolve()),
         "IMAGEPIPE_PRIMARY_S3_BUCKET": settings.primary_s3_bucket,

@@ -97,21 +97,19 @@ async def list_photos(
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 24,
     before: Annotated[
-        # NaN would reach Redis as a malformed score range (a 503): finite numbers only
-        float | None, Query(description="`next` of the previous page", allow_inf_nan=False)
+        str | None, Query(max_length=200, description="`next` of the previous page")
     ] = None,
 ) -> dict[str, Any]:
     """Recently processed photos, newest first, a page at a time."""
-    rows = await services.index.page(before, limit)
-    return gallery_view(rows, [s.name for s in services.settings.sizes], limit)
+    rows, next_page = await services.index.page(before, limit)
+    return gallery_view(rows, [s.name for s in services.settings.sizes], next_page)
 
 
 @router.get("/photos/{photo_id}")
 async def get_photo(photo_id: str, request: Request, services: ServicesDep) -> Response:
     """A processed photo: dimensions, every size's URL, and the backup state (`ETag`/`304`)."""
     manifest = await services.index.manifest(photo_id)
-    object_keys = [*manifest.object_keys(), keys.manifest(photo_id)]
-    backup = await services.replication.backup_state(object_keys)
+    backup = await services.catalog.backup_state(photo_id)
     return cached_json(request, photo_view(manifest, backup))  # revalidated: backup changes
 
 
