@@ -2,7 +2,7 @@
 
 Whole stack; small photos so that 10 uploads/s (each one original, six sizes and a manifest:
 8 objects) stays within what the worker can do on a small machine. The lag of each object is
-read from the replication log itself (``updated_at - enqueued_at`` of its completed state).
+read from the catalog (``backup_changed_at - created_at`` of its row once completed).
 The outage stops rclone's S3 server, keeps uploading, starts it again on the same port and
 times the drain. The anchor PUTs the same objects one after another to the same server.
 """
@@ -10,14 +10,15 @@ times the drain. The anchor PUTs the same objects one after another to the same 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from typing import Any, cast
+from typing import Any
 
 import boto3
 import httpx
 from botocore.config import Config
 from redis.asyncio import Redis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.inputs import Photo
 from bench.loadgen import open_loop
@@ -25,15 +26,22 @@ from bench.model import Row, table
 from bench.stack import ACCESS_KEY, BUCKET, SECRET_KEY, Stack, upload
 from bench.stats import percentile
 from imagepipe import keys
+from imagepipe.catalog.engine import create_engine
+from imagepipe.catalog.schema import objects
 
 RATE = 10.0
 LAG_BUDGET_S = 2.0
 SHARE = 0.7
 
 
-async def _states(redis: Redis) -> dict[str, dict[str, Any]]:
-    raw = await cast(Any, redis.hgetall(keys.REPLICATION_STATE))
-    return {k.decode(): json.loads(v) for k, v in raw.items()}
+async def _lags(engine: AsyncEngine) -> dict[str, float]:
+    """Each object copied to backup: seconds from its row's creation to its copy's confirmation."""
+    query = select(objects.c.key, objects.c.created_at, objects.c.backup_changed_at).where(
+        objects.c.backup_state == "completed"
+    )
+    async with engine.connect() as db:
+        rows = await db.execute(query)
+    return {key: (done - made).total_seconds() for key, made, done in rows}
 
 
 async def _drained(redis: Redis, timeout_s: float, below: int = 1) -> float:
@@ -62,19 +70,17 @@ async def measure(stack: Stack, photo: Photo, steady_s: float, outage_s: float) 
     for role in ("api", "worker", "replicator"):
         stack.start(role)
     redis = Redis.from_url(stack.valkey.url)
+    engine = create_engine(stack.settings)
     try:
         async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
             await stack.wait_ready()
             await upload(client, photo.data)
             await _drained(redis, 60)
-            before = set(await _states(redis))
+            before = set(await _lags(engine))
             uploaded = await _uploads(client, photo, steady_s)
             await asyncio.sleep(2)  # the last uploads' sizes reach the log
             await _drained(redis, 120)
-            states = await _states(redis)
-            lags = [
-                s["updated_at"] - s["enqueued_at"] for k, s in states.items() if k not in before
-            ]
+            steady = {key: lag for key, lag in (await _lags(engine)).items() if key not in before}
             stack.s3.stop()
             outage_uploads = await _uploads(client, photo, outage_s)
             await asyncio.sleep(2)
@@ -85,16 +91,16 @@ async def measure(stack: Stack, photo: Photo, steady_s: float, outage_s: float) 
             drained = await _drained(redis, 300)
     finally:
         await redis.aclose()
+        await engine.dispose()
         stack.stop("replicator", "worker", "api")
-    steady_keys = [k for k in states if k not in before]
     return {
         "uploaded": uploaded,
-        "lags_s": lags,
+        "lags_s": list(steady.values()),
         "outage_uploads": outage_uploads,
         "backlog": backlog,
         "drain_s": drained - restarted,
         "first_copy_s": first - restarted,
-        "steady_keys": steady_keys,
+        "steady_keys": list(steady),
     }
 
 

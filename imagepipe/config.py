@@ -194,6 +194,9 @@ class Settings(BaseSettings):
     audit_interval_s: float = Field(default=300.0, gt=0)  # the replicator's periodic pass
     audit_stuck_after_s: float = Field(default=600.0, gt=0)  # a ticket idle this long is stuck
     audit_deep: bool = False  # also read both copies and compare sha256 (slow)
+    # every photo is checked against primary and backup once within this period, a slice of
+    # the library per pass (the rest of a pass costs what changed)
+    audit_verify_period_s: float = Field(default=7 * 24 * 3600.0, gt=0)
 
     # -- replication ---------------------------------------------------------------
     replication_concurrency: int = Field(default=8, gt=0)

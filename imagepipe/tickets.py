@@ -75,6 +75,17 @@ class TicketStore:
         pipe.set(keys.ticket(ticket.id), ticket.model_dump_json(), ex=self.retention_s, nx=True)
         pipe.set(keys.photo_ticket(ticket.photo_id), ticket.id, ex=self.retention_s)
 
+    async def restore(self, ticket: Ticket, ttl_s: int) -> bool:
+        """Put back a ticket Redis lost, for the ``ttl_s`` of retention it had left.
+
+        Never over a ticket that exists (it may have moved on); False when one did.
+        """
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.ticket(ticket.id), ticket.model_dump_json(), ex=ttl_s, nx=True)
+            pipe.set(keys.photo_ticket(ticket.photo_id), ticket.id, ex=ttl_s, nx=True)
+            created, _ = await pipe.execute()
+        return bool(created)
+
     async def get(self, ticket_id: str) -> Ticket:
         """The ticket, or NotFound for unknown, expired or malformed ids."""
         if not is_ticket_id(ticket_id):

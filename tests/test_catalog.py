@@ -20,7 +20,8 @@ from imagepipe.catalog.migrate import (
     migrate,
     require_current_schema,
 )
-from imagepipe.catalog.photos import COMPLETED, Cursor, PhotoCatalog, at
+from imagepipe.catalog.photos import Cursor, PhotoCatalog, at
+from imagepipe.catalog.rows import COMPLETED
 from imagepipe.catalog.schema import metadata
 from imagepipe.config import Settings
 from imagepipe.errors import BadRequest

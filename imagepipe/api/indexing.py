@@ -93,8 +93,10 @@ class PhotoIndex:
         written = await self.primary.put_bytes(
             manifest_key, manifest.model_dump_json(indent=1).encode()
         )
-        manifest_file = StoredFile(key=manifest_key, bytes=written.size, sha256=written.sha256 or "")
-        await self.catalog.completed(manifest, manifest_file)
+        sha256 = written.sha256 or ""
+        await self.catalog.completed(
+            manifest, StoredFile(key=manifest_key, bytes=written.size, sha256=sha256)
+        )
         new_objects = {f.key: f.bytes for d in event.sizes.values() for f in d.files}
         new_objects[manifest_key] = written.size
         return new_objects

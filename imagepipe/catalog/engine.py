@@ -7,10 +7,17 @@ a connect timeout and a statement timeout, like every other outbound call.
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from imagepipe.config import Settings
+from imagepipe.errors import CatalogUnavailable
 
+# what a down, restarting or overloaded PostgreSQL raises: transient, a 503 to clients
+UNREACHABLE = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, OSError)
 POOL_OVERFLOW = 0  # the pool size is a bound, not a hint
 POOL_RECYCLE_S = 30 * 60
 # No pre-ping: it would double the round trips of every query. A connection that died with
@@ -42,3 +49,14 @@ def create_engine(settings: Settings) -> AsyncEngine:
             "server_settings": {"statement_timeout": str(statement_ms)},
         },
     )
+
+
+@asynccontextmanager
+async def session(engine: AsyncEngine, write: bool = False) -> AsyncIterator[AsyncConnection]:
+    """A connection (in a transaction that commits at the end when ``write``); an unreachable
+    catalog becomes CatalogUnavailable here, at the boundary, and only here."""
+    try:
+        async with engine.begin() if write else engine.connect() as db:
+            yield db
+    except UNREACHABLE as error:
+        raise CatalogUnavailable(f"the catalog is unreachable ({type(error).__name__})") from error

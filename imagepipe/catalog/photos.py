@@ -14,23 +14,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import exc, func, select, tuple_, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from imagepipe.catalog.engine import session
+from imagepipe.catalog.rows import ACCEPTED, COMPLETED, FAILED, PhotoRow
 from imagepipe.catalog.schema import objects, photos
-from imagepipe.errors import BadRequest, CatalogUnavailable
+from imagepipe.errors import BadRequest
 from imagepipe.models import BackupState, Original, PhotoManifest, StoredFile, Ticket
-
-ACCEPTED, COMPLETED, FAILED = "accepted", "completed", "failed"
-# what a down, restarting or overloaded PostgreSQL raises: transient, a 503 to clients
-UNREACHABLE = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, OSError)
 
 
 def at(seconds: float) -> datetime:
@@ -109,17 +105,6 @@ async def _insert_objects(
     await db.execute(insert(objects).values(rows).on_conflict_do_nothing())
 
 
-@asynccontextmanager
-async def session(engine: AsyncEngine, write: bool = False) -> AsyncIterator[AsyncConnection]:
-    """A connection (in a transaction that commits at the end when ``write``); an unreachable
-    catalog becomes CatalogUnavailable here, at the boundary, and only here."""
-    try:
-        async with engine.begin() if write else engine.connect() as db:
-            yield db
-    except UNREACHABLE as error:
-        raise CatalogUnavailable(f"the catalog is unreachable ({type(error).__name__})") from error
-
-
 class PhotoCatalog:
     """Photos and their objects in PostgreSQL."""
 
@@ -153,8 +138,10 @@ class PhotoCatalog:
         }
         row = {**_facts(manifest, manifest.ticket_id, manifest.created_at), **done}
         upsert = insert(photos).values(row)
+        # a reprocessed photo (the audit, a format added to the ladder) is indexed again; a
+        # failed one stays failed
         upsert = upsert.on_conflict_do_update(
-            index_elements=[photos.c.id], set_=done, where=photos.c.state == ACCEPTED
+            index_elements=[photos.c.id], set_=done, where=photos.c.state != FAILED
         )
         files = [(_original(manifest), "original")]
         files += [(f, "derivative") for d in manifest.sizes.values() for f in d.files]
@@ -200,21 +187,7 @@ class PhotoCatalog:
         query = select(photos).where(photos.c.id == photo_id, photos.c.state == COMPLETED)
         async with session(self.engine) as db:
             row = (await db.execute(query)).mappings().first()
-        if row is None:
-            return None
-        return PhotoManifest(
-            photo_id=row["id"],
-            original_key=row["original_key"],
-            sha256=row["sha256"],
-            format=row["format"],
-            width=row["width"],
-            height=row["height"],
-            bytes=row["bytes"],
-            ticket_id=row["ticket_id"],
-            created_at=row["created_at"].timestamp(),
-            completed_at=row["completed_at"].timestamp(),
-            sizes=row["sizes"],
-        )
+        return PhotoRow.of(row).manifest() if row is not None else None
 
     async def backup_state(self, photo_id: str) -> BackupState:
         """Completed when every object of the photo is in backup; failed when one failed."""

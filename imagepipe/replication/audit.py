@@ -1,45 +1,48 @@
 """The audit: prove that every piece of asynchronous work finished, and repair what did not.
 
-It walks **primary storage, not Redis** (the original is the source of truth), so it repairs
-what Redis forgot, for example after a restore from an older snapshot:
+The catalog says what should exist; primary and backup say what does; Redis says what is in
+flight. A periodic pass costs what changed, not what the library holds:
 
-    original, no ticket and not fully processed   -> new ticket, processing re-enqueued
-    completed ticket but derivatives missing       -> new ticket, processing re-enqueued
-    ticket stuck queued/processing past a deadline -> its processing re-enqueued
-    object missing from backup, or size/sha differs -> back onto the replication log
-    replication entry `failed(reason)`             -> back onto the replication log
-    temp files, derivatives without an original    -> reported as orphans
+    changed    photos whose catalog row changed since the last pass (the watermark)
+    stuck      photos accepted long ago and still unprocessed
+    backup     objects whose backup copy is not confirmed yet (pending, failed)
+    slices     a rolling few of the library's 4096 id-prefix slices, checked three ways
+               (catalog, primary, backup listings): every photo is re-verified within
+               `IMAGEPIPE_AUDIT_VERIFY_PERIOD_S`, at a bounded cost per pass
 
-Repairs go to the backfill lane, so an audit never starves new uploads.
+`imagepipe audit --full` checks every slice (streaming: one slice in memory at a time).
+What each check repairs is in `replication.checks`; orphans found in a slice (an original
+with no row, anything else with no row, a copy only backup holds) are repaired or reported.
+Repairs go to the backfill lane and the replication log, so an audit never starves uploads.
 """
 
 from __future__ import annotations
 
-import hashlib
+import math
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import cast
+from datetime import UTC, datetime, timedelta
 
 from arq.connections import ArqRedis
-from arq.jobs import Job, JobStatus
 
-from imagepipe import formats, keys, queue
-from imagepipe.api.accept import accept
-from imagepipe.api.ingest import StoredOriginal
+from imagepipe import keys
+from imagepipe.catalog.photos import PhotoCatalog
+from imagepipe.catalog.rows import PhotoRow
+from imagepipe.catalog.scans import CatalogScans
 from imagepipe.config import Settings
-from imagepipe.errors import NotFound
-from imagepipe.ids import new_ticket_id
-from imagepipe.imaging.decoding import ImageRejected
-from imagepipe.imaging.probe import probe
-from imagepipe.models import ReplicaState, Ticket, TicketStatus
-from imagepipe.replication import log as replication
+from imagepipe.replication.checks import PhotoChecks, derivative_keys, epoch
 from imagepipe.storage import ObjectInfo, ObjectNotFound, Storage
-from imagepipe.tickets import TicketStore
 
 Progress = Callable[[int, int], None]  # (done, total)
-ACTIVE_JOB = {JobStatus.queued, JobStatus.deferred, JobStatus.in_progress}
+SLICE_DIGITS = 3
+SLICES = 16**SLICE_DIGITS
+WATERMARK = "audit"
+# rows written by clocks a little behind this one are still seen by the next pass
+WATERMARK_OVERLAP = timedelta(seconds=60)
+UNCONFIRMED_GRACE = timedelta(minutes=15)  # the replication target: younger ones are in flight
+UNCONFIRMED_PER_PASS = 1000
 
 
 @dataclass
@@ -48,8 +51,10 @@ class AuditReport:
 
     started_at: float = field(default_factory=time.time)
     finished_at: float = 0.0
-    photos: int = 0
-    objects: int = 0
+    full: bool = False
+    photos: int = 0  # checked
+    objects: int = 0  # checked
+    slices: int = 0
     findings: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     def add(self, kind: str, subject: str) -> None:
@@ -65,166 +70,155 @@ class AuditReport:
         return {
             "started_at": self.started_at,
             "finished_at": self.finished_at,
+            "full": self.full,
             "photos": self.photos,
             "objects": self.objects,
+            "slices": self.slices,
             "counts": self.counts(),
             "findings": dict(self.findings),
         }
 
 
-@dataclass
-class PhotoObjects:
-    """What primary holds for one photo."""
+def slices_for_pass(now: float, interval_s: float, period_s: float) -> list[str]:
+    """The id prefixes this pass checks: enough that every one comes round within the period.
 
-    original: ObjectInfo | None = None
-    derivatives: set[str] = field(default_factory=set)  # storage keys
-    manifest: bool = False
+    Chosen by the clock, so every replicator agrees and a lost Redis loses no place.
+    """
+    per_pass = min(SLICES, max(1, math.ceil(SLICES * interval_s / period_s)))
+    start = (int(now // interval_s) * per_pass) % SLICES
+    return [f"{(start + n) % SLICES:0{SLICE_DIGITS}x}" for n in range(per_pass)]
+
+
+def all_slices() -> list[str]:
+    """Every id prefix: the whole library."""
+    return [f"{n:0{SLICE_DIGITS}x}" for n in range(SLICES)]
 
 
 class Auditor:
-    """One audit pass over primary, Redis and backup."""
+    """One audit pass over the catalog, primary, backup and Redis."""
 
     def __init__(
         self,
         settings: Settings,
         redis: ArqRedis,
+        catalog: PhotoCatalog,
         primary: Storage,
         backup: Storage,
         *,
-        stuck_after_s: float | None = None,
         progress: Progress | None = None,
     ) -> None:
-        self.settings, self.redis = settings, redis
-        self.primary, self.backup = primary, backup
-        self.tickets = TicketStore(redis, settings.ticket_retention_s)
-        self.stuck_after_s = stuck_after_s or settings.audit_stuck_after_s
+        self.settings, self.redis, self.primary, self.backup = settings, redis, primary, backup
+        self.scans = CatalogScans(catalog.engine)
         self.progress = progress or (lambda done, total: None)
         self.report = AuditReport()
+        self.checks = PhotoChecks(settings, redis, catalog, primary, backup, self.report.add)
+        self.seen: set[str] = set()  # photos checked in this pass
 
-    async def run(self) -> AuditReport:
-        """Check everything once; repairs are enqueued, not awaited."""
-        objects = [info async for info in self.primary.list()]
-        photos = group_by_photo(objects)
-        self.report.photos, self.report.objects = len(photos), len(objects)
-        total, done = len(photos) + len(objects), 0
-        for photo_id, held in photos.items():
-            await self.check_photo(photo_id, held)
-            done += 1
-            self.progress(done, total)
-        await self.retry_failed_replicas()  # first: these are pending again, not "missing"
-        pending = await self.pending_keys()
-        for info in objects:
-            await self.check_backup(info, pending)
-            done += 1
-            self.progress(done, total)
-        await self.find_temp_files()
+    async def run(self, full: bool = False) -> AuditReport:
+        """One pass (every slice with ``full``); repairs are enqueued, not awaited."""
+        started = datetime.now(tz=UTC)
+        self.report.full = full
+        since = await self.scans.mark(WATERMARK) or epoch()
+        await self.changed(since - WATERMARK_OVERLAP)
+        await self.stuck(started)
+        await self.unconfirmed(started)
+        await self.slices(all_slices() if full else self._rolling())
+        if full:
+            await self.find_temp_files()
+        await self.scans.set_mark(WATERMARK, started)
         self.report.finished_at = time.time()
         await self.publish()
         return self.report
 
-    # -- processing ------------------------------------------------------------------------
+    def _rolling(self) -> list[str]:
+        interval, period = self.settings.audit_interval_s, self.settings.audit_verify_period_s
+        return slices_for_pass(time.time(), interval, period)
 
-    async def check_photo(self, photo_id: str, held: PhotoObjects) -> None:
-        """An original's processing must have finished, with every size on primary."""
-        if held.original is None:
-            self.report.add("orphan_derivatives", photo_id)
-            return
-        ticket = await self._ticket(photo_id)
-        complete = held.manifest and derivative_keys(photo_id, self.settings) <= held.derivatives
-        if ticket is None or ticket.status is TicketStatus.COMPLETED:
-            if not complete:
-                await self.reprocess(held.original, "no ticket" if ticket is None else "missing")
-        elif not ticket.status.terminal and time.time() - ticket.updated_at > self.stuck_after_s:
-            await self.requeue_stuck(ticket)
+    async def changed(self, since: datetime) -> None:
+        """Every photo whose row changed since the watermark."""
+        async for row in self.scans.changed_since(since):
+            await self._photo_on_primary(row)
 
-    async def _ticket(self, photo_id: str) -> Ticket | None:
-        ticket_id = await self.tickets.ticket_for_photo(photo_id)
-        if ticket_id is None:
-            return None
+    async def stuck(self, now: datetime) -> None:
+        """Photos accepted long ago and still not processed (their ticket may be gone)."""
+        before = now - timedelta(seconds=self.settings.audit_stuck_after_s)
+        async for row in self.scans.stuck(before):
+            if row.id not in self.seen:
+                await self._photo_on_primary(row)
+
+    async def _photo_on_primary(self, row: PhotoRow) -> None:
+        """One photo, its objects looked up one by one (a listing would cost the library)."""
+        stored = (await self.scans.objects_of([row.id]))[row.id]
+        expected = {row.original_key, keys.manifest(row.id), *(o.key for o in stored)}
+        expected |= derivative_keys(row.id, self.settings)
+        on_primary = {key: info for key in expected if (info := await self._head(key))}
+        await self.checks.photo(row, stored, on_primary)
+        self._count(row.id, len(stored))
+
+    async def _head(self, key: str) -> ObjectInfo | None:
         try:
-            return await self.tickets.get(ticket_id)
-        except NotFound:
-            return None
-
-    async def reprocess(self, original: ObjectInfo, why: str) -> None:
-        """Give the original a new ticket and queue it on the backfill lane."""
-        photo_id = keys.photo_of(original.key)
-        try:
-            data = await self.primary.read(original.key)
-            found = probe(data, self.settings.formats, self.settings.max_pixels, True)
-        except (ObjectNotFound, ImageRejected) as exc:
-            self.report.add("unprocessable_originals", f"{original.key}: {exc}")
-            return
-        info = ObjectInfo(original.key, len(data), hashlib.sha256(data).hexdigest())
-        stored = StoredOriginal(photo_id=photo_id, key=original.key, info=info, probe=found)
-        await accept(
-            self.redis, self.tickets, stored.original(), new_ticket_id(), lane=keys.BACKFILL_QUEUE
-        )
-        self.report.add(
-            "reprocessed_no_ticket" if why == "no ticket" else "reprocessed_missing_derivatives",
-            photo_id,
-        )
-
-    async def requeue_stuck(self, ticket: Ticket) -> None:
-        """A ticket that stopped moving: run its processing again unless it is queued now."""
-        for lane in (keys.UPLOADS_QUEUE, keys.BACKFILL_QUEUE):
-            job_id = keys.process_job_id(ticket.id)
-            job = Job(job_id, self.redis, _queue_name=lane, _deserializer=queue.decode_job)
-            if await job.status() in ACTIVE_JOB:
-                return  # just slow, not stuck
-        attempt = int(time.time())  # a fresh job id: the old one may have a kept result
-        await queue.enqueue_processing(self.redis, ticket.id, attempt, keys.BACKFILL_QUEUE)
-        self.report.add("stuck_tickets_requeued", ticket.id)
-
-    # -- backup ----------------------------------------------------------------------------
-
-    async def pending_keys(self) -> set[str]:
-        """Objects the replicator is still working on (not findings: they are in flight)."""
-        raw = await self.redis.zrange(keys.REPLICATION_PENDING, 0, -1)
-        return {k.decode() for k in raw}
-
-    async def check_backup(self, info: ObjectInfo, pending: set[str]) -> None:
-        """The backup copy must exist with the same size (and sha256 where it is known)."""
-        if info.key in pending:
-            return
-        try:
-            copy = await self.backup.head(info.key)
+            return await self.primary.head(key)
         except ObjectNotFound:
-            await self.replicate_again(info.key, info.size, "backup_missing")
-            return
-        if copy.size != info.size or not await self._same_sha(info.key, copy):
-            await self.replicate_again(info.key, info.size, "backup_mismatch")
+            return None
 
-    async def _same_sha(self, key: str, copy: ObjectInfo) -> bool:
-        if not self.settings.audit_deep and copy.sha256 is None:
-            return True  # nothing cheap to compare against; --deep reads both sides
-        expected = await self.primary.sha256(key)
-        actual = copy.sha256 if copy.sha256 and not self.settings.audit_deep else None
-        return expected == (actual or await self.backup.sha256(key))
+    async def unconfirmed(self, now: datetime) -> None:
+        """Objects whose backup copy is not confirmed: long pending, or failed."""
+        for obj in await self.scans.unconfirmed(now - UNCONFIRMED_GRACE, UNCONFIRMED_PER_PASS):
+            info = await self._head(obj.key)
+            if info is not None:
+                await self.checks.object_backup(obj, info, None)
+                self.report.objects += 1
 
-    async def replicate_again(self, key: str, size: int, kind: str) -> None:
-        """Put one object back on the replication log."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            replication.append(pipe, {key: size})
-            await pipe.execute()
-        self.report.add(kind, key)
+    async def slices(self, prefixes: list[str]) -> None:
+        """Check each slice three ways: catalog, primary listing, backup listing."""
+        for done, prefix in enumerate(prefixes, 1):
+            await self.slice(prefix)
+            self.report.slices += 1
+            self.progress(done, len(prefixes))
 
-    async def retry_failed_replicas(self) -> None:
-        """`failed(reason)` entries get another chance (the cause may be fixed by now)."""
-        states = await cast(
-            Awaitable[dict[bytes, bytes]], self.redis.hgetall(keys.REPLICATION_STATE)
-        )
-        for raw_key, raw_state in states.items():
-            if ReplicaState.model_validate_json(raw_state).state == "failed":
-                key = raw_key.decode()
-                size = await self._size_on_primary(key)
-                await self.replicate_again(key, size, "replication_failed_retried")
+    async def slice(self, prefix: str) -> None:
+        """Every photo whose id starts with ``prefix``, and every object such ids name."""
+        rows = {row.id: row for row in await self.scans.in_slice(prefix)}
+        stored = await self.scans.objects_of(list(rows))
+        on_primary = await self._listing(self.primary, [prefix])
+        in_backup = await self._listing(self.backup, [prefix])
+        for photo_id, row in rows.items():
+            if photo_id not in self.seen:
+                await self.checks.photo(row, stored[photo_id], on_primary, in_backup)
+                self._count(photo_id, len(stored[photo_id]))
+        await self.orphans(rows.keys(), on_primary, in_backup)
 
-    async def _size_on_primary(self, key: str) -> int:
-        try:
-            return (await self.primary.head(key)).size
-        except ObjectNotFound:
-            return 0  # the replicator will find it missing and say so
+    async def orphans(
+        self,
+        indexed: Collection[str],
+        on_primary: dict[str, ObjectInfo],
+        in_backup: dict[str, ObjectInfo],
+    ) -> None:
+        """Objects whose photo the catalog has no row for: originals are accepted, the rest
+        reported."""
+        for key, info in on_primary.items():
+            if keys.photo_of(key) not in indexed:
+                if keys.kind_of(key) == "original":
+                    await self.checks.unindexed(info)
+                else:
+                    self.report.add("orphan_objects", key)
+        for key in in_backup.keys() - on_primary.keys():
+            if keys.photo_of(key) not in indexed:
+                self.report.add("orphans_in_backup", key)
+
+    async def _listing(self, store: Storage, id_prefixes: list[str]) -> dict[str, ObjectInfo]:
+        """Every object of photos whose ids start with these prefixes, by key."""
+        found: dict[str, ObjectInfo] = {}
+        for base in (keys.ORIGINALS, keys.DERIVATIVES, keys.MANIFESTS):
+            for prefix in id_prefixes:
+                async for info in store.list(base + prefix):
+                    found[info.key] = info
+        return found
+
+    def _count(self, photo_id: str, objects: int) -> None:
+        self.seen.add(photo_id)
+        self.report.photos += 1
+        self.report.objects += objects
 
     async def find_temp_files(self) -> None:
         """Temp files left by a crash mid-write (reported; they hold no acknowledged data)."""
@@ -235,7 +229,7 @@ class Auditor:
 
     async def publish(self) -> None:
         """Leave the summary in Redis for /readyz and /metrics."""
-        summary: dict[str, float] = {kind: 0 for kind in FINDING_KINDS}
+        summary: dict[str, float] = dict.fromkeys(FINDING_KINDS, 0)
         summary.update(self.report.counts())
         summary["finished_at"] = self.report.finished_at
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -248,54 +242,36 @@ FINDING_KINDS = (
     "reprocessed_no_ticket",
     "reprocessed_missing_derivatives",
     "stuck_tickets_requeued",
+    "tickets_restored",
+    "manifests_rewritten",
+    "originals_unindexed",
+    "originals_missing",
     "backup_missing",
     "backup_mismatch",
+    "backup_confirmed",
     "replication_failed_retried",
     "orphan_temp_files",
-    "orphan_derivatives",
+    "orphan_objects",
+    "orphans_in_backup",
     "unprocessable_originals",
 )
 
 
-def derivative_keys(photo_id: str, settings: Settings) -> set[str]:
-    """Every derivative the configured ladder makes of a photo, each size in each format.
-
-    So a format added to a size later is made for the photos already processed, too.
-    """
-    return {
-        keys.derivative(photo_id, size.name, formats.extension(fmt))
-        for size in settings.sizes
-        for fmt in size.encodings
-    }
-
-
-def group_by_photo(objects: list[ObjectInfo]) -> dict[str, PhotoObjects]:
-    """Primary's objects, gathered per photo."""
-    photos: defaultdict[str, PhotoObjects] = defaultdict(PhotoObjects)
-    for info in objects:
-        kind = keys.kind_of(info.key)
-        if kind is None:
-            continue  # not ours to judge
-        held = photos[keys.photo_of(info.key)]
-        if kind == "original":
-            held.original = info
-        elif kind == "derivative":
-            held.derivatives.add(info.key)
-        else:
-            held.manifest = True
-    return dict(photos)
-
-
-async def audit_once(settings: Settings, progress: Progress | None = None) -> AuditReport:
+async def audit_once(
+    settings: Settings, progress: Progress | None = None, full: bool = False
+) -> AuditReport:
     """Connect, run one pass, disconnect (for `imagepipe audit` and tests)."""
+    from imagepipe.catalog.engine import create_engine
     from imagepipe.connections import connect
     from imagepipe.storage.factory import backup_storage, primary_storage
 
-    redis = await connect(settings)
+    redis, engine = await connect(settings), create_engine(settings)
     primary, backup = primary_storage(settings), backup_storage(settings)
     try:
-        return await Auditor(settings, redis, primary, backup, progress=progress).run()
+        catalog = PhotoCatalog(engine)
+        return await Auditor(settings, redis, catalog, primary, backup, progress=progress).run(full)
     finally:
         await backup.close()
         await primary.close()
+        await engine.dispose()
         await redis.aclose()

@@ -176,7 +176,7 @@ class Replicator:
 
 
 async def audit_periodically(
-    settings: Settings, redis: ArqRedis, primary: Storage, backup: Storage
+    settings: Settings, redis: ArqRedis, catalog: PhotoCatalog, primary: Storage, backup: Storage
 ) -> None:
     """Run the audit every interval, on one replicator at a time (a Redis lease decides)."""
     while True:
@@ -184,9 +184,9 @@ async def audit_periodically(
         try:
             lease = int(settings.audit_interval_s * 0.9)
             if await redis.set(keys.AUDIT_LOCK, consumer_name(), nx=True, ex=max(1, lease)):
-                report = await Auditor(settings, redis, primary, backup).run()
+                report = await Auditor(settings, redis, catalog, primary, backup).run()
                 log.info("audit finished: %s", report.counts() or "nothing to repair")
-        except (StorageError, RedisError) as exc:
+        except (StorageError, RedisError, CatalogUnavailable) as exc:
             log.warning(
                 "audit pass failed (%s); next one in %.0f s", exc, settings.audit_interval_s
             )
@@ -211,10 +211,11 @@ async def _main(settings: Settings) -> None:
     engine = create_engine(settings)
     await require_current_schema(engine)
     primary, backup = primary_storage(settings), backup_storage(settings)
-    replicator = Replicator(settings, redis, primary, backup, PhotoCatalog(engine))
+    catalog = PhotoCatalog(engine)
+    replicator = Replicator(settings, redis, primary, backup, catalog)
     metrics.serve(settings.metrics_port, settings.metrics_host)
     helpers = [
-        asyncio.create_task(audit_periodically(settings, redis, primary, backup)),
+        asyncio.create_task(audit_periodically(settings, redis, catalog, primary, backup)),
         asyncio.create_task(refresh_gauges_periodically(redis)),
     ]
     runner = asyncio.create_task(replicator.run())

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from imagepipe import keys, metrics
+from imagepipe import metrics
 from imagepipe.api.accept import accept_upload
 from imagepipe.api.bodies import (
     MULTIPART_SLACK,
