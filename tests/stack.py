@@ -14,6 +14,8 @@ from redis.asyncio import Redis
 
 from imagepipe import keys
 from imagepipe.api.app import create_app
+from imagepipe.catalog.engine import create_engine
+from imagepipe.catalog.photos import PhotoCatalog
 from imagepipe.config import Settings
 from imagepipe.replication.replicator import Replicator
 from imagepipe.storage.factory import backup_storage, primary_storage
@@ -57,7 +59,9 @@ async def run_worker_burst(settings: Settings, queue: str = keys.UPLOADS_QUEUE) 
 async def replicate_all(settings: Settings, redis: Redis, timeout_s: float = 30) -> None:
     """Run a replicator until nothing is pending on the log."""
     primary, backup = primary_storage(settings), backup_storage(settings)
-    replicator = Replicator(settings, redis, primary, backup, consumer="test")
+    engine = create_engine(settings)
+    catalog = PhotoCatalog(engine)
+    replicator = Replicator(settings, redis, primary, backup, catalog, consumer="test")
     runner = asyncio.create_task(replicator.run())
     try:
         async with asyncio.timeout(timeout_s):
@@ -69,3 +73,4 @@ async def replicate_all(settings: Settings, redis: Redis, timeout_s: float = 30)
         await replicator.drain()
         await backup.close()
         await primary.close()
+        await engine.dispose()

@@ -8,8 +8,9 @@ import pytest
 from redis.asyncio import Redis
 
 from imagepipe import keys
+from imagepipe.catalog.photos import PhotoCatalog
 from imagepipe.config import Settings
-from imagepipe.models import Ticket
+from imagepipe.models import BackupState, Ticket
 from imagepipe.replication.audit import audit_once
 from tests import images
 from tests.stack import replicate_all, run_worker_burst
@@ -54,18 +55,20 @@ async def test_a_clean_system_has_no_findings(
     assert (await redis.hget(keys.AUDIT_LAST, "finished_at")) is not None
 
 
-async def test_redis_losing_everything_is_repaired_from_primary(
+async def test_redis_losing_everything_is_repaired_from_the_catalog(
     http: httpx.AsyncClient, settings: Settings, redis: Redis
 ) -> None:
     sent = await http.post(
         "/photos", content=images.jpeg(300, 200), headers={"content-type": "image/jpeg"}
     )
-    photo_id = sent.json()["photo_id"]
+    ticket_id = sent.json()["id"]
     await redis.flushall()  # a restore from before the upload: ticket, job and log are gone
-    assert (await repair(settings, redis)).get("reprocessed_no_ticket") == 1
-    ticket_id = (await redis.get(keys.photo_ticket(photo_id))).decode()
+    counts = await repair(settings, redis)
+    # the same ticket is back (the client's URL keeps working) and the photo was processed
+    assert counts.get("tickets_restored") == 1 and counts.get("backup_missing") == 1
     ticket = Ticket.model_validate_json(await redis.get(keys.ticket(ticket_id)))
     assert ticket.status == "completed"
+    assert (await redis.get(keys.photo_ticket(ticket.photo_id))).decode() == ticket_id
     assert_backup_matches_primary(settings)
     assert (await audit_once(settings)).counts() == {}
 
@@ -120,13 +123,11 @@ async def test_backup_copy_missing_or_wrong_is_replicated_again(
 
 
 async def test_failed_replicas_are_retried(
-    http: httpx.AsyncClient, settings: Settings, redis: Redis
+    http: httpx.AsyncClient, settings: Settings, redis: Redis, catalog: PhotoCatalog
 ) -> None:
     ticket = await processed_photo(http, settings, redis)
     key = f"originals/{ticket['photo_id']}.jpg"
-    await redis.hset(
-        keys.REPLICATION_STATE, key, '{"state": "failed", "reason": "access_denied: 403"}'
-    )
+    await catalog.backup_changed(key, BackupState.FAILED, "access_denied: 403")
     assert (await repair(settings, redis)).get("replication_failed_retried") == 1
     assert (await http.get(f"/tickets/{ticket['id']}")).json()["backup"] == "completed"
 
@@ -140,6 +141,6 @@ async def test_orphans_are_reported(
     stray = root / "derivatives" / "ffffffffffffffffffff"
     stray.mkdir()
     (stray / "t.jpg").write_bytes(images.jpeg(10, 10))
-    counts = (await audit_once(settings)).counts()
-    assert counts["orphan_temp_files"] == 1 and counts["orphan_derivatives"] == 1
+    counts = (await audit_once(settings, full=True)).counts()  # orphans: the slices find them
+    assert counts["orphan_temp_files"] == 1 and counts["orphan_objects"] == 1
     assert ticket["status"] == "completed"

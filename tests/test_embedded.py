@@ -177,9 +177,10 @@ def test_local_servers_leave_configured_servers_alone(tmp_path: Path) -> None:
     settings = Settings(
         data_dir=tmp_path,
         redis_url="redis://elsewhere:1/0",
+        database_url="postgresql://someone@elsewhere/catalog",
         backup_s3_endpoint="http://b:2",
         **SECRETS,
     )
     servers = LocalServers(settings)
-    assert servers.valkey is None and servers.s3 is None
+    assert servers.valkey is None and servers.postgres is None and servers.s3 is None
     assert servers.start() == settings

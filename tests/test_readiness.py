@@ -31,6 +31,11 @@ async def test_a_failed_check_gives_a_reason_not_the_exception(
     await redis.client_pause(PAUSE_MS)
     response = await http.get("/readyz")
     assert response.status_code == 503
-    assert response.json() == {"status": "unready", "redis": "timed out", "primary": "unreachable"}
+    assert response.json() == {
+        "status": "unready",
+        "redis": "timed out",
+        "catalog": "ok",
+        "primary": "unreachable",
+    }
     assert "redis failed" in caplog.text and str(root) in caplog.text  # the details: logged
     await asyncio.sleep(PAUSE_MS / 1000)  # the pause ends before the next test flushes

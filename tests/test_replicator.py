@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from imagepipe import keys
+from imagepipe.catalog.photos import PhotoCatalog
 from imagepipe.config import Settings
 from imagepipe.models import BackupState
 from imagepipe.replication import log as replication
@@ -42,15 +43,15 @@ def first_retry_soon_then_long(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("first_retry_soon_then_long")
 async def test_a_copy_that_succeeds_after_failing_wakes_the_sleeping_retries(
-    settings: Settings, redis: Redis
+    settings: Settings, redis: Redis, catalog: PhotoCatalog
 ) -> None:
     primary, backup = MemoryStorage(), FirstPutFails()
     for key in ("originals/a.jpg", "originals/b.jpg"):
         await primary.put_bytes(key, key.encode())
     async with redis.pipeline(transaction=True) as pipe:
-        replication.append(pipe, {"originals/a.jpg": 17, "originals/b.jpg": 17})
+        replication.append(pipe, {"originals/a.jpg": 17, "originals/b.jpg": 17}, 60)
         await pipe.execute()
-    worker = Replicator(settings, redis, primary, backup, consumer="test")
+    worker = Replicator(settings, redis, primary, backup, catalog, consumer="test")
     running = asyncio.create_task(worker.run())
     try:
         async with asyncio.timeout(30):  # the second key's own backoff is an hour
@@ -60,8 +61,9 @@ async def test_a_copy_that_succeeds_after_failing_wakes_the_sleeping_retries(
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
     assert len(backup.refused) == 2
-    log = replication.ReplicationLog(redis)
-    assert await log.backup_state(["originals/a.jpg", "originals/b.jpg"]) is BackupState.COMPLETED
+    log = replication.ReplicationLog(redis, 60)
+    for key in ("originals/a.jpg", "originals/b.jpg"):
+        assert await log.backup_state([key]) is BackupState.COMPLETED
 
 
 class Corrupting(MemoryStorage):

@@ -15,7 +15,9 @@ from imagepipe.replication.audit import FINDING_KINDS, AuditReport, audit_once
 
 def summary_table(report: AuditReport) -> Table:
     """Every finding kind with its count (zeros included: a clean run says so)."""
-    table = Table(title=f"audit: {report.photos} photos, {report.objects} objects")
+    scope = "full" if report.full else f"changes and {report.slices} slices"
+    title = f"audit ({scope}): {report.photos} photos, {report.objects} objects"
+    table = Table(title=title)
     table.add_column("finding")
     table.add_column("count", justify="right")
     counts = report.counts()
@@ -24,10 +26,10 @@ def summary_table(report: AuditReport) -> Table:
     return table
 
 
-def run_audit(settings: Settings, as_json: bool) -> int:
+def run_audit(settings: Settings, as_json: bool, full: bool = False) -> int:
     """Run one pass; exit 0 when nothing needed repair, 1 when something did."""
     if as_json:
-        report = asyncio.run(audit_once(settings))
+        report = asyncio.run(audit_once(settings, full=full))
         print(json.dumps(report.to_json(), indent=2))
     else:
         console = Console(stderr=True)
@@ -35,7 +37,9 @@ def run_audit(settings: Settings, as_json: bool) -> int:
             task = bar.add_task("auditing", total=None)
             report = asyncio.run(
                 audit_once(
-                    settings, lambda done, total: bar.update(task, completed=done, total=total)
+                    settings,
+                    lambda done, total: bar.update(task, completed=done, total=total),
+                    full=full,
                 )
             )
         Console().print(summary_table(report))
