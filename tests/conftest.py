@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -100,6 +101,22 @@ async def database(database_url: str) -> str:
     finally:
         await engine.dispose()
     return database_url
+
+
+@pytest.fixture
+async def fresh_database(database_url: str) -> AsyncIterator[str]:
+    """A database of its own on the session's server, never migrated; dropped after."""
+    name = f"fresh_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(Settings(database_url=database_url, **SECRETS))
+    async with admin.connect() as db:
+        await db.execution_options(isolation_level="AUTOCOMMIT")
+        await db.execute(text(f"CREATE DATABASE {name}"))
+    base, _, query = database_url.partition("?")
+    yield f"{base.rsplit('/', 1)[0]}/{name}?{query}"
+    async with admin.connect() as db:
+        await db.execution_options(isolation_level="AUTOCOMMIT")
+        await db.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+    await admin.dispose()
 
 
 @pytest.fixture

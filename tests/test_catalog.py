@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagepipe.catalog.engine import create_engine, driver_url
@@ -38,22 +37,6 @@ async def engine(database: str) -> AsyncIterator[AsyncEngine]:
     made = engine_for(database)
     yield made
     await made.dispose()
-
-
-@pytest.fixture
-async def empty_database(database_url: str) -> AsyncIterator[str]:
-    """A database of its own on the session's server, never migrated; dropped after."""
-    name = f"fresh_{uuid.uuid4().hex[:12]}"
-    admin = engine_for(database_url)
-    async with admin.connect() as db:
-        await db.execution_options(isolation_level="AUTOCOMMIT")
-        await db.execute(text(f"CREATE DATABASE {name}"))
-    base, _, query = database_url.partition("?")
-    yield f"{base.rsplit('/', 1)[0]}/{name}?{query}"
-    async with admin.connect() as db:
-        await db.execution_options(isolation_level="AUTOCOMMIT")
-        await db.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-    await admin.dispose()
 
 
 def ticket(photo_id: str = "a" * 20, ticket_id: str = "T" * 24, at: float = 1e9) -> Ticket:
@@ -102,8 +85,8 @@ async def test_migrations_make_exactly_the_schema_the_code_queries(engine: Async
     assert await current_revision(engine) == head_revision()
 
 
-async def test_a_role_on_an_unmigrated_database_is_told_what_to_run(empty_database: str) -> None:
-    engine = engine_for(empty_database)
+async def test_a_role_on_an_unmigrated_database_is_told_what_to_run(fresh_database: str) -> None:
+    engine = engine_for(fresh_database)
     try:
         with pytest.raises(SchemaOutdated, match="run `imagepipe migrate`"):
             await require_current_schema(engine)
@@ -113,8 +96,8 @@ async def test_a_role_on_an_unmigrated_database_is_told_what_to_run(empty_databa
         await engine.dispose()
 
 
-async def test_many_processes_may_migrate_at_once(empty_database: str) -> None:
-    engines = [engine_for(empty_database) for _ in range(4)]
+async def test_many_processes_may_migrate_at_once(fresh_database: str) -> None:
+    engines = [engine_for(fresh_database) for _ in range(4)]
     try:
         results = await asyncio.gather(*(migrate(e) for e in engines))
         assert {after for _, after in results} == {head_revision()}

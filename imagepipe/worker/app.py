@@ -56,7 +56,7 @@ def build_worker(
         poll_delay=0.01,  # a new upload starts within ~10 ms (100 cheap ZRANGEBYSCOREs/s idle)
         burst=burst,
         handle_signals=not burst,
-        keep_result=3600,
+        keep_result=min(3600, settings.ticket_retention_s),  # never beyond the ticket
     )
     worker.on_stop = lambda _signal: cancel_until_stopped(worker)
     return worker
