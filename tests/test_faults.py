@@ -330,6 +330,39 @@ async def test_valkey_restored_from_an_older_snapshot_is_repaired_by_the_audit(
     assert await cluster.violations(client) == []
 
 
+# -- the catalog (PostgreSQL) ----------------------------------------------------------------
+
+
+async def test_postgres_sigkill_during_uploads_loses_nothing(make_cluster, client) -> None:  # type: ignore[no-untyped-def]
+    cluster = await make_cluster()
+    postgres = cluster.servers.postgres
+    assert postgres is not None and postgres.pid is not None
+    await upload_many(cluster, client, images.jpeg(900, 600), 2)
+    os.kill(postgres.pid, signal.SIGKILL)  # mid-flight: callbacks and copies of these two
+    await wait_unready(cluster, client, "catalog")
+    refused = await client.post(
+        f"{cluster.url}/photos",
+        content=images.jpeg(500, 400),
+        headers={"content-type": "image/jpeg"},
+    )
+    assert refused.status_code == 503 and refused.headers["retry-after"], refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert len(list((cluster.primary / "originals").iterdir())) == 2  # the refused one: nothing
+    postgres.start()  # the same data directory: a crash recovery
+    await upload_many(cluster, client, images.jpeg(700, 500), 2)
+    await settle(cluster, client)  # the first two completed and backed up once it came back
+
+
+async def wait_unready(cluster: Cluster, client: httpx.AsyncClient, check: str) -> None:
+    """Until /readyz says this check is not ok (the api has noticed)."""
+    for _ in range(300):
+        body = (await client.get(f"{cluster.url}/readyz")).json()
+        if body.get(check) not in (None, "ok"):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"/readyz never reported {check} down")
+
+
 # -- primary storage --------------------------------------------------------------------------
 
 

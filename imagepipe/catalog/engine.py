@@ -7,8 +7,10 @@ a connect timeout and a statement timeout, like every other outbound call.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import ParamSpec, TypeVar
 
 from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -18,10 +20,13 @@ from imagepipe.errors import CatalogUnavailable
 
 # what a down, restarting or overloaded PostgreSQL raises: transient, a 503 to clients
 UNREACHABLE = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, OSError)
+P = ParamSpec("P")
+T = TypeVar("T")
 POOL_OVERFLOW = 0  # the pool size is a bound, not a hint
 POOL_RECYCLE_S = 30 * 60
 # No pre-ping: it would double the round trips of every query. A connection that died with
-# its server fails one query (a 503, retried by the client) and the pool is refreshed.
+# its server fails one query; the pool then drops every connection it had, and `reconnecting`
+# runs the query once more on a fresh one.
 
 
 def driver_url(url: str) -> str:
@@ -60,3 +65,20 @@ async def session(engine: AsyncEngine, write: bool = False) -> AsyncIterator[Asy
             yield db
     except UNREACHABLE as error:
         raise CatalogUnavailable(f"the catalog is unreachable ({type(error).__name__})") from error
+
+
+def reconnecting(query: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Run a catalog query again, once, when it failed on a connection its server dropped
+    (PostgreSQL restarted since the pool made it). Every catalog query is safe to repeat."""
+
+    @functools.wraps(query)
+    async def once_more(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await query(*args, **kwargs)
+        except CatalogUnavailable as error:
+            cause = error.__cause__
+            if not (isinstance(cause, exc.DBAPIError) and cause.connection_invalidated):
+                raise
+        return await query(*args, **kwargs)
+
+    return once_more

@@ -22,7 +22,7 @@ from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from imagepipe.catalog.engine import session
+from imagepipe.catalog.engine import reconnecting, session
 from imagepipe.catalog.rows import ACCEPTED, COMPLETED, FAILED, PhotoRow
 from imagepipe.catalog.schema import objects, photos
 from imagepipe.errors import BadRequest
@@ -111,11 +111,13 @@ class PhotoCatalog:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
+    @reconnecting
     async def ping(self) -> None:
         """Raise CatalogUnavailable unless PostgreSQL answers (for /readyz)."""
         async with session(self.engine) as db:
             await db.execute(select(1))
 
+    @reconnecting
     async def accepted(self, ticket: Ticket) -> None:
         """Record an accepted upload and its original (a second call changes nothing)."""
         now = at(ticket.created_at)
@@ -124,6 +126,7 @@ class PhotoCatalog:
             await db.execute(insert(photos).values(row).on_conflict_do_nothing())
             await _insert_objects(db, ticket.photo_id, [(_original(ticket), "original")], now)
 
+    @reconnecting
     async def completed(self, manifest: PhotoManifest, manifest_file: StoredFile) -> None:
         """Index a processed photo from its manifest: its row completed (made if missing:
         `reindex` rebuilds the catalog this way), its original, derivatives and manifest."""
@@ -150,6 +153,7 @@ class PhotoCatalog:
             await db.execute(upsert)
             await _insert_objects(db, manifest.photo_id, files, now)
 
+    @reconnecting
     async def failed(self, photo_id: str, error: str | None) -> None:
         """Processing gave up on this photo (a completed one stays completed)."""
         now = datetime.now(tz=UTC)
@@ -160,6 +164,7 @@ class PhotoCatalog:
                 .values(state=FAILED, error=error, updated_at=now)
             )
 
+    @reconnecting
     async def page(self, before: Cursor | None, limit: int) -> list[GalleryRow]:
         """Completed photos, newest first, after ``before`` (keyset: no OFFSET scans)."""
         query = (
@@ -175,6 +180,7 @@ class PhotoCatalog:
             found = await db.execute(query)
         return [GalleryRow(photo_id, completed_at) for photo_id, completed_at in found]
 
+    @reconnecting
     async def photo(self, photo_id: str) -> dict[str, Any] | None:
         """A photo's row, or None."""
         async with session(self.engine) as db:
@@ -182,6 +188,7 @@ class PhotoCatalog:
         row = found.mappings().first()
         return dict(row) if row is not None else None
 
+    @reconnecting
     async def manifest(self, photo_id: str) -> PhotoManifest | None:
         """A completed photo's record (as its manifest on primary says it), or None."""
         query = select(photos).where(photos.c.id == photo_id, photos.c.state == COMPLETED)
@@ -189,6 +196,7 @@ class PhotoCatalog:
             row = (await db.execute(query)).mappings().first()
         return PhotoRow.of(row).manifest() if row is not None else None
 
+    @reconnecting
     async def backup_state(self, photo_id: str) -> BackupState:
         """Completed when every object of the photo is in backup; failed when one failed."""
         query = (
@@ -203,6 +211,7 @@ class PhotoCatalog:
         done = counts and set(counts) == {BackupState.COMPLETED.value}
         return BackupState.COMPLETED if done else BackupState.PENDING
 
+    @reconnecting
     async def backup_found(self, states: dict[str, BackupState]) -> None:
         """Set objects' backup states as a check found them (reindex, audit): no attempt counted."""
         now = datetime.now(tz=UTC)
@@ -217,6 +226,7 @@ class PhotoCatalog:
                     .values(backup_state=state.value, backup_reason=None, backup_changed_at=now)
                 )
 
+    @reconnecting
     async def backup_changed(self, key: str, state: BackupState, reason: str | None) -> None:
         """An object's backup copy is verified (completed), failed for good, or being retried."""
         values: dict[str, Any] = {

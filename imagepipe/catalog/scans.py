@@ -20,7 +20,7 @@ from sqlalchemy import Select, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from imagepipe.catalog.engine import session
+from imagepipe.catalog.engine import reconnecting, session
 from imagepipe.catalog.rows import ACCEPTED, ObjectRow, PhotoRow, object_row
 from imagepipe.catalog.schema import marks, objects, photos
 from imagepipe.models import BackupState
@@ -62,6 +62,7 @@ class CatalogScans:
             last = rows[-1]
             after = (getattr(last, order.name), last.id)
 
+    @reconnecting
     async def unconfirmed(self, before: datetime, limit: int) -> list[ObjectRow]:
         """Up to ``limit`` objects not confirmed in backup whose state is older than ``before``."""
         query = (
@@ -76,6 +77,7 @@ class CatalogScans:
         async with session(self.engine) as db:
             return [object_row(r) for r in (await db.execute(query)).mappings()]
 
+    @reconnecting
     async def objects_of(self, photo_ids: list[str]) -> dict[str, list[ObjectRow]]:
         """The objects of these photos, by photo."""
         found: dict[str, list[ObjectRow]] = {p: [] for p in photo_ids}
@@ -85,18 +87,21 @@ class CatalogScans:
                 found[row["photo_id"]].append(object_row(row))
         return found
 
+    @reconnecting
     async def in_slice(self, prefix: str) -> list[PhotoRow]:
         """Every photo whose id starts with ``prefix`` (a slice: a small share of the library)."""
         query = select(photos).where(photos.c.id.startswith(prefix, autoescape=True))
         async with session(self.engine) as db:
             return [PhotoRow.of(r) for r in (await db.execute(query)).mappings()]
 
+    @reconnecting
     async def mark(self, name: str) -> datetime | None:
         """A named timestamp, None before it was first set."""
         async with session(self.engine) as db:
             found = await db.execute(select(marks.c.at).where(marks.c.name == name))
         return found.scalar_one_or_none()
 
+    @reconnecting
     async def set_mark(self, name: str, when: datetime) -> None:
         """Set a named timestamp."""
         upsert = insert(marks).values(name=name, at=when)

@@ -56,6 +56,7 @@ class EmbeddedPostgres(Server):
         if self.pid is not None and _alive(self.pid):
             return self.url
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._clear_stale_lock()
         # a terminal's Ctrl-C must reach the roles first, not the database they use
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
@@ -68,6 +69,19 @@ class EmbeddedPostgres(Server):
         self.url = server.get_uri()
         log.info("embedded postgresql at %s (pid %s)", self.data_dir, self.pid)
         return self.url
+
+    def _clear_stale_lock(self) -> None:
+        """Remove the lock files of a server that died (killed, or a power cut).
+
+        Both pgserver and PostgreSQL take a lock naming a zombie (a killed server nobody has
+        reaped yet) for a live server, and would not start another.
+        """
+        for lock in (self.data_dir / "postmaster.pid", *self.data_dir.glob(".s.PGSQL.*.lock")):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pid = int(lock.read_text().split()[0])
+                if not _alive(pid):
+                    lock.unlink()
+                    log.info("removed %s of a postgresql that died (pid %d)", lock.name, pid)
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT: active connections end, data is safe); safe to call twice."""
