@@ -4,7 +4,9 @@
     ticket id  144 bits, URL-safe base64    unguessable: knowing one is the right to read it
 
 A keyed upload (``Idempotency-Key``) gets ids derived from its key with a server secret,
-so a retry of the same request names the same photo and ticket.
+so a retry of the same request names the same photo and ticket. Every ticket id is derived
+from its photo id with that secret, so the audit can recreate, under the id the client
+holds, a ticket Redis lost before the photo was processed (its original names the photo).
 """
 
 from __future__ import annotations
@@ -39,7 +41,14 @@ def is_ticket_id(text: str) -> bool:
     return TICKET_ID.match(text) is not None
 
 
+def ticket_id_for(secret: str, photo_id: str) -> str:
+    """The id of the ticket that accepts ``photo_id``: 144 bits, unguessable without the secret."""
+    digest = hmac.new(secret.encode(), b"ticket:" + photo_id.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:18]).decode()
+
+
 def derived_ids(secret: str, header: str) -> tuple[str, str]:
     """The photo id and ticket id of an upload keyed ``header``: the same on every retry."""
     digest = hmac.new(secret.encode(), b"idempotency:" + header.encode(), hashlib.sha256).digest()
-    return digest[:10].hex(), base64.urlsafe_b64encode(digest[10:28]).decode()
+    photo_id = digest[:10].hex()
+    return photo_id, ticket_id_for(secret, photo_id)

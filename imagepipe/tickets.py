@@ -58,10 +58,25 @@ class TicketStore:
         self.redis = redis
         self.retention_s = retention_s
 
-    def create(self, pipe: Pipeline, ticket: Ticket) -> None:
-        """Write a new ticket (and the photo -> ticket link) inside the caller's transaction."""
-        pipe.set(keys.ticket(ticket.id), ticket.model_dump_json(), ex=self.retention_s)
-        pipe.set(keys.photo_ticket(ticket.photo_id), ticket.id, ex=self.retention_s)
+    def create(self, pipe: Pipeline, ticket: Ticket, ttl_s: int | None = None) -> None:
+        """Write a new ticket (and the photo -> ticket link) inside the caller's transaction.
+
+        Never over one that exists: ticket ids derive from photo ids, so a retried upload or
+        the audit's re-accept of a photo names a ticket that may have moved on since.
+        """
+        ttl_s = ttl_s or self.retention_s
+        pipe.set(keys.ticket(ticket.id), ticket.model_dump_json(), ex=ttl_s, nx=True)
+        pipe.set(keys.photo_ticket(ticket.photo_id), ticket.id, ex=ttl_s)
+
+    async def restore(self, ticket: Ticket, ttl_s: int) -> bool:
+        """Put back a ticket Redis lost, for the ``ttl_s`` of retention it had left.
+
+        False when one exists after all (it is left as it is).
+        """
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self.create(pipe, ticket, ttl_s)
+            created, _ = await pipe.execute()
+        return bool(created)
 
     async def get(self, ticket_id: str) -> Ticket:
         """The ticket, or NotFound for unknown, expired or malformed ids."""

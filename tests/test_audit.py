@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import boto3
 import httpx
 import pytest
+from arq.constants import result_key_prefix
 from redis.asyncio import Redis
 
 from imagepipe import keys
 from imagepipe.config import Settings
-from imagepipe.models import Ticket
+from imagepipe.models import PhotoManifest, Ticket
 from imagepipe.replication.audit import audit_once
+from imagepipe.storage.factory import backup_storage, primary_storage
 from tests import images
 from tests.stack import replicate_all, run_worker_burst
 from tests.test_flow import assert_backup_matches_primary
@@ -34,6 +39,14 @@ async def processed_photo(http: httpx.AsyncClient, settings: Settings, redis: Re
     await run_worker_burst(settings)
     await replicate_all(settings, redis)
     return (await http.get(f"/tickets/{sent.json()['id']}")).json()  # type: ignore[no-any-return]
+
+
+async def accepted(http: httpx.AsyncClient, width: int, height: int) -> dict:  # type: ignore[type-arg]
+    """One photo uploaded: the ticket its 202 carried."""
+    sent = await http.post(
+        "/photos", content=images.jpeg(width, height), headers={"content-type": "image/jpeg"}
+    )
+    return sent.json()  # type: ignore[no-any-return]
 
 
 async def repair(settings: Settings, redis: Redis) -> dict[str, int]:
@@ -64,10 +77,22 @@ async def test_redis_losing_everything_is_repaired_from_primary(
     await redis.flushall()  # a restore from before the upload: ticket, job and log are gone
     assert (await repair(settings, redis)).get("reprocessed_no_ticket") == 1
     ticket_id = (await redis.get(keys.photo_ticket(photo_id))).decode()
+    assert ticket_id == sent.json()["id"]  # the ticket the client holds, not a new one
     ticket = Ticket.model_validate_json(await redis.get(keys.ticket(ticket_id)))
     assert ticket.status == "completed"
     assert_backup_matches_primary(settings)
     assert (await audit_once(settings)).counts() == {}
+
+
+async def test_a_lost_ticket_is_processed_even_where_an_old_run_kept_its_job_id(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    sent = await accepted(http, 300, 200)
+    await redis.flushall()
+    # the run from before the loss finished after it: arq keeps its result under the job id
+    await redis.set(result_key_prefix + keys.process_job_id(sent["id"]), b"kept", ex=3600)
+    assert (await repair(settings, redis)).get("reprocessed_no_ticket") == 1
+    assert (await http.get(f"/tickets/{sent['id']}")).json()["status"] == "completed"
 
 
 async def test_missing_derivative_is_made_again(
@@ -83,11 +108,7 @@ async def test_missing_derivative_is_made_again(
 async def test_stuck_ticket_whose_job_vanished_is_requeued(
     http: httpx.AsyncClient, settings: Settings, redis: Redis
 ) -> None:
-    sent = (
-        await http.post(
-            "/photos", content=images.jpeg(200, 100), headers={"content-type": "image/jpeg"}
-        )
-    ).json()
+    sent = await accepted(http, 200, 100)
     await redis.delete(keys.UPLOADS_QUEUE, f"arq:job:{keys.process_job_id(sent['id'])}")
     stuck = settings.model_copy(update={"audit_stuck_after_s": 0.001})
     assert (await repair(stuck, redis)).get("stuck_tickets_requeued") == 1
@@ -143,3 +164,74 @@ async def test_orphans_are_reported(
     counts = (await audit_once(settings)).counts()
     assert counts["orphan_temp_files"] == 1 and counts["orphan_derivatives"] == 1
     assert ticket["status"] == "completed"
+
+
+async def test_an_original_older_than_the_retention_gets_a_new_ticket(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    sent = await accepted(http, 300, 200)
+    weeks_ago = time.time() - settings.ticket_retention_s - 60
+    os.utime(settings.primary_root / f"originals/{sent['photo_id']}.jpg", (weeks_ago, weeks_ago))
+    await redis.flushall()  # its ticket would have expired by now anyway
+    assert (await audit_once(settings)).counts().get("reprocessed_no_ticket") == 1
+    assert (await http.get(f"/tickets/{sent['id']}")).status_code == 404  # not resurrected
+    assert (await redis.get(keys.photo_ticket(sent["photo_id"]))).decode() != sent["id"]
+
+
+async def accepted_at(settings: Settings, photo_id: str, created_at: float) -> None:
+    """Rewrite the photo's manifest, on primary and backup alike, as if accepted then."""
+    key = keys.manifest(photo_id)
+    record = PhotoManifest.model_validate_json((settings.primary_root / key).read_bytes())
+    data = record.model_copy(update={"created_at": created_at}).model_dump_json().encode()
+    for store in (primary_storage(settings), backup_storage(settings)):
+        await store.put_bytes(key, data)
+        await store.close()
+
+
+async def test_redis_losing_a_processed_photo_gets_its_ticket_back_for_what_retention_is_left(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    before = await processed_photo(http, settings, redis)
+    await accepted_at(settings, before["photo_id"], time.time() - settings.ticket_retention_s + 600)
+    await redis.flushall()  # ticket, gallery and backup state are gone; primary and backup stay
+    counts = (await audit_once(settings)).counts()
+    assert counts == {"tickets_restored": 1, "gallery_restored": 1, "backup_state_restored": 8}
+    after = (await http.get(f"/tickets/{before['id']}")).json()
+    assert after["status"] == "completed" and after["backup"] == "completed"
+    assert after["photo"] == before["photo"]
+    assert 500 < await redis.ttl(keys.ticket(before["id"])) <= 600
+    assert 500 < await redis.ttl(keys.photo_ticket(before["photo_id"])) <= 600
+    await assert_indexed_and_backed_up(http, before["photo_id"])
+    assert (await audit_once(settings)).counts() == {}  # all put back: nothing left to find
+
+
+async def test_a_ticket_that_expired_normally_stays_expired(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    before = await processed_photo(http, settings, redis)
+    await accepted_at(settings, before["photo_id"], time.time() - settings.ticket_retention_s - 60)
+    await redis.flushall()
+    counts = (await audit_once(settings)).counts()
+    assert counts == {"gallery_restored": 1, "backup_state_restored": 8}
+    assert (await http.get(f"/tickets/{before['id']}")).status_code == 404
+    await assert_indexed_and_backed_up(http, before["photo_id"])
+
+
+async def assert_indexed_and_backed_up(http: httpx.AsyncClient, photo_id: str) -> None:
+    """The photo is in the gallery, and its backup reads completed."""
+    gallery = (await http.get("/photos")).json()["photos"]
+    assert [photo["id"] for photo in gallery] == [photo_id]
+    assert (await http.get(f"/photos/{photo_id}")).json()["backup"] == "completed"
+
+
+async def test_a_temp_file_a_later_write_superseded_is_removed(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    ticket = await processed_photo(http, settings, redis)
+    folder = settings.primary_root / "derivatives" / ticket["photo_id"]
+    left = folder / ".m.jpg.0123456789abcdef.tmp"  # a worker killed mid-write, then re-run
+    left.write_bytes(b"half")
+    os.utime(left, (time.time() - 60, time.time() - 60))
+    counts = (await audit_once(settings)).counts()
+    assert counts == {"orphan_temp_files": 1, "orphan_temp_files_removed": 1}
+    assert not left.exists() and (folder / "m.jpg").exists()

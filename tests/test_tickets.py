@@ -120,3 +120,17 @@ async def test_apply_is_atomic_and_keeps_the_ttl(redis: Redis) -> None:
     assert await store.apply(event(ticket, "processing.completed")) is None
     assert calls == [updated.version]  # the extra commands ran once, with the real transition
     assert await redis.ttl(keys.ticket(ticket.id)) > 0
+
+
+async def test_creating_a_ticket_again_never_moves_it_back(redis: Redis) -> None:
+    store, ticket = TicketStore(redis, retention_s=60), make_ticket()
+
+    async def create() -> None:
+        async with redis.pipeline(transaction=True) as pipe:
+            store.create(pipe, ticket)
+            await pipe.execute()
+
+    await create()
+    await store.apply(event(ticket, "processing.completed", sizes={"t": SIZE}))
+    await create()  # the upload retried, or the audit re-accepting its photo
+    assert (await store.get(ticket.id)).status is TicketStatus.COMPLETED

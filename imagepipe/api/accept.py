@@ -22,7 +22,7 @@ from imagepipe.api.idempotency import Reservation
 from imagepipe.api.ingest import limit_bytes, store_original
 from imagepipe.api.services import Services
 from imagepipe.errors import IdempotencyMismatch
-from imagepipe.ids import new_photo_id, new_ticket_id
+from imagepipe.ids import new_photo_id, ticket_id_for
 from imagepipe.models import Original, Ticket
 from imagepipe.replication import log as replication
 from imagepipe.tickets import TicketStore
@@ -38,12 +38,10 @@ async def accept_upload(
     reservation = await services.idempotency.reserve(idempotency_key) if idempotency_key else None
     if reservation is not None and reservation.ticket_id is not None:
         return await _replay(services, body, reservation), depth
-    # a keyed upload's ids come from its key, so a retry after a crash converges on one photo
-    photo_id, ticket_id = (
-        (reservation.photo_id, reservation.new_ticket_id)
-        if reservation
-        else (new_photo_id(), new_ticket_id())
-    )
+    # a keyed upload's ids come from its key, so a retry after a crash converges on one photo;
+    # any ticket id comes from its photo id, so the audit can recreate a ticket Redis lost
+    photo_id = reservation.photo_id if reservation else new_photo_id()
+    ticket_id = ticket_id_for(services.settings.callback_secret.get_secret_value(), photo_id)
     try:
         stored = await store_original(body, services.primary, services.settings, photo_id)
         ticket = await accept(

@@ -1,14 +1,21 @@
 """The audit: prove that every piece of asynchronous work finished, and repair what did not.
 
 It walks **primary storage, not Redis** (the original is the source of truth), so it repairs
-what Redis forgot, for example after a restore from an older snapshot:
+what Redis forgot, for example after a crash inside the AOF's last second or a restore from
+an older snapshot:
 
-    original, no ticket and not fully processed   -> new ticket, processing re-enqueued
+    original, no ticket and not fully processed   -> its ticket again (the id the client
+                                                     holds, within the retention; else a
+                                                     new one), processing re-enqueued
+    complete photo, its ticket or gallery entry    -> put back (replication/rebuild.py)
+      gone
     completed ticket but derivatives missing       -> new ticket, processing re-enqueued
     ticket stuck queued/processing past a deadline -> its processing re-enqueued
     object missing from backup, or size/sha differs -> back onto the replication log
+    backup copy sound, its state not `completed`   -> state `completed` again
     replication entry `failed(reason)`             -> back onto the replication log
-    temp files, derivatives without an original    -> reported as orphans
+    temp files, derivatives without an original    -> reported as orphans; temp files
+                                                     superseded or long idle, removed
 
 Repairs go to the backfill lane, so an audit never starves new uploads.
 """
@@ -18,9 +25,8 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
 
 from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
@@ -30,11 +36,12 @@ from imagepipe.api.accept import accept
 from imagepipe.api.ingest import StoredOriginal
 from imagepipe.config import Settings
 from imagepipe.errors import NotFound
-from imagepipe.ids import new_ticket_id
+from imagepipe.ids import new_ticket_id, ticket_id_for
 from imagepipe.imaging.decoding import ImageRejected
 from imagepipe.imaging.probe import probe
-from imagepipe.models import ReplicaState, Ticket, TicketStatus
+from imagepipe.models import BackupState, ReplicaState, Ticket, TicketStatus
 from imagepipe.replication import log as replication
+from imagepipe.replication.rebuild import Rebuild
 from imagepipe.storage import ObjectInfo, ObjectNotFound, Storage
 from imagepipe.tickets import TicketStore
 
@@ -78,7 +85,7 @@ class PhotoObjects:
 
     original: ObjectInfo | None = None
     derivatives: set[str] = field(default_factory=set)  # storage keys
-    manifest: bool = False
+    manifest: ObjectInfo | None = None
 
 
 class Auditor:
@@ -100,6 +107,8 @@ class Auditor:
         self.stuck_after_s = stuck_after_s or settings.audit_stuck_after_s
         self.progress = progress or (lambda done, total: None)
         self.report = AuditReport()
+        self.replicas = replication.ReplicationLog(redis)
+        self.rebuild = Rebuild(redis, primary, self.tickets, self.report.add)
 
     async def run(self) -> AuditReport:
         """Check everything once; repairs are enqueued, not awaited."""
@@ -111,12 +120,15 @@ class Auditor:
             await self.check_photo(photo_id, held)
             done += 1
             self.progress(done, total)
-        await self.retry_failed_replicas()  # first: these are pending again, not "missing"
-        pending = await self.pending_keys()
+        states = await self.replicas.states()
+        await self.retry_failed_replicas(states)  # first: these are pending again, not "missing"
+        pending, sound = await self.pending_keys(), []
         for info in objects:
-            await self.check_backup(info, pending)
+            if await self.check_backup(info, pending) and not _completed(states.get(info.key)):
+                sound.append(info.key)
             done += 1
             self.progress(done, total)
+        await self.confirm(sound)
         await self.find_temp_files()
         self.report.finished_at = time.time()
         await self.publish()
@@ -130,10 +142,12 @@ class Auditor:
             self.report.add("orphan_derivatives", photo_id)
             return
         ticket = await self._ticket(photo_id)
-        complete = held.manifest and derivative_keys(photo_id, self.settings) <= held.derivatives
+        complete = derivative_keys(photo_id, self.settings) <= held.derivatives
         if ticket is None or ticket.status is TicketStatus.COMPLETED:
-            if not complete:
-                await self.reprocess(held.original, "no ticket" if ticket is None else "missing")
+            if held.manifest is None or not complete:
+                await self.reprocess(held.original, ticket)
+            else:
+                await self.rebuild.photo(photo_id, held.manifest, ticket)
         elif not ticket.status.terminal and time.time() - ticket.updated_at > self.stuck_after_s:
             await self.requeue_stuck(ticket)
 
@@ -146,8 +160,8 @@ class Auditor:
         except NotFound:
             return None
 
-    async def reprocess(self, original: ObjectInfo, why: str) -> None:
-        """Give the original a new ticket and queue it on the backfill lane."""
+    async def reprocess(self, original: ObjectInfo, ticket: Ticket | None) -> None:
+        """Give the original a ticket again and queue its processing on the backfill lane."""
         photo_id = keys.photo_of(original.key)
         try:
             data = await self.primary.read(original.key)
@@ -157,23 +171,46 @@ class Auditor:
             return
         info = ObjectInfo(original.key, len(data), hashlib.sha256(data).hexdigest())
         stored = StoredOriginal(photo_id=photo_id, key=original.key, info=info, probe=found)
+        ticket_id = self._reissued_ticket_id(original) if ticket is None else new_ticket_id()
         await accept(
-            self.redis, self.tickets, stored.original(), new_ticket_id(), lane=keys.BACKFILL_QUEUE
+            self.redis, self.tickets, stored.original(), ticket_id, lane=keys.BACKFILL_QUEUE
         )
+        if ticket is None:
+            # a run from before the loss may still hold this job id: its kept result blocks
+            # the job accept queued, its finish deletes it. So one under a fresh id as well
+            # (it skips a ticket already completed)
+            attempt = int(time.time())
+            await queue.enqueue_processing(self.redis, ticket_id, attempt, keys.BACKFILL_QUEUE)
         self.report.add(
-            "reprocessed_no_ticket" if why == "no ticket" else "reprocessed_missing_derivatives",
+            "reprocessed_no_ticket" if ticket is None else "reprocessed_missing_derivatives",
             photo_id,
         )
 
+    def _reissued_ticket_id(self, original: ObjectInfo) -> str:
+        """The id the client holds while its ticket is within retention; else a new one.
+
+        A ticket that expired normally is not brought back (the original's age is the ticket's).
+        """
+        if time.time() - original.modified >= self.settings.ticket_retention_s:
+            return new_ticket_id()
+        secret = self.settings.callback_secret.get_secret_value()
+        return ticket_id_for(secret, keys.photo_of(original.key))
+
     async def requeue_stuck(self, ticket: Ticket) -> None:
         """A ticket that stopped moving: run its processing again unless it is queued now."""
-        for lane in (keys.UPLOADS_QUEUE, keys.BACKFILL_QUEUE):
-            job = Job(keys.process_job_id(ticket.id), self.redis, _queue_name=lane)
-            if await job.status() in ACTIVE_JOB:
-                return  # just slow, not stuck
+        if await self._processing_active(ticket.id):
+            return  # just slow, not stuck
         attempt = int(time.time())  # a fresh job id: the old one may have a kept result
         await queue.enqueue_processing(self.redis, ticket.id, attempt, keys.BACKFILL_QUEUE)
         self.report.add("stuck_tickets_requeued", ticket.id)
+
+    async def _processing_active(self, ticket_id: str) -> bool:
+        """Whether the ticket's first processing job is queued or running on either lane."""
+        for lane in (keys.UPLOADS_QUEUE, keys.BACKFILL_QUEUE):
+            job = Job(keys.process_job_id(ticket_id), self.redis, _queue_name=lane)
+            if await job.status() in ACTIVE_JOB:
+                return True
+        return False
 
     # -- backup ----------------------------------------------------------------------------
 
@@ -182,17 +219,28 @@ class Auditor:
         raw = await self.redis.zrange(keys.REPLICATION_PENDING, 0, -1)
         return {k.decode() for k in raw}
 
-    async def check_backup(self, info: ObjectInfo, pending: set[str]) -> None:
-        """The backup copy must exist with the same size (and sha256 where it is known)."""
+    async def check_backup(self, info: ObjectInfo, pending: set[str]) -> bool:
+        """The backup copy must exist with the same size (and sha256 where it is known).
+
+        True when it does (an object still pending is neither: it is in flight).
+        """
         if info.key in pending:
-            return
+            return False
         try:
             copy = await self.backup.head(info.key)
         except ObjectNotFound:
             await self.replicate_again(info.key, info.size, "backup_missing")
-            return
+            return False
         if copy.size != info.size or not await self._same_sha(info.key, copy):
             await self.replicate_again(info.key, info.size, "backup_mismatch")
+            return False
+        return True
+
+    async def confirm(self, object_keys: list[str]) -> None:
+        """Sound backup copies whose state Redis lost (or never finished) are `completed`."""
+        await self.replicas.confirm(object_keys)
+        for key in object_keys:
+            self.report.add("backup_state_restored", key)
 
     async def _same_sha(self, key: str, copy: ObjectInfo) -> bool:
         if not self.settings.audit_deep and copy.sha256 is None:
@@ -208,14 +256,10 @@ class Auditor:
             await pipe.execute()
         self.report.add(kind, key)
 
-    async def retry_failed_replicas(self) -> None:
+    async def retry_failed_replicas(self, states: dict[str, ReplicaState]) -> None:
         """`failed(reason)` entries get another chance (the cause may be fixed by now)."""
-        states = await cast(
-            Awaitable[dict[bytes, bytes]], self.redis.hgetall(keys.REPLICATION_STATE)
-        )
-        for raw_key, raw_state in states.items():
-            if ReplicaState.model_validate_json(raw_state).state == "failed":
-                key = raw_key.decode()
+        for key, state in states.items():
+            if state.state is BackupState.FAILED:
                 size = await self._size_on_primary(key)
                 await self.replicate_again(key, size, "replication_failed_retried")
 
@@ -226,11 +270,19 @@ class Auditor:
             return 0  # the replicator will find it missing and say so
 
     async def find_temp_files(self) -> None:
-        """Temp files left by a crash mid-write (reported; they hold no acknowledged data)."""
+        """Temp files left by a crash mid-write (reported; they hold no acknowledged data).
+
+        Removed once a later write of their key superseded them, or once idle past the
+        stuck deadline (a live write touches its temp file far more often).
+        """
         finder = getattr(self.primary, "temp_files", None)
         if finder is not None:
             for name in await finder():
                 self.report.add("orphan_temp_files", name)
+        sweeper = getattr(self.primary, "sweep_temp_files", None)
+        if sweeper is not None:
+            for name in await sweeper(self.stuck_after_s):
+                self.report.add("orphan_temp_files_removed", name)
 
     async def publish(self) -> None:
         """Leave the summary in Redis for /readyz and /metrics."""
@@ -247,10 +299,14 @@ FINDING_KINDS = (
     "reprocessed_no_ticket",
     "reprocessed_missing_derivatives",
     "stuck_tickets_requeued",
+    "tickets_restored",
+    "gallery_restored",
     "backup_missing",
     "backup_mismatch",
+    "backup_state_restored",
     "replication_failed_retried",
     "orphan_temp_files",
+    "orphan_temp_files_removed",
     "orphan_derivatives",
     "unprocessable_originals",
 )
@@ -268,6 +324,10 @@ def derivative_keys(photo_id: str, settings: Settings) -> set[str]:
     }
 
 
+def _completed(state: ReplicaState | None) -> bool:
+    return state is not None and state.state is BackupState.COMPLETED
+
+
 def group_by_photo(objects: list[ObjectInfo]) -> dict[str, PhotoObjects]:
     """Primary's objects, gathered per photo."""
     photos: defaultdict[str, PhotoObjects] = defaultdict(PhotoObjects)
@@ -281,7 +341,7 @@ def group_by_photo(objects: list[ObjectInfo]) -> dict[str, PhotoObjects]:
         elif kind == "derivative":
             held.derivatives.add(info.key)
         else:
-            held.manifest = True
+            held.manifest = info
     return dict(photos)
 
 

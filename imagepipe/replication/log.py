@@ -3,7 +3,8 @@
 A Redis stream with one consumer group (every replicator process is a consumer), plus a hash
 of per-object state and a sorted set of what is still pending (its oldest score is the
 replication lag). Entries are acknowledged only after a verified copy, so a replicator that
-dies leaves its entries to be reclaimed by another.
+dies leaves its entries to be reclaimed by another. The audit confirms, as `completed`, the
+copies it finds sound where Redis lost their state.
 """
 
 from __future__ import annotations
@@ -133,6 +134,23 @@ class ReplicationLog:
             pipe.xack(keys.REPLICATION_STREAM, keys.REPLICATION_GROUP, entry.entry_id)
             pipe.xdel(keys.REPLICATION_STREAM, entry.entry_id)
             await pipe.execute()
+
+    async def confirm(self, object_keys: Sequence[str]) -> None:
+        """Record objects `completed` whose backup copies the audit found sound.
+
+        For state Redis lost: the copies were verified before, and checked again now.
+        """
+        if not object_keys:
+            return
+        stamp = time.time()
+        state = ReplicaState(state=BackupState.COMPLETED, enqueued_at=stamp, updated_at=stamp)
+        mapping = dict.fromkeys(object_keys, state.model_dump_json())
+        await cast(Awaitable[int], self.redis.hset(keys.REPLICATION_STATE, mapping=mapping))
+
+    async def states(self) -> dict[str, ReplicaState]:
+        """Every object's replica state (the audit reads them once per pass)."""
+        raw = await cast(Awaitable[dict[bytes, bytes]], self.redis.hgetall(keys.REPLICATION_STATE))
+        return {k.decode(): ReplicaState.model_validate_json(v) for k, v in raw.items()}
 
     async def state(self, key: str) -> ReplicaState | None:
         """One object's replica state, if it was ever logged."""
