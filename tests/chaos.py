@@ -20,13 +20,18 @@ from pathlib import Path
 
 import httpx
 
-from imagepipe.stack.roles import role_argv
 from imagepipe.stack.servers import EmbeddedS3
 from tests import images
 from tests.cluster import ACCESS, BUCKET, SECRET, Cluster
 
 KILLABLE = ("api", "worker", "replicator")
-CHAOS_ENV = {"IMAGEPIPE_IDEMPOTENCY_LEASE_S": "5"}
+# the audits below requeue a ticket idle this long whose job the kills lost (as the
+# replicators' periodic audit does in production, after 10 minutes)
+AUDIT_STUCK_AFTER_S = 15
+CHAOS_ENV = {
+    "IMAGEPIPE_IDEMPOTENCY_LEASE_S": "5",
+    "IMAGEPIPE_AUDIT_STUCK_AFTER_S": str(AUDIT_STUCK_AFTER_S),
+}
 
 
 async def upload_with_retries(
@@ -94,8 +99,8 @@ async def run(uploads: int, seconds: float, seed: int, root: Path) -> int:
             stop.set()
             await chaos
             await cluster.wait_ready()
-            await audit(cluster)  # repairs whatever the kills left half-done
-            await cluster.wait_for(client, "backup", timeout_s=180)
+            await settle(cluster, client)
+            await cluster.audit()  # settled: sweeps the temp files killed writers left
             violations = await cluster.violations(client)
             tickets = await cluster.tickets(client)
     finally:
@@ -104,14 +109,17 @@ async def run(uploads: int, seconds: float, seed: int, root: Path) -> int:
     return 1 if violations or accepted < uploads else 0
 
 
-async def audit(cluster: Cluster) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        *role_argv("audit", "--json"),
-        env=cluster.env(),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    await asyncio.wait_for(proc.wait(), 120)
+async def settle(cluster: Cluster, client: httpx.AsyncClient, timeout_s: float = 180) -> None:
+    """Audit now and then until every ticket is backed up: repairs what the kills left."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        await cluster.audit()
+        try:
+            await cluster.wait_for(client, "backup", timeout_s=AUDIT_STUCK_AFTER_S)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
 
 
 def report(

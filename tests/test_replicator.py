@@ -101,3 +101,26 @@ async def test_a_copy_the_store_vouches_for_is_not_read_back() -> None:
     await primary.put_bytes("originals/a.jpg", b"photo bytes")
     assert await copy_verified(primary, backup, "originals/a.jpg") == len(b"photo bytes")
     assert backup.reads == 0
+
+
+async def test_a_log_that_redis_lost_with_its_group_is_made_again(
+    settings: Settings, redis: Redis
+) -> None:
+    primary, backup = MemoryStorage(), MemoryStorage()
+    await primary.put_bytes("originals/a.jpg", b"photo bytes")
+    worker = Replicator(settings, redis, primary, backup, consumer="test")
+    running = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(15):  # NOGROUP forever, were the group not made again
+            while not await redis.exists(keys.REPLICATION_STREAM):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # the group is made: the replicator is claiming
+            await redis.flushall()  # Redis lost everything, the consumer group too
+            async with redis.pipeline(transaction=True) as pipe:
+                replication.append(pipe, {"originals/a.jpg": 11})  # the audit re-logs it
+                await pipe.execute()
+            while await redis.zcard(keys.REPLICATION_PENDING):  # noqa: ASYNC110 (polls Redis)
+                await asyncio.sleep(0.05)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert await backup.read("originals/a.jpg") == b"photo bytes"

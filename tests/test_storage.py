@@ -7,6 +7,8 @@ import hashlib
 import io
 import os
 import re
+import stat
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -244,6 +246,66 @@ async def test_filesystem_list_hides_leftover_temp_files(tmp_path: Path) -> None
     (tmp_path / "originals/.p2.jpg.abc123.tmp").write_bytes(b"partial")
     assert await keys(store) == ["originals/p1.jpg"]
     assert await store.temp_files() == ["originals/.p2.jpg.abc123.tmp"]
+
+
+@pytest.fixture
+def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Every os.fsync from now on, as (file or folder, the path it had at that moment)."""
+    seen: list[tuple[str, str]] = []
+    real_fsync = os.fsync
+
+    def counting(fd: int) -> None:
+        kind = "folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        seen.append((kind, os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(filesystem.os, "fsync", counting)
+    return seen
+
+
+async def test_filesystem_put_fsyncs_the_file_before_its_rename_and_then_the_folder(
+    tmp_path: Path, fsyncs: list[tuple[str, str]]
+) -> None:
+    store = FilesystemStorage(tmp_path)
+    (tmp_path / "originals").mkdir()
+    await store.put_bytes("originals/p1.jpg", b"photo")
+    [(kind, path), folder] = fsyncs
+    # the file is synced under its temp name: durable before the rename makes it visible
+    assert kind == "file" and re.fullmatch(
+        rf"{re.escape(str(tmp_path))}/originals/\.p1\.jpg\.\w+\.tmp", path
+    )
+    assert folder == ("folder", f"{tmp_path}/originals")  # and then the rename itself
+
+
+async def test_filesystem_put_fsyncs_each_new_folder_into_its_parent(
+    tmp_path: Path, fsyncs: list[tuple[str, str]]
+) -> None:
+    await FilesystemStorage(tmp_path).put_bytes("derivatives/p1/m.jpg", b"photo")
+    folders = [path for kind, path in fsyncs if kind == "folder"]
+    assert folders == [f"{tmp_path}", f"{tmp_path}/derivatives", f"{tmp_path}/derivatives/p1"]
+    assert [kind for kind, _ in fsyncs].count("file") == 1
+
+
+async def test_filesystem_sweep_removes_superseded_and_idle_temp_files_only(
+    tmp_path: Path,
+) -> None:
+    store = FilesystemStorage(tmp_path)
+    hour_ago = time.time() - 3600
+    for name in ("p1", "p2", "p3"):  # each put killed mid-write an hour ago
+        (tmp_path / "originals").mkdir(exist_ok=True)
+        temp = tmp_path / f"originals/.{name}.jpg.0123456789abcdef.tmp"
+        temp.write_bytes(b"part")
+        os.utime(temp, (hour_ago, hour_ago))
+    await store.put_bytes("originals/p1.jpg", b"whole")  # a retry finished since
+    young = tmp_path / "originals/.p4.jpg.0123456789abcdef.tmp"  # a write still going on
+    young.write_bytes(b"part")
+    assert await store.sweep_temp_files(idle_s=7200) == ["originals/.p1.jpg.0123456789abcdef.tmp"]
+    assert await store.sweep_temp_files(idle_s=60) == [
+        "originals/.p2.jpg.0123456789abcdef.tmp",
+        "originals/.p3.jpg.0123456789abcdef.tmp",
+    ]
+    assert await store.temp_files() == ["originals/.p4.jpg.0123456789abcdef.tmp"]
+    assert await store.read("originals/p1.jpg") == b"whole"
 
 
 def full_disk(code: int) -> Callable[[Path], io.BufferedWriter]:

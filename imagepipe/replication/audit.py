@@ -221,11 +221,19 @@ class Auditor:
         self.report.objects += objects
 
     async def find_temp_files(self) -> None:
-        """Temp files left by a crash mid-write (reported; they hold no acknowledged data)."""
+        """Temp files left by a crash mid-write (reported; they hold no acknowledged data).
+
+        Removed once a later write of their key superseded them, or once idle past the
+        stuck deadline (a live write touches its temp file far more often).
+        """
         finder = getattr(self.primary, "temp_files", None)
         if finder is not None:
             for name in await finder():
                 self.report.add("orphan_temp_files", name)
+        sweeper = getattr(self.primary, "sweep_temp_files", None)
+        if sweeper is not None:
+            for name in await sweeper(self.settings.audit_stuck_after_s):
+                self.report.add("orphan_temp_files_removed", name)
 
     async def publish(self) -> None:
         """Leave the summary in Redis for /readyz and /metrics."""
@@ -251,6 +259,7 @@ FINDING_KINDS = (
     "backup_confirmed",
     "replication_failed_retried",
     "orphan_temp_files",
+    "orphan_temp_files_removed",
     "orphan_objects",
     "orphans_in_backup",
     "unprocessable_originals",

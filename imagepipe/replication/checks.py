@@ -102,13 +102,15 @@ class PhotoChecks:
         if row.original_key not in on_primary:
             self.found("originals_missing", row.original_key)
             return
-        await self.processing(row, on_primary)
+        await self.processing(row, stored, on_primary)
         await self.manifest(row, on_primary)
         for obj in stored:
             if obj.key in on_primary:
                 await self.object_backup(obj, on_primary[obj.key], in_backup)
 
-    async def processing(self, row: PhotoRow, on_primary: Mapping[str, ObjectInfo]) -> None:
+    async def processing(
+        self, row: PhotoRow, stored: list[ObjectRow], on_primary: Mapping[str, ObjectInfo]
+    ) -> None:
         """Its processing finished (or runs), its sizes are all on primary, its ticket kept."""
         ticket = await self._latest_ticket(row)
         if ticket is not None and not ticket.status.terminal:
@@ -122,11 +124,11 @@ class PhotoChecks:
                 return  # its reprocessing failed for good: say so, do not loop
             await self.reaccept(row, "reprocessed_missing_derivatives")
         elif ticket is None:
-            await self.ticket_lost(row)
+            await self.ticket_lost(row, stored)
 
-    async def ticket_lost(self, row: PhotoRow) -> None:
-        """Redis forgot the ticket: put it back while it would still be kept, and run an
-        unfinished photo's processing again."""
+    async def ticket_lost(self, row: PhotoRow, stored: list[ObjectRow]) -> None:
+        """Redis forgot the ticket: put it back while it would still be kept (with the backup
+        states polls read), and run an unfinished photo's processing again."""
         ttl_s = int(row.created_at.timestamp() + self.tickets.retention_s - time.time())
         if ttl_s <= 0:
             if row.state == ACCEPTED:  # expired unprocessed: a new ticket for it
@@ -134,6 +136,10 @@ class PhotoChecks:
             return  # a finished photo's ticket expired as published
         if await self.tickets.restore(restored_ticket(row), ttl_s):
             self.found("tickets_restored", row.ticket_id)
+            states = {obj.key: obj.backup_state.value for obj in stored}
+            async with self.redis.pipeline(transaction=True) as pipe:
+                replication.note_backup(pipe, row.id, states, ttl_s)
+                await pipe.execute()
         if row.state == ACCEPTED:  # a fresh job id: the old one may have a kept result
             attempt = int(time.time())
             await queue.enqueue_processing(self.redis, row.ticket_id, attempt, keys.BACKFILL_QUEUE)

@@ -58,7 +58,7 @@ def append(pipe: Pipeline, objects: Mapping[str, int], retention_s: int) -> None
     pipe.hset(keys.REPLICATION_PENDING_BYTES, mapping={k: str(size) for k, size in objects.items()})
     for photo_id, photo_keys in _by_photo(objects).items():
         pending = dict.fromkeys(photo_keys, BackupState.PENDING.value)
-        _note_backup(pipe, photo_id, pending, retention_s)
+        note_backup(pipe, photo_id, pending, retention_s)
 
 
 def _by_photo(object_keys: Iterable[str]) -> dict[str, list[str]]:
@@ -68,7 +68,8 @@ def _by_photo(object_keys: Iterable[str]) -> dict[str, list[str]]:
     return found
 
 
-def _note_backup(pipe: Pipeline, photo_id: str, states: Mapping[str, str], ttl_s: int) -> None:
+def note_backup(pipe: Pipeline, photo_id: str, states: Mapping[str, str], ttl_s: int) -> None:
+    """Set objects' states in the photo's backup hash (made here, or before, for ``ttl_s``)."""
     key = keys.photo_backup(photo_id)
     pipe.hset(key, mapping=dict(states))
     pipe.expire(key, ttl_s, nx=True)  # made here or before: it lives as long as the ticket
@@ -136,7 +137,7 @@ class ReplicationLog:
     async def _finish(self, entry: Entry, outcome: BackupState, reason: str | None) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             photo_id = keys.photo_of(entry.key)
-            _note_backup(pipe, photo_id, {entry.key: outcome.value}, self.retention_s)
+            note_backup(pipe, photo_id, {entry.key: outcome.value}, self.retention_s)
             pipe.zrem(keys.REPLICATION_PENDING, entry.key)
             pipe.hdel(keys.REPLICATION_PENDING_BYTES, entry.key)
             pipe.xack(keys.REPLICATION_STREAM, keys.REPLICATION_GROUP, entry.entry_id)

@@ -93,6 +93,9 @@ class Replicator:
             except RedisError as exc:
                 log.warning("replication log unreachable (%s); retrying", exc)
                 await asyncio.sleep(1.0)
+                if "NOGROUP" in str(exc):  # Redis lost the log, group and all: make them again
+                    with suppress(RedisError):
+                        await self.log.ensure_group()
 
     async def _claim_more(self) -> None:
         """One round: reclaim orphaned entries now and then, then fill free copy slots."""

@@ -3,8 +3,8 @@
 A put streams into ``.{name}.{random}.tmp`` beside the final file, fsyncs it, renames it into
 place and fsyncs the folder. A create-only put links the temp file to the final name instead
 (``link`` fails if the name exists, atomically) and removes the temp name. Temp files a crash
-leaves behind are invisible to `list` and reported by `temp_files` (the audit calls them
-orphans).
+leaves behind are invisible to `list`, reported by `temp_files` (the audit calls them
+orphans) and removed by `sweep_temp_files`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import io
 import os
 import secrets
 import stat
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -112,6 +113,13 @@ class FilesystemStorage(Storage):
     async def temp_files(self) -> _Keys:
         """Keys of leftover temp files (a put that died between create and rename)."""
         return await _io("", _find_temp_files, self.root)
+
+    async def sweep_temp_files(self, idle_s: float) -> _Keys:
+        """Remove the temp files dead writers left; the ones removed.
+
+        Those a later write of their key superseded, and those nobody touched for ``idle_s``.
+        """
+        return await _io("", _sweep_temp_files, self.root, time.time() - idle_s)
 
     def path(self, key: str) -> Path:
         """The file a key lives in; ValueError for keys that could escape the root."""
@@ -263,3 +271,28 @@ def _find_temp_files(root: Path) -> list[str]:
         if _is_temp(name)
     ]
     return sorted(found)
+
+
+def _sweep_temp_files(root: Path, idle_before: float) -> list[str]:
+    removed = [name for name in _find_temp_files(root) if _abandoned(root / name, idle_before)]
+    for name in removed:
+        (root / name).unlink(missing_ok=True)
+    return removed
+
+
+def _abandoned(temp: Path, idle_before: float) -> bool:
+    """Untouched since ``idle_before``, or older than a finished object of its key.
+
+    Either way it holds no acknowledged data (a put acknowledges only after its rename); were
+    its writer alive after all, its rename fails and the write is retried.
+    """
+    final = temp.with_name(temp.name[1:].rsplit(".", 2)[0])  # .{name}.{token}.tmp -> {name}
+    try:
+        touched = temp.stat().st_mtime
+    except FileNotFoundError:
+        return False  # renamed into place or discarded meanwhile
+    try:
+        superseded = final.stat().st_mtime > touched
+    except FileNotFoundError:
+        superseded = False
+    return touched < idle_before or superseded
