@@ -37,11 +37,16 @@ class Plan:
     steady_s: float
     outage_s: float
     big_upload: int
+    valkey_photos: int  # row 9
+    catalog_photos: int  # row 10
+    catalog_samples: int
+    audit_photos: int  # row 11: this many, then 10 times as many
+    audit_changed: int
 
 
-FULL = Plan(7, 24, 15, 8.0, 40, 3.0, 30.0, 60.0, 200 * 2**20)
-QUICK = Plan(3, 6, 3, 1.5, 8, 0.75, 2.0, 3.0, 16 * 2**20)
-ALL_ROWS = (1, 2, 3, 4, 5, 6, 7, 8)
+FULL = Plan(7, 24, 15, 8.0, 40, 3.0, 30.0, 60.0, 200 * 2**20, 10_000, 1_000_000, 2000, 10_000, 100)
+QUICK = Plan(3, 6, 3, 1.5, 8, 0.75, 2.0, 3.0, 16 * 2**20, 300, 5_000, 200, 500, 10)
+ALL_ROWS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
 
 
 def _photos(quick: bool) -> dict[str, inputs.Photo]:
@@ -75,7 +80,7 @@ def run(rows: tuple[int, ...], quick: bool) -> list[Row]:
 def _stack_rows(
     rows: tuple[int, ...], stack: Stack, plan: Plan, photos: dict[str, inputs.Photo]
 ) -> Iterator[Row]:
-    from bench import accept, latency, memory, polling, replication, throughput
+    from bench import accept, catalog, latency, memory, polling, replication, throughput
 
     steps: list[tuple[tuple[int, ...], Callable[[], Row | tuple[Row, ...]]]] = [
         ((2, 3), lambda: throughput.rows(stack, photos["photo"], plan.batch)),
@@ -84,6 +89,9 @@ def _stack_rows(
         ((6,), lambda: polling.row(stack, photos["small"], plan.poll_s)),
         ((7,), lambda: replication.row(stack, photos["small"], plan.steady_s, plan.outage_s)),
         ((8,), lambda: memory.row(stack, photos["small"], photos["big"], plan.big_upload)),
+        ((9,), lambda: catalog.valkey_row(stack, plan.valkey_photos)),
+        ((10,), lambda: catalog.catalog_row(stack, plan.catalog_photos, plan.catalog_samples)),
+        ((11,), lambda: catalog.audit_row(stack, plan.audit_photos, plan.audit_changed)),
     ]
     for numbers, step in steps:
         if set(numbers) & set(rows):

@@ -23,7 +23,9 @@ from typing import Any, Self
 
 import httpx
 import redis
+from sqlalchemy import text
 
+from imagepipe.catalog.engine import create_engine
 from imagepipe.config import Settings
 from imagepipe.stack.local import LocalServers
 from imagepipe.stack.net import free_port
@@ -69,7 +71,12 @@ class Stack:
     @contextlib.contextmanager
     def running(cls, workers: int = 2, env: dict[str, str] | None = None) -> Iterator[Stack]:
         """A stack in a fresh temp dir, torn down (roles, then servers) on exit."""
-        with tempfile.TemporaryDirectory(prefix="imagepipe-bench-") as tmp:
+        keep = os.environ.get("IMAGEPIPE_BENCH_KEEP")  # debugging: keep the stack's files
+        with (
+            contextlib.nullcontext(tempfile.mkdtemp(prefix="imagepipe-bench-"))
+            if keep
+            else tempfile.TemporaryDirectory(prefix="imagepipe-bench-") as tmp
+        ):
             stack = cls(Path(tmp), workers, dict(env or {}))
             try:
                 stack.start_servers()
@@ -149,7 +156,7 @@ class Stack:
         await wait_ready(self.url, timeout_s, self.check_alive)
 
     def reset(self) -> None:
-        """Between benchmarks: no roles, an empty Valkey, an empty primary store.
+        """Between benchmarks: no roles, an empty Valkey, catalog and primary store.
 
         Without it a benchmark inherits the queue and the replication backlog of the one
         before (row 5 leaves hundreds of unprocessed uploads behind).
@@ -161,6 +168,7 @@ class Stack:
             client.flushall()
         finally:
             client.close()
+        asyncio.run(_empty_catalog(self.settings))
         shutil.rmtree(self.root / "primary", ignore_errors=True)
 
     def close(self) -> None:
@@ -260,3 +268,12 @@ async def wait_tickets(
 def last_update(found: dict[str, Any]) -> float:
     """The latest ``updated_at`` of these tickets, as a Unix time."""
     return max(datetime.fromisoformat(t["updated_at"]).timestamp() for t in found.values())
+
+
+async def _empty_catalog(settings: Settings) -> None:
+    engine = create_engine(settings)
+    try:
+        async with engine.begin() as db:
+            await db.execute(text("TRUNCATE objects, photos, marks"))
+    finally:
+        await engine.dispose()

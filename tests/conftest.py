@@ -4,6 +4,7 @@ migrated once and emptied before each test that uses it) and moto's S3 server.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -103,20 +104,39 @@ async def database(database_url: str) -> str:
     return database_url
 
 
-@pytest.fixture
-async def fresh_database(database_url: str) -> AsyncIterator[str]:
-    """A database of its own on the session's server, never migrated; dropped after."""
-    name = f"fresh_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(Settings(database_url=database_url, **SECRETS))
+@contextlib.asynccontextmanager
+async def _own_database(server_url: str, migrated: bool) -> AsyncIterator[str]:
+    """A database of its own on the session's server (migrated or not), dropped after."""
+    name = f"own_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(Settings(database_url=server_url, **SECRETS))
     async with admin.connect() as db:
         await db.execution_options(isolation_level="AUTOCOMMIT")
         await db.execute(text(f"CREATE DATABASE {name}"))
-    base, _, query = database_url.partition("?")
-    yield f"{base.rsplit('/', 1)[0]}/{name}?{query}"
-    async with admin.connect() as db:
-        await db.execution_options(isolation_level="AUTOCOMMIT")
-        await db.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-    await admin.dispose()
+    base, _, query = server_url.partition("?")
+    url = f"{base.rsplit('/', 1)[0]}/{name}?{query}"
+    if migrated:
+        await _migrated(url)
+    try:
+        yield url
+    finally:
+        async with admin.connect() as db:
+            await db.execution_options(isolation_level="AUTOCOMMIT")
+            await db.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+        await admin.dispose()
+
+
+@pytest.fixture
+async def fresh_database(database_url: str) -> AsyncIterator[str]:
+    """A database of its own, never migrated; dropped after the test."""
+    async with _own_database(database_url, migrated=False) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def module_database(database_url: str) -> AsyncIterator[str]:
+    """A migrated database for one module's long-lived stack; dropped after the module."""
+    async with _own_database(database_url, migrated=True) as url:
+        yield url
 
 
 @pytest.fixture

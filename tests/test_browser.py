@@ -74,7 +74,10 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack_settings(
-    tmp_path_factory: pytest.TempPathFactory, valkey_url: str, s3_endpoint: str
+    tmp_path_factory: pytest.TempPathFactory,
+    valkey_url: str,
+    module_database: str,
+    s3_endpoint: str,
 ) -> Settings:
     """Settings for the module's stack: its own data dir, port and backup bucket."""
     bucket = "browser-tests"
@@ -92,6 +95,7 @@ def stack_settings(
             "port": port,
             "callback_url": f"http://127.0.0.1:{port}/internal/callbacks",
             "redis_url": valkey_url,
+            "database_url": module_database,
             "backup_s3_endpoint": s3_endpoint,
             "backup_s3_bucket": bucket,
             "AWS_ACCESS_KEY_ID": "test",

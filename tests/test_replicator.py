@@ -104,11 +104,11 @@ async def test_a_copy_the_store_vouches_for_is_not_read_back() -> None:
 
 
 async def test_a_log_that_redis_lost_with_its_group_is_made_again(
-    settings: Settings, redis: Redis
+    settings: Settings, redis: Redis, catalog: PhotoCatalog
 ) -> None:
     primary, backup = MemoryStorage(), MemoryStorage()
     await primary.put_bytes("originals/a.jpg", b"photo bytes")
-    worker = Replicator(settings, redis, primary, backup, consumer="test")
+    worker = Replicator(settings, redis, primary, backup, catalog, consumer="test")
     running = asyncio.create_task(worker.run())
     try:
         async with asyncio.timeout(15):  # NOGROUP forever, were the group not made again
@@ -116,7 +116,7 @@ async def test_a_log_that_redis_lost_with_its_group_is_made_again(
                 await asyncio.sleep(0.05)  # the group is made: the replicator is claiming
             await redis.flushall()  # Redis lost everything, the consumer group too
             async with redis.pipeline(transaction=True) as pipe:
-                replication.append(pipe, {"originals/a.jpg": 11})  # the audit re-logs it
+                replication.append(pipe, {"originals/a.jpg": 11}, 60)  # the audit re-logs it
                 await pipe.execute()
             while await redis.zcard(keys.REPLICATION_PENDING):  # noqa: ASYNC110 (polls Redis)
                 await asyncio.sleep(0.05)

@@ -16,7 +16,7 @@ import base64
 import binascii
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
@@ -80,13 +80,57 @@ def _facts(original: Original, ticket_id: str, created_at: float) -> dict[str, A
     }
 
 
+COMPLETION = ("state", "width", "height", "sizes", "completed_at", "updated_at")
+MAX_PARAMETERS = 32767  # what PostgreSQL's protocol takes in one statement
+T = TypeVar("T")
+
+
+def _completed_row(manifest: PhotoManifest, now: datetime) -> dict[str, Any]:
+    """A completed photo's whole row, from its manifest."""
+    done = {
+        "state": COMPLETED,
+        "width": manifest.width,
+        "height": manifest.height,
+        "sizes": {name: d.model_dump(mode="json") for name, d in manifest.sizes.items()},
+        "completed_at": at(manifest.completed_at) if manifest.completed_at else now,
+        "updated_at": now,
+    }
+    return {**_facts(manifest, manifest.ticket_id, manifest.created_at), **done}
+
+
+def _files_of(manifest: PhotoManifest, manifest_file: StoredFile) -> list[Located]:
+    """Every object of a processed photo: (photo id, file, kind)."""
+    found = [(manifest.photo_id, _original(manifest), "original")]
+    sizes = manifest.sizes.values()
+    found += [(manifest.photo_id, f, "derivative") for d in sizes for f in d.files]
+    found.append((manifest.photo_id, manifest_file, "manifest"))
+    return found
+
+
+def _completion_upsert(rows: list[dict[str, Any]]) -> Any:
+    upsert = insert(photos).values(rows)
+    refreshed = {column: upsert.excluded[column] for column in COMPLETION}
+    # a reprocessed photo (the audit, a format added to the ladder) is indexed again; a failed
+    # one stays failed
+    return upsert.on_conflict_do_update(
+        index_elements=[photos.c.id], set_=refreshed, where=photos.c.state != FAILED
+    )
+
+
+def _batches(rows: list[T], columns: int) -> list[list[T]]:
+    """Rows cut into statements of at most MAX_PARAMETERS bound values each."""
+    size = max(1, MAX_PARAMETERS // columns)
+    return [rows[start : start + size] for start in range(0, len(rows), size)]
+
+
 def _original(original: Original) -> StoredFile:
     return StoredFile(key=original.original_key, bytes=original.bytes, sha256=original.sha256)
 
 
-async def _insert_objects(
-    db: AsyncConnection, photo_id: str, files: list[tuple[StoredFile, str]], now: datetime
-) -> None:
+Located = tuple[str, StoredFile, str]  # (photo id, the file, its kind)
+
+
+async def _insert_objects(db: AsyncConnection, files: list[Located], now: datetime) -> None:
     """Record objects (kind: original, derivative, manifest); ones already recorded stay."""
     rows = [
         {
@@ -100,9 +144,10 @@ async def _insert_objects(
             "backup_changed_at": now,
             "created_at": now,
         }
-        for file, kind in files
+        for photo_id, file, kind in files
     ]
-    await db.execute(insert(objects).values(rows).on_conflict_do_nothing())
+    for batch in _batches(rows, len(objects.c)):
+        await db.execute(insert(objects).values(batch).on_conflict_do_nothing())
 
 
 class PhotoCatalog:
@@ -124,34 +169,24 @@ class PhotoCatalog:
         row = {**_facts(ticket, ticket.id, ticket.created_at), "state": ACCEPTED, "updated_at": now}
         async with session(self.engine, write=True) as db:
             await db.execute(insert(photos).values(row).on_conflict_do_nothing())
-            await _insert_objects(db, ticket.photo_id, [(_original(ticket), "original")], now)
+            await _insert_objects(db, [(ticket.photo_id, _original(ticket), "original")], now)
 
     @reconnecting
     async def completed(self, manifest: PhotoManifest, manifest_file: StoredFile) -> None:
         """Index a processed photo from its manifest: its row completed (made if missing:
         `reindex` rebuilds the catalog this way), its original, derivatives and manifest."""
+        await self.completed_many([(manifest, manifest_file)])
+
+    @reconnecting
+    async def completed_many(self, indexed: list[tuple[PhotoManifest, StoredFile]]) -> None:
+        """`completed` for many photos in one transaction (reindex, bulk loads)."""
         now = datetime.now(tz=UTC)
-        done = {
-            "state": COMPLETED,
-            "width": manifest.width,
-            "height": manifest.height,
-            "sizes": {name: d.model_dump(mode="json") for name, d in manifest.sizes.items()},
-            "completed_at": at(manifest.completed_at) if manifest.completed_at else now,
-            "updated_at": now,
-        }
-        row = {**_facts(manifest, manifest.ticket_id, manifest.created_at), **done}
-        upsert = insert(photos).values(row)
-        # a reprocessed photo (the audit, a format added to the ladder) is indexed again; a
-        # failed one stays failed
-        upsert = upsert.on_conflict_do_update(
-            index_elements=[photos.c.id], set_=done, where=photos.c.state != FAILED
-        )
-        files = [(_original(manifest), "original")]
-        files += [(f, "derivative") for d in manifest.sizes.values() for f in d.files]
-        files.append((manifest_file, "manifest"))
+        rows = [_completed_row(m, now) for m, _ in indexed]
+        files = [file for m, f in indexed for file in _files_of(m, f)]
         async with session(self.engine, write=True) as db:
-            await db.execute(upsert)
-            await _insert_objects(db, manifest.photo_id, files, now)
+            for batch in _batches(rows, len(photos.c)):
+                await db.execute(_completion_upsert(batch))
+            await _insert_objects(db, files, now)
 
     @reconnecting
     async def failed(self, photo_id: str, error: str | None) -> None:

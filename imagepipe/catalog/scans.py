@@ -90,7 +90,9 @@ class CatalogScans:
     @reconnecting
     async def in_slice(self, prefix: str) -> list[PhotoRow]:
         """Every photo whose id starts with ``prefix`` (a slice: a small share of the library)."""
-        query = select(photos).where(photos.c.id.startswith(prefix, autoescape=True))
+        # a range, not LIKE: the primary key's index serves it under any collation
+        after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        query = select(photos).where(photos.c.id >= prefix, photos.c.id < after)
         async with session(self.engine) as db:
             return [PhotoRow.of(r) for r in (await db.execute(query)).mappings()]
 

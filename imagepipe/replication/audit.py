@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -55,6 +55,7 @@ class AuditReport:
     photos: int = 0  # checked
     objects: int = 0  # checked
     slices: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # per part of the pass
     findings: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     def add(self, kind: str, subject: str) -> None:
@@ -74,6 +75,7 @@ class AuditReport:
             "photos": self.photos,
             "objects": self.objects,
             "slices": self.slices,
+            "seconds": self.seconds,
             "counts": self.counts(),
             "findings": dict(self.findings),
         }
@@ -119,12 +121,18 @@ class Auditor:
         started = datetime.now(tz=UTC)
         self.report.full = full
         since = await self.scans.mark(WATERMARK) or epoch()
-        await self.changed(since - WATERMARK_OVERLAP)
-        await self.stuck(started)
-        await self.unconfirmed(started)
-        await self.slices(all_slices() if full else self._rolling())
+        parts: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("changed", lambda: self.changed(since - WATERMARK_OVERLAP)),
+            ("stuck", lambda: self.stuck(started)),
+            ("unconfirmed", lambda: self.unconfirmed(started)),
+            ("slices", lambda: self.slices(all_slices() if full else self._rolling())),
+        ]
         if full:
-            await self.find_temp_files()
+            parts.append(("temp files", self.find_temp_files))
+        for name, part in parts:
+            began = time.perf_counter()
+            await part()
+            self.report.seconds[name] = time.perf_counter() - began
         await self.scans.set_mark(WATERMARK, started)
         self.report.finished_at = time.time()
         await self.publish()

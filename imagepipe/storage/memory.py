@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import time
 from collections.abc import AsyncIterable, AsyncIterator
@@ -20,6 +21,7 @@ class MemoryStorage(Storage):
 
     def __init__(self) -> None:
         self._objects: dict[str, tuple[bytes, ObjectInfo]] = {}
+        self._sorted: list[str] | None = None  # the keys in order, made again after a change
 
     async def put(
         self, key: str, chunks: AsyncIterable[bytes], *, create_only: bool = False
@@ -31,6 +33,8 @@ class MemoryStorage(Storage):
         # no await between this check and the assignment: atomic on the event loop
         if create_only and key in self._objects:
             raise ObjectExists(info)
+        if key not in self._objects:
+            self._sorted = None
         self._objects[key] = (data, info)
         return info
 
@@ -46,11 +50,18 @@ class MemoryStorage(Storage):
 
     async def delete(self, key: str) -> None:
         """Forget the key; a missing one is fine."""
-        self._objects.pop(key, None)
+        if self._objects.pop(key, None) is not None:
+            self._sorted = None
 
     async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
-        """Every key starting with prefix, sorted."""
-        for key in sorted(k for k in self._objects if k.startswith(prefix)):
+        """Every key starting with prefix, sorted (found by bisection: a prefix costs its keys,
+        not the store's)."""
+        if self._sorted is None:
+            self._sorted = sorted(self._objects)
+        ordered = self._sorted
+        for key in ordered[bisect.bisect_left(ordered, prefix) :]:
+            if not key.startswith(prefix):
+                return
             if key in self._objects:  # not deleted while the caller was iterating
                 yield self._objects[key][1]
 
