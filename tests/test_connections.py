@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from asyncio.subprocess import PIPE, STDOUT
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from imagepipe import keys
 from imagepipe.api.events import TicketEvents
 from imagepipe.config import Settings
 from imagepipe.connections import RedisConfigError, check_redis_policy, redis_client
+from imagepipe.stack.net import free_port
 from imagepipe.stack.roles import role_argv, role_env
 
 
@@ -111,3 +113,20 @@ async def test_every_role_refuses_to_start_on_an_evicting_redis(
         output, _ = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode != 0, name
         assert b"maxmemory-policy is 'allkeys-lru'" in output, (name, output[-2000:])
+
+
+async def test_a_worker_waiting_for_redis_stops_on_sigterm(settings: Settings) -> None:
+    """A worker keeps reconnecting while Redis is away, yet SIGTERM still stops it: else it
+    outlives its operator's stop and works for whatever Redis appears on that port next."""
+    gone = f"redis://127.0.0.1:{free_port()}/0"
+    env = role_env(settings, IMAGEPIPE_REDIS_URL=gone, IMAGEPIPE_WORKER_CONCURRENCY="1")
+    proc = await asyncio.create_subprocess_exec(
+        *role_argv("worker"), env=env, stdout=PIPE, stderr=STDOUT
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(60):  # until it is in its reconnect loop (it says so)
+        while b"reconnecting" not in await proc.stdout.readline():
+            pass
+    proc.send_signal(signal.SIGTERM)
+    output, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, output[-2000:]

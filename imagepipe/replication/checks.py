@@ -205,12 +205,12 @@ class PhotoChecks:
         if await self._in_flight(obj.key):
             return  # the replicator has it: not a finding
         copy = in_backup.get(obj.key) if in_backup is not None else await self._head(obj.key)
-        if copy is None:
+        if obj.backup_state is BackupState.FAILED:  # the cause may be fixed by now
+            await self.replicate_again(obj.key, info.size, "replication_failed_retried")
+        elif copy is None:
             await self.replicate_again(obj.key, info.size, "backup_missing")
         elif copy.size != info.size or not await self._same_sha(obj.key, copy):
             await self.replicate_again(obj.key, info.size, "backup_mismatch")
-        elif obj.backup_state is BackupState.FAILED:
-            await self.replicate_again(obj.key, info.size, "replication_failed_retried")
         elif obj.backup_state is not BackupState.COMPLETED:
             await self.catalog.backup_found({obj.key: BackupState.COMPLETED})
             self.found("backup_confirmed", obj.key)

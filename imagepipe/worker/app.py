@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import signal
+import threading
 
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
@@ -26,9 +27,12 @@ RECONNECT_S = 1.0
 
 
 def build_worker(
-    settings: Settings, queue_name: str = keys.UPLOADS_QUEUE, burst: bool = False
+    settings: Settings,
+    queue_name: str = keys.UPLOADS_QUEUE,
+    burst: bool = False,
+    stop: threading.Event | None = None,
 ) -> Worker:
-    """An arq Worker for one lane; tests run it with burst=True."""
+    """An arq Worker for one lane; tests run it with burst=True. A stop signal sets ``stop``."""
     slots = concurrency(settings)
     worker = Worker(
         functions=[
@@ -58,8 +62,15 @@ def build_worker(
         handle_signals=not burst,
         keep_result=min(3600, settings.ticket_retention_s),  # never beyond the ticket
     )
-    worker.on_stop = lambda _signal: cancel_until_stopped(worker)
+    worker.on_stop = lambda _signal: stopped(worker, stop)
     return worker
+
+
+def stopped(worker: Worker, stop: threading.Event | None) -> None:
+    """SIGTERM/SIGINT: stop the jobs under way, and (``stop``) the reconnecting too."""
+    if stop is not None:
+        stop.set()
+    cancel_until_stopped(worker)
 
 
 def cancel_until_stopped(worker: Worker) -> None:
@@ -111,8 +122,9 @@ def _run_until_stopped(settings: Settings, queue_name: str, burst: bool) -> None
     arq's worker exits when Redis goes away; a worker process must outlive a Redis restart,
     so it starts a fresh arq worker once Redis answers again (jobs it held are re-run by arq).
     """
-    while True:
-        worker = build_worker(settings, queue_name, burst)
+    stop = threading.Event()  # SIGTERM/SIGINT while Redis is away: no arq job to cancel
+    while not stop.is_set():
+        worker = build_worker(settings, queue_name, burst, stop)
         try:
             worker.run()
             return
@@ -122,4 +134,16 @@ def _run_until_stopped(settings: Settings, queue_name: str, burst: bool) -> None
         except (RedisError, OSError) as exc:
             log.warning("lost Redis (%s); reconnecting in %.0f s", exc, RECONNECT_S)
             worker.loop.run_until_complete(shutdown(worker.ctx))  # arq skipped it
-            time.sleep(RECONNECT_S)
+            _wait_unless_stopped(stop, RECONNECT_S)
+    log.info("stopped while Redis was unreachable")
+
+
+def _wait_unless_stopped(stop: threading.Event, seconds: float) -> None:
+    """Sleep between reconnects, ending at once (and for good) on SIGTERM or SIGINT."""
+    stops = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in stops}
+    try:
+        stop.wait(seconds)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
