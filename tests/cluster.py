@@ -18,6 +18,7 @@ import boto3
 import httpx
 from arq.constants import job_key_prefix
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from imagepipe import keys
 from imagepipe.api.routes.polling import MAX_BATCH
@@ -159,11 +160,19 @@ class Cluster:
         self.valkey.start()
 
     async def claimed(self) -> dict[str, str]:
-        """Replication log entries claimed, not yet acked (XPENDING): entry id -> consumer."""
+        """Replication log entries claimed, not yet acked (XPENDING): entry id -> consumer.
+
+        None yet while no replicator has made the consumer group.
+        """
         async with self.redis() as redis:
-            rows = await redis.xpending_range(
-                keys.REPLICATION_STREAM, keys.REPLICATION_GROUP, "-", "+", 1000
-            )
+            try:
+                rows = await redis.xpending_range(
+                    keys.REPLICATION_STREAM, keys.REPLICATION_GROUP, "-", "+", 1000
+                )
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                return {}
         return {row["message_id"].decode(): row["consumer"].decode() for row in rows}
 
     async def in_flight(self) -> dict[str, int]:
