@@ -10,7 +10,8 @@ flight. A periodic pass costs what changed, not what the library holds:
                (catalog, primary, backup listings): every photo is re-verified within
                `IMAGEPIPE_AUDIT_VERIFY_PERIOD_S`, at a bounded cost per pass
 
-`imagepipe audit --full` checks every slice (streaming: one slice in memory at a time).
+`imagepipe audit --full` checks every slice, listing each store's trees once, in key order
+(`replication.listing`: one page and one slice in memory at a time).
 What each check repairs is in `replication.checks`; orphans found in a slice (an original
 with no row, anything else with no row, a copy only backup holds) are repaired or reported.
 Repairs go to the backfill lane and the replication log, so an audit never starves uploads.
@@ -33,6 +34,7 @@ from imagepipe.catalog.rows import PhotoRow
 from imagepipe.catalog.scans import CatalogScans
 from imagepipe.config import Settings
 from imagepipe.replication.checks import PhotoChecks, derivative_keys, epoch
+from imagepipe.replication.listing import SliceListing
 from imagepipe.storage import ObjectInfo, ObjectNotFound, Storage
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -125,7 +127,7 @@ class Auditor:
             ("changed", lambda: self.changed(since - WATERMARK_OVERLAP)),
             ("stuck", lambda: self.stuck(started)),
             ("unconfirmed", lambda: self.unconfirmed(started)),
-            ("slices", lambda: self.slices(all_slices() if full else self._rolling())),
+            ("slices", lambda: self.slices(all_slices() if full else self._rolling(), full)),
         ]
         if full:
             parts.append(("temp files", self.find_temp_files))
@@ -177,19 +179,23 @@ class Auditor:
                 await self.checks.object_backup(obj, info, None)
                 self.report.objects += 1
 
-    async def slices(self, prefixes: list[str]) -> None:
+    async def slices(self, prefixes: list[str], in_order: bool) -> None:
         """Check each slice three ways: catalog, primary listing, backup listing."""
-        for done, prefix in enumerate(prefixes, 1):
-            await self.slice(prefix)
-            self.report.slices += 1
-            self.progress(done, len(prefixes))
+        listings = [SliceListing(store, in_order=in_order) for store in (self.primary, self.backup)]
+        try:
+            for done, prefix in enumerate(prefixes, 1):
+                await self.slice(prefix, *listings)
+                self.report.slices += 1
+                self.progress(done, len(prefixes))
+        finally:
+            for listing in listings:
+                await listing.close()
 
-    async def slice(self, prefix: str) -> None:
+    async def slice(self, prefix: str, primary: SliceListing, backup: SliceListing) -> None:
         """Every photo whose id starts with ``prefix``, and every object such ids name."""
         rows = {row.id: row for row in await self.scans.in_slice(prefix)}
         stored = await self.scans.objects_of(list(rows))
-        on_primary = await self._listing(self.primary, [prefix])
-        in_backup = await self._listing(self.backup, [prefix])
+        on_primary, in_backup = await primary.take(prefix), await backup.take(prefix)
         for photo_id, row in rows.items():
             if photo_id not in self.seen:
                 await self.checks.photo(row, stored[photo_id], on_primary, in_backup)
@@ -213,15 +219,6 @@ class Auditor:
         for key in in_backup.keys() - on_primary.keys():
             if keys.photo_of(key) not in indexed:
                 self.report.add("orphans_in_backup", key)
-
-    async def _listing(self, store: Storage, id_prefixes: list[str]) -> dict[str, ObjectInfo]:
-        """Every object of photos whose ids start with these prefixes, by key."""
-        found: dict[str, ObjectInfo] = {}
-        for base in (keys.ORIGINALS, keys.DERIVATIVES, keys.MANIFESTS):
-            for prefix in id_prefixes:
-                async for info in store.list(base + prefix):
-                    found[info.key] = info
-        return found
 
     def _count(self, photo_id: str, objects: int) -> None:
         self.seen.add(photo_id)
