@@ -271,7 +271,7 @@ async def audit_pass(
     """A catalog of ``count`` photos (objects in memory), ``changed`` of them touched since the
     last pass: one periodic pass's work and time."""
     catalog = PhotoCatalog(engine)
-    async with session(engine, write=True) as db:
+    async with session(engine) as db:
         await db.execute(text("TRUNCATE objects, photos, marks"))
     old = time.time() - 30 * 86400  # tickets long expired: a clean library
     primary, backup = MemoryStorage(), MemoryStorage()
@@ -281,11 +281,11 @@ async def audit_pass(
     try:
         await redis.flushall()
         # an old library, audited before: every row older than the watermark, which is now
-        async with session(engine, write=True) as db:
+        async with session(engine) as db:
             await db.execute(update(photos).values(updated_at=at(old)))
         await CatalogScans(engine).set_mark(WATERMARK, datetime.now(tz=UTC))
         touched = update(photos).where(photos.c.id.in_(ids[:changed]))
-        async with session(engine, write=True) as db:
+        async with session(engine) as db:
             await db.execute(touched.values(updated_at=at(time.time())))
         auditor = Auditor(settings, redis, catalog, primary, backup)
         began = time.perf_counter()
@@ -318,7 +318,7 @@ async def _library(
                 for store in (primary, backup):
                     await store.put_bytes(key, b"")
             ids.append(m.photo_id)
-    async with session(catalog.engine, write=True) as db:  # every copy confirmed already
+    async with session(catalog.engine) as db:  # every copy confirmed already
         await db.execute(update(objects).values(backup_state=BackupState.COMPLETED.value))
     return ids
 

@@ -57,11 +57,15 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 
 @asynccontextmanager
-async def session(engine: AsyncEngine, write: bool = False) -> AsyncIterator[AsyncConnection]:
-    """A connection (in a transaction that commits at the end when ``write``); an unreachable
-    catalog becomes CatalogUnavailable here, at the boundary, and only here."""
+async def session(engine: AsyncEngine, atomic: bool = False) -> AsyncIterator[AsyncConnection]:
+    """A connection; an unreachable catalog becomes CatalogUnavailable here, at the boundary,
+    and only here.
+
+    Each statement commits on its own (one round trip: no BEGIN, no COMMIT) unless ``atomic``
+    asks for one transaction around them all. Every write imagepipe makes is one statement.
+    """
     try:
-        async with engine.begin() if write else engine.connect() as db:
+        async with engine.begin() if atomic else _autocommit(engine) as db:
             yield db
     except UNREACHABLE as error:
         raise CatalogUnavailable(f"the catalog is unreachable ({type(error).__name__})") from error
@@ -82,3 +86,9 @@ def reconnecting(query: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         return await query(*args, **kwargs)
 
     return once_more
+
+
+@asynccontextmanager
+async def _autocommit(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    async with engine.connect() as db:
+        yield await db.execution_options(isolation_level="AUTOCOMMIT")

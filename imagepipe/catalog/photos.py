@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.dialects.postgresql import Insert, insert
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagepipe.catalog.engine import reconnecting, session
 from imagepipe.catalog.rows import ACCEPTED, COMPLETED, FAILED, PhotoRow
@@ -107,7 +107,7 @@ def _files_of(manifest: PhotoManifest, manifest_file: StoredFile) -> list[Locate
     return found
 
 
-def _completion_upsert(rows: list[dict[str, Any]]) -> Any:
+def _completion_upsert(rows: list[dict[str, Any]]) -> Insert:
     upsert = insert(photos).values(rows)
     refreshed = {column: upsert.excluded[column] for column in COMPLETION}
     # a reprocessed photo (the audit, a format added to the ladder) is indexed again; a failed
@@ -123,6 +123,13 @@ def _batches(rows: list[T], columns: int) -> list[list[T]]:
     return [rows[start : start + size] for start in range(0, len(rows), size)]
 
 
+def _with_objects(photo_statement: Insert, files: list[Located], now: datetime) -> Insert:
+    """One statement: the photo rows (a CTE), then their objects (ones recorded stay)."""
+    rows = [_object_row(photo_id, file, kind, now) for photo_id, file, kind in files]
+    recorded = insert(objects).values(rows).on_conflict_do_nothing()
+    return recorded.add_cte(photo_statement.cte("photo_rows"))
+
+
 def _original(original: Original) -> StoredFile:
     return StoredFile(key=original.original_key, bytes=original.bytes, sha256=original.sha256)
 
@@ -130,24 +137,19 @@ def _original(original: Original) -> StoredFile:
 Located = tuple[str, StoredFile, str]  # (photo id, the file, its kind)
 
 
-async def _insert_objects(db: AsyncConnection, files: list[Located], now: datetime) -> None:
-    """Record objects (kind: original, derivative, manifest); ones already recorded stay."""
-    rows = [
-        {
-            "key": file.key,
-            "photo_id": photo_id,
-            "kind": kind,
-            "bytes": file.bytes,
-            "sha256": file.sha256,
-            "backup_state": BackupState.PENDING.value,
-            "backup_attempts": 0,
-            "backup_changed_at": now,
-            "created_at": now,
-        }
-        for photo_id, file, kind in files
-    ]
-    for batch in _batches(rows, len(objects.c)):
-        await db.execute(insert(objects).values(batch).on_conflict_do_nothing())
+def _object_row(photo_id: str, file: StoredFile, kind: str, now: datetime) -> dict[str, Any]:
+    """An object's row (kind: original, derivative, manifest), not yet in backup."""
+    return {
+        "key": file.key,
+        "photo_id": photo_id,
+        "kind": kind,
+        "bytes": file.bytes,
+        "sha256": file.sha256,
+        "backup_state": BackupState.PENDING.value,
+        "backup_attempts": 0,
+        "backup_changed_at": now,
+        "created_at": now,
+    }
 
 
 class PhotoCatalog:
@@ -167,9 +169,10 @@ class PhotoCatalog:
         """Record an accepted upload and its original (a second call changes nothing)."""
         now = at(ticket.created_at)
         row = {**_facts(ticket, ticket.id, ticket.created_at), "state": ACCEPTED, "updated_at": now}
-        async with session(self.engine, write=True) as db:
-            await db.execute(insert(photos).values(row).on_conflict_do_nothing())
-            await _insert_objects(db, [(ticket.photo_id, _original(ticket), "original")], now)
+        photo = insert(photos).values(row).on_conflict_do_nothing()
+        original = [(ticket.photo_id, _original(ticket), "original")]
+        async with session(self.engine) as db:
+            await db.execute(_with_objects(photo, original, now))
 
     @reconnecting
     async def completed(self, manifest: PhotoManifest, manifest_file: StoredFile) -> None:
@@ -179,20 +182,21 @@ class PhotoCatalog:
 
     @reconnecting
     async def completed_many(self, indexed: list[tuple[PhotoManifest, StoredFile]]) -> None:
-        """`completed` for many photos in one transaction (reindex, bulk loads)."""
+        """`completed` for many photos (reindex, bulk loads): a statement per batch of photos,
+        each with its objects."""
         now = datetime.now(tz=UTC)
-        rows = [_completed_row(m, now) for m, _ in indexed]
-        files = [file for m, f in indexed for file in _files_of(m, f)]
-        async with session(self.engine, write=True) as db:
-            for batch in _batches(rows, len(photos.c)):
-                await db.execute(_completion_upsert(batch))
-            await _insert_objects(db, files, now)
+        per_photo = len(photos.c) + len(objects.c) * max(len(_files_of(*i)) for i in indexed)
+        async with session(self.engine) as db:
+            for batch in _batches(indexed, per_photo):
+                rows = [_completed_row(m, now) for m, _ in batch]
+                files = [file for m, f in batch for file in _files_of(m, f)]
+                await db.execute(_with_objects(_completion_upsert(rows), files, now))
 
     @reconnecting
     async def failed(self, photo_id: str, error: str | None) -> None:
         """Processing gave up on this photo (a completed one stays completed)."""
         now = datetime.now(tz=UTC)
-        async with session(self.engine, write=True) as db:
+        async with session(self.engine) as db:
             await db.execute(
                 update(photos)
                 .where(photos.c.id == photo_id, photos.c.state == ACCEPTED)
@@ -253,7 +257,7 @@ class PhotoCatalog:
         by_state: dict[BackupState, list[str]] = {}
         for key, state in states.items():
             by_state.setdefault(state, []).append(key)
-        async with session(self.engine, write=True) as db:
+        async with session(self.engine) as db:
             for state, found in by_state.items():
                 await db.execute(
                     update(objects)
@@ -270,5 +274,5 @@ class PhotoCatalog:
             "backup_changed_at": datetime.now(tz=UTC),
             "backup_attempts": objects.c.backup_attempts + 1,
         }
-        async with session(self.engine, write=True) as db:
+        async with session(self.engine) as db:
             await db.execute(update(objects).where(objects.c.key == key).values(values))

@@ -108,5 +108,5 @@ class CatalogScans:
         """Set a named timestamp."""
         upsert = insert(marks).values(name=name, at=when)
         upsert = upsert.on_conflict_do_update(index_elements=[marks.c.name], set_={"at": when})
-        async with session(self.engine, write=True) as db:
+        async with session(self.engine) as db:
             await db.execute(upsert)
