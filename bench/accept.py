@@ -61,7 +61,7 @@ async def measure(stack: Stack, photo: Photo, duration_s: float) -> tuple[Load, 
     stack.start("api")
     try:
         limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
-        async with httpx.AsyncClient(base_url=stack.url, timeout=30, limits=limits) as client:
+        async with stack.client(30, limits=limits) as client:
             await stack.wait_ready()
             send = _request(photo.data)
             await closed_loop(client, send, clients=2, duration_s=1, max_requests=4, ok=(202,))

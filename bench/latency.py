@@ -99,7 +99,7 @@ async def measure(stack: Stack, photo: Photo, samples: int) -> list[Sample]:
     stack.start("replicator")
     results = []
     try:
-        async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
+        async with stack.client(30) as client:
             await stack.wait_ready()
             warm = await upload(client, photo.data)
             await wait_for(client, [warm], backup=True)

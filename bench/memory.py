@@ -14,8 +14,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
-
 from bench import child
 from bench.inputs import Photo
 from bench.model import Row, table
@@ -50,7 +48,7 @@ async def api_growth(stack: Stack, photo: Photo, padding: int) -> tuple[float, f
     pid = stack.pid("api")
     peak = 0.0
     try:
-        async with httpx.AsyncClient(base_url=stack.url, timeout=120) as client:
+        async with stack.client(120) as client:
             await stack.wait_ready()
             small = await client.post("/photos", content=photo.data, headers=_JPEG)
             small.raise_for_status()  # warm: the upload path has run once

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
-
 from bench.inputs import Photo
 from bench.loadgen import closed_loop
 from bench.model import Row, table
@@ -31,7 +29,7 @@ async def measure(
     seconds = dict.fromkeys(counts, 0.0)
     api_cpu = dict.fromkeys(counts, 0.0)
     try:
-        async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
+        async with stack.client(30) as client:
             await stack.wait_ready()
             ticket_id = await upload(client, photo.data)
             etag = (await client.get(f"/tickets/{ticket_id}")).headers["etag"]

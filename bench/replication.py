@@ -72,7 +72,7 @@ async def measure(stack: Stack, photo: Photo, steady_s: float, outage_s: float) 
     redis = Redis.from_url(stack.valkey.url)
     engine = create_engine(stack.settings)
     try:
-        async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
+        async with stack.client(30) as client:
             await stack.wait_ready()
             await upload(client, photo.data)
             await _drained(redis, 60)

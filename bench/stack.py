@@ -27,6 +27,7 @@ from sqlalchemy import text
 
 from imagepipe.catalog.engine import create_engine
 from imagepipe.config import Settings
+from imagepipe.grants import SCOPES, mint
 from imagepipe.stack.local import LocalServers
 from imagepipe.stack.net import free_port
 from imagepipe.stack.processes import RoleProcess, wait_ready
@@ -34,6 +35,7 @@ from imagepipe.stack.roles import migrate_catalog, role_argv, role_env
 from imagepipe.stack.servers import EmbeddedS3, EmbeddedValkey
 
 ACCESS_KEY, SECRET_KEY = "bench", "bench-secret"
+GRANT_SECRET = "bench-grant-secret-of-32-characters-at-least"  # noqa: S105 (a bench stack)
 BUCKET = "imagepipe-bench"
 STOP_TIMEOUT_S = 15.0
 TERMINAL = ("completed", "failed")
@@ -62,10 +64,16 @@ class Stack:
                     "AWS_ACCESS_KEY_ID": ACCESS_KEY,
                     "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
                     "callback_secret": "bench-callback-secret-of-32-characters-at-least",
+                    "grant_secret": GRANT_SECRET,
                     "worker_concurrency": self.workers,
                 }
             )
         )
+
+    def client(self, timeout: float, **options: Any) -> httpx.AsyncClient:
+        """A client of this stack's API, sending a grant as a web tier would mint it."""
+        headers = {"Authorization": f"Bearer {mint(GRANT_SECRET, 'bench', SCOPES, 3600)}"}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout, **options)
 
     @classmethod
     @contextlib.contextmanager

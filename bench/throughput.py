@@ -84,7 +84,7 @@ async def worker_rate(stack: Stack, photo: Photo, count: int) -> tuple[float, di
     stack.start("api")
     stack.start("worker")
     try:
-        async with httpx.AsyncClient(base_url=stack.url, timeout=60) as client:
+        async with stack.client(60) as client:
             await _warm_up(client, stack, photo)
             stack.pause("worker")
             ids = [await upload(client, photo.data) for _ in range(count)]
@@ -117,7 +117,7 @@ async def end_to_end_rate(stack: Stack, photo: Photo, count: int) -> tuple[float
     for role in ("api", "worker", "replicator"):
         stack.start(role)
     try:
-        async with httpx.AsyncClient(base_url=stack.url, timeout=60) as client:
+        async with stack.client(60) as client:
             await _warm_up(client, stack, photo, backup=True)  # and nothing left in flight
             before = _cpu_by_role(stack)
             started = time.monotonic()

@@ -75,8 +75,11 @@ def _upload(args: argparse.Namespace) -> int:
     from imagepipe.client.settings import ClientSettings
     from imagepipe.client.upload import Options, run_upload
 
+    client = ClientSettings()
+    token = args.token or (client.token.get_secret_value() if client.token else None)
     options = Options(
-        server=args.server or ClientSettings().server,
+        server=args.server or client.server,
+        token=token,
         concurrency=args.concurrency,
         wait=not args.no_wait,
         as_json=args.json,
@@ -98,6 +101,7 @@ def _add_client_commands(roles: argparse._SubParsersAction[argparse.ArgumentPars
     upload = roles.add_parser("upload", help="upload photos and wait for their tickets")
     upload.add_argument("paths", nargs="+", type=Path, help="image files and folders")
     upload.add_argument("--server", help="API base URL (IMAGEPIPE_SERVER)")
+    upload.add_argument("--token", help="the grant to send (IMAGEPIPE_TOKEN; better: the env)")
     upload.add_argument("-c", "--concurrency", type=_positive, default=4, help="uploads at once")
     upload.add_argument("--json", action="store_true", help="print one JSON document")
     upload.add_argument("--no-wait", action="store_true", help="stop once uploads are accepted")

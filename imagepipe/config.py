@@ -190,6 +190,12 @@ class Settings(BaseSettings):
     callback_max_tries: int = Field(default=30, gt=0)
     callback_backoff_cap_s: float = Field(default=30.0, gt=0)
 
+    # -- owners and access (`imagepipe.grants`) ---------------------------------------
+    # the HMAC key of grants (JWT HS256) the web tier mints; production: at least 32 characters
+    grant_secret: SecretStr = SecretStr("")
+    grant_previous_secret: SecretStr | None = None  # still accepted during rotation
+    signed_url_ttl_s: int = Field(default=3600, gt=0, le=7 * 24 * 3600)  # private derivatives
+
     # -- audit ---------------------------------------------------------------------
     audit_interval_s: float = Field(default=300.0, gt=0)  # the replicator's periodic pass
     audit_stuck_after_s: float = Field(default=600.0, gt=0)  # a ticket idle this long is stuck
@@ -216,7 +222,7 @@ class Settings(BaseSettings):
             return tuple(f.strip().upper() for f in value.split(",") if f.strip())
         return value
 
-    @field_validator("callback_previous_secret", mode="before")
+    @field_validator("callback_previous_secret", "grant_previous_secret", mode="before")
     @classmethod
     def _empty_previous_secret_is_none(cls, value: object) -> object:
         # an empty one would make signatures with an empty key valid
@@ -293,6 +299,14 @@ class Settings(BaseSettings):
             secrets.append(self.callback_previous_secret.get_secret_value())
         return secrets
 
+    @property
+    def grant_secrets(self) -> list[str]:
+        """Secrets whose grants the API accepts, current first."""
+        secrets = [self.grant_secret.get_secret_value()]
+        if self.grant_previous_secret is not None:
+            secrets.append(self.grant_previous_secret.get_secret_value())
+        return secrets
+
     def weak_secrets(self) -> list[str]:
         """What production refuses here: an empty, short or documented secret, each named."""
         least = MIN_CALLBACK_SECRET_CHARS
@@ -301,9 +315,13 @@ class Settings(BaseSettings):
             _weakness("AWS_ACCESS_KEY_ID", SecretStr(self.s3_access_key_id)),
             _weakness("AWS_SECRET_ACCESS_KEY", self.s3_secret_access_key),
         ]
+        checks.append(_weakness("IMAGEPIPE_GRANT_SECRET", self.grant_secret, least))
         if self.callback_previous_secret is not None:
             previous = self.callback_previous_secret
             checks.append(_weakness("IMAGEPIPE_CALLBACK_PREVIOUS_SECRET", previous, least))
+        if self.grant_previous_secret is not None:
+            previous = self.grant_previous_secret
+            checks.append(_weakness("IMAGEPIPE_GRANT_PREVIOUS_SECRET", previous, least))
         return [weakness for weakness in checks if weakness]
 
     def size(self, name: str) -> SizeSpec | None:

@@ -4,6 +4,8 @@
     ├── BadRequest                      400  malformed request
     │   └── MissingFile                 400  multipart body without a `file` field
     ├── Unauthorized                    401  callback signature missing, forged or stale
+    │   └── InvalidGrant                401  no grant, or one not to be trusted (says why)
+    ├── Forbidden                       403  a grant without the scope; a signed URL tampered
     ├── NotFound                        404  unknown/expired/malformed ticket or photo
     ├── NotAcceptable                   406  no format of a size that the Accept header takes
     ├── RequestTimeout                  408  body arrived too slowly
@@ -31,10 +33,17 @@ class ImagepipeError(Exception):
     status: int = 500
     title: str = "Internal error"
 
-    def __init__(self, detail: str | None = None, *, retry_after: int | None = None) -> None:
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         self.retry_after = retry_after
+        self.headers = headers or {}
 
 
 class BadRequest(ImagepipeError):
@@ -47,6 +56,19 @@ class MissingFile(BadRequest):
 
 class Unauthorized(ImagepipeError):
     status, title = 401, "Invalid signature"
+
+
+class InvalidGrant(Unauthorized):
+    title = "Invalid grant"
+
+    def __init__(self, detail: str | None = None) -> None:
+        # RFC 6750: a Bearer challenge, with why this grant is refused
+        challenge = 'Bearer realm="imagepipe", error="invalid_token"'
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(ImagepipeError):
+    status, title = 403, "Forbidden"
 
 
 class NotFound(ImagepipeError):

@@ -8,6 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+Visibility = Literal["private", "public"]  # who may see a photo: its owner, or everyone
+VISIBILITIES: tuple[Visibility, ...] = ("private", "public")
+
 
 def now() -> float:
     """Wall-clock seconds; one place so every record agrees on the unit."""
@@ -75,6 +78,8 @@ class Original(BaseModel):
     width: int
     height: int
     bytes: int
+    owner: str = ""  # the grant's subject ("" for photos accepted before owners existed)
+    visibility: Visibility = "private"
 
     def original_facts(self) -> dict[str, Any]:
         """Just these fields, to build another record about the same original."""

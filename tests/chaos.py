@@ -23,6 +23,7 @@ import httpx
 from imagepipe.stack.servers import EmbeddedS3
 from tests import images
 from tests.cluster import ACCESS, BUCKET, SECRET, Cluster
+from tests.owners import bearer
 
 KILLABLE = ("api", "worker", "replicator")
 # the audits below requeue a ticket idle this long whose job the kills lost (as the
@@ -92,7 +93,7 @@ async def run(uploads: int, seconds: float, seed: int, root: Path) -> int:
     cluster.start()
     try:
         await cluster.wait_ready()
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(headers=bearer(), timeout=30) as client:
             stop = asyncio.Event()
             chaos = asyncio.create_task(monkey(cluster, rng, stop, tally))
             accepted = await upload_all(cluster, client, uploads, seconds, rng)

@@ -25,6 +25,7 @@ from imagepipe.catalog.migrate import migrate
 from imagepipe.catalog.photos import PhotoCatalog
 from imagepipe.config import Settings
 from imagepipe.stack.postgres import EmbeddedPostgres
+from tests.owners import GRANT_SECRET, bearer
 
 CATALOG_TABLES = "objects, photos, marks"
 
@@ -33,6 +34,7 @@ CALLBACK_SECRET = "test-callback-secret-of-32-characters-at-least"
 # what production asks of every Settings, for tests that build their own (moto takes any keys)
 SECRETS: dict[str, str] = {
     "callback_secret": CALLBACK_SECRET,
+    "grant_secret": GRANT_SECRET,
     "AWS_ACCESS_KEY_ID": "test",
     "AWS_SECRET_ACCESS_KEY": "test",
 }
@@ -206,6 +208,6 @@ def api_url(settings: Settings, redis: Redis) -> Iterator[str]:
 
 @pytest.fixture
 async def http(api_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client aimed at the test API."""
-    async with httpx.AsyncClient(base_url=api_url, timeout=30) as client:
+    """An HTTP client aimed at the test API, with the grant of the owner `tests.owners.OWNER`."""
+    async with httpx.AsyncClient(base_url=api_url, timeout=30, headers=bearer()) as client:
         yield client

@@ -15,6 +15,7 @@ from imagepipe.config import Settings
 from imagepipe.stack.processes import RoleProcess, stop_roles, wait_ready
 from imagepipe.stack.roles import role_argv, role_env
 from tests.conftest import free_port
+from tests.owners import bearer
 from tests.stack import run_worker_burst
 from tests.test_callbacks import body_for, status_of, upload
 
@@ -46,14 +47,16 @@ async def test_callbacks_are_served_only_on_the_internal_listener(
 ) -> None:
     public = f"http://127.0.0.1:{listener.port}"
     await wait_ready(public, 30, api.check_alive)
-    async with httpx.AsyncClient(base_url=public, timeout=10) as http:
+    async with httpx.AsyncClient(headers=bearer(), base_url=public, timeout=10) as http:
         ticket = await upload(http)
         body = body_for(ticket, "processing.started")
         headers = webhooks.sign(listener.callback_secret.get_secret_value(), "m1", body)
         assert (await http.post(CALLBACKS, content=body, headers=headers)).status_code == 404
         assert CALLBACKS not in (await http.get("/openapi.json")).json()["paths"]
         assert await status_of(http, ticket) == "queued"
-        internal = httpx.AsyncClient(base_url=listener.callback_url.removesuffix(CALLBACKS))
+        internal = httpx.AsyncClient(
+            headers=bearer(), base_url=listener.callback_url.removesuffix(CALLBACKS)
+        )
         async with internal:
             response = await internal.post(CALLBACKS, content=body, headers=headers)
             assert response.status_code == 200 and response.json()["status"] == "applied"

@@ -28,6 +28,7 @@ from imagepipe import keys
 from imagepipe.config import Settings
 from tests import badinputs, images
 from tests.badinputs import Expect, Hostile
+from tests.owners import AUTH
 from tests.stack import run_worker_burst
 
 pytestmark = pytest.mark.badinput
@@ -353,7 +354,9 @@ def post_2gb(api_url: str, declared: bool) -> tuple[bytes, int]:
     sock = socket.create_connection((url.hostname, url.port), timeout=10)
     framing = b"Content-Length: %d" % TWO_GB if declared else b"Transfer-Encoding: chunked"
     sock.sendall(
-        b"POST /photos HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n%s\r\n\r\n" % framing
+        b"POST /photos HTTP/1.1\r\nHost: t\r\n"
+        + AUTH
+        + b"Content-Type: image/jpeg\r\n%s\r\n\r\n" % framing
     )
     sent = 0
 
@@ -423,7 +426,9 @@ def _stalled_request(body_start: bytes, chunked: bool) -> bytes:
     framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: 100000"
     data = b"%x\r\n%s\r\n" % (len(body_start), body_start) if chunked and body_start else body_start
     return (
-        b"POST /photos HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n"
+        b"POST /photos HTTP/1.1\r\nHost: t\r\n"
+        + AUTH
+        + b"Content-Type: image/jpeg\r\n"
         + framing
         + b"\r\n\r\n"
         + data

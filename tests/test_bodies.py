@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from imagepipe.api.bodies import MAX_FIELD_BYTES, MAX_FIELDS
 from imagepipe.config import Settings
 from tests import images
+from tests.owners import AUTH
 from tests.test_badinput import multipart_named, read_status_and_body
 from tests.test_photos import assert_nothing_stored
 
@@ -91,8 +92,9 @@ async def test_part_headers_sent_a_byte_at_a_time_are_joined(api_url: str) -> No
     url = urlsplit(api_url)
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
     writer.write(
-        b"POST /photos HTTP/1.1\r\nHost: t\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
-        % (content_type.encode(), len(body))
+        b"POST /photos HTTP/1.1\r\nHost: t\r\n"
+        + AUTH
+        + b"Content-Type: %s\r\nContent-Length: %d\r\n\r\n" % (content_type.encode(), len(body))
     )
     for byte in body:  # each header reaches the parser in many reads
         writer.write(bytes([byte]))
@@ -117,7 +119,7 @@ async def test_a_trickled_body_ends_at_the_total_deadline(
     url = urlsplit(api_url)
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
     writer.write(
-        b"POST /photos HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n"
+        b"POST /photos HTTP/1.1\r\nHost: t\r\n" + AUTH + b"Content-Type: image/jpeg\r\n"
         b"Content-Length: 100000\r\n\r\n" + first_bytes
     )
     started = time.monotonic()

@@ -29,6 +29,7 @@ from imagepipe.stack.processes import RoleProcess
 from imagepipe.stack.roles import role_argv, role_env
 from tests import images
 from tests.conftest import CALLBACK_SECRET, free_port, unavailable
+from tests.owners import GRANT_SECRET
 from tests.stack import api_server
 from tests.test_e2e import stop_all
 
@@ -101,6 +102,7 @@ def stack_settings(
             "AWS_ACCESS_KEY_ID": "test",
             "AWS_SECRET_ACCESS_KEY": "test",
             "callback_secret": CALLBACK_SECRET,
+            "grant_secret": GRANT_SECRET,
             "max_upload_bytes": MAX_BYTES,
         }
     )

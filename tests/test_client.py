@@ -30,12 +30,13 @@ from imagepipe.client.view import show
 from imagepipe.config import Settings
 from tests import images
 from tests.conftest import free_port
+from tests.owners import grant
 from tests.stack import run_worker_burst
 
 
 def options(server: str, **changes: Any) -> Options:
     """Quiet options for tests: no progress bars, short retries."""
-    return Options(server=server, **{"progress": False, "retries": 2, **changes})
+    return Options(server=server, **{"progress": False, "retries": 2, "token": grant(), **changes})
 
 
 def album(folder: Path) -> Path:
@@ -162,6 +163,7 @@ async def test_json_from_the_command_line_parses(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("IMAGEPIPE_SERVER", api_url)
+    monkeypatch.setenv("IMAGEPIPE_TOKEN", grant())  # the environment: no grant in `ps`
     photo = tmp_path / "one.jpg"
     photo.write_bytes(images.jpeg(200, 150))
     code = await asyncio.to_thread(cli.main, ["upload", "--json", "--no-wait", str(photo)])

@@ -47,3 +47,18 @@ def test_a_damaged_file_is_reported_not_replaced(tmp_path: Path, text: str) -> N
     with pytest.raises(RuntimeError, match="remove it"):
         dev_secrets(tmp_path)
     assert (tmp_path / SECRETS_FILE).read_text() == text
+
+
+def test_a_file_an_older_release_made_gets_a_grant_secret_and_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    older = {
+        "callback_secret": "c" * 43,
+        "s3_access_key_id": "imagepipe-0123456789abcdef",
+        "s3_secret_access_key": "s" * 43,
+    }
+    (tmp_path / SECRETS_FILE).write_text(json.dumps(older))
+    found = dev_secrets(tmp_path)
+    assert {name: found[name] for name in older} == older  # rclone's data keeps its keys
+    assert len(found["grant_secret"]) >= 32
+    assert dev_secrets(tmp_path) == found  # written down: the next start agrees

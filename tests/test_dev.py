@@ -24,6 +24,7 @@ from imagepipe.stack.roles import role_argv, role_commands, role_env
 from imagepipe.stack.supervisor import Supervisor
 from tests import images
 from tests.conftest import CALLBACK_SECRET, free_port
+from tests.owners import GRANT_SECRET
 
 REPO = Path(__file__).resolve().parent.parent
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -165,6 +166,7 @@ def test_role_env_reproduces_the_settings(tmp_path: Path, monkeypatch: pytest.Mo
         AWS_SECRET_ACCESS_KEY="key-secret",
         callback_url="http://127.0.0.1:4/internal/callbacks",
         callback_secret=CALLBACK_SECRET,
+        grant_secret=GRANT_SECRET,
         callback_previous_secret="previous-callback-secret-of-32-characters",
         callback_host="10.0.0.2",
         callback_port=8001,

@@ -27,6 +27,7 @@ WAITS = {"service_healthy", "service_completed_successfully"}
 # what an operator puts in docker/.env: compose starts nothing without them
 OPERATOR_ENV = {
     "IMAGEPIPE_CALLBACK_SECRET": "operator-callback-secret-of-32-characters",
+    "IMAGEPIPE_GRANT_SECRET": "operator-grant-secret-of-32-characters-too",
     "MINIO_ROOT_USER": "operator",
     "MINIO_ROOT_PASSWORD": "operator-password",
     "POSTGRES_PASSWORD": "operator-database-password",
@@ -157,7 +158,12 @@ def test_no_secret_has_a_default(services: dict[str, Any]) -> None:
         for key, value in service.get("environment", {}).items()
         if SECRET_NAME.search(key)
     }
-    wanted = {"IMAGEPIPE_CALLBACK_SECRET", "MINIO_ROOT_PASSWORD", "POSTGRES_PASSWORD"}
+    wanted = {
+        "IMAGEPIPE_CALLBACK_SECRET",
+        "IMAGEPIPE_GRANT_SECRET",
+        "MINIO_ROOT_PASSWORD",
+        "POSTGRES_PASSWORD",
+    }
     assert {key for _, key in secrets} >= wanted
     for where, value in secrets.items():
         assert REQUIRED.fullmatch(value), (where, value)  # ${VAR:?message}: no fallback

@@ -17,6 +17,7 @@ from imagepipe.config import Settings
 from imagepipe.stack.processes import RoleProcess, stop_roles, wait_ready
 from imagepipe.stack.roles import role_argv, role_env
 from tests import images
+from tests.owners import bearer
 from tests.test_flow import assert_backup_matches_primary, primary_objects, s3_client
 
 pytestmark = pytest.mark.e2e
@@ -90,7 +91,7 @@ async def test_photos_flow_from_upload_to_backup(
 ) -> None:
     url = f"http://127.0.0.1:{settings.port}"
     await wait_ready(url, 20, roles["api"].check_alive)
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+    async with httpx.AsyncClient(headers=bearer(), base_url=url, timeout=30) as client:
         sent = {}
         for name, (data, _) in UPLOADS.items():
             response = await client.post("/photos", files={"file": (name, data, "image/*")})

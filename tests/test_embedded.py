@@ -20,6 +20,7 @@ from imagepipe.config import Settings
 from imagepipe.stack.local import LocalServers
 from imagepipe.stack.servers import EmbeddedS3, EmbeddedValkey
 from tests.conftest import CALLBACK_SECRET, SECRETS
+from tests.owners import GRANT_SECRET
 
 ACCESS, SECRET = "embedded-key", "embedded-secret"
 BODY = b"an original, byte for byte"
@@ -153,6 +154,7 @@ def test_local_servers_start_both_and_point_the_settings_at_them(tmp_path: Path)
             "redis_url": None,
             "backup_s3_endpoint": None,
             "callback_secret": CALLBACK_SECRET,
+            "grant_secret": GRANT_SECRET,
             "AWS_ACCESS_KEY_ID": ACCESS,
             "AWS_SECRET_ACCESS_KEY": SECRET,
         }

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from imagepipe import webhooks
 from imagepipe.config import Settings
 from tests import images
+from tests.owners import bearer
 
 STREAMS = 200
 
@@ -39,7 +40,9 @@ async def test_many_streams_one_subscription(
         )
     ).json()
     limits = httpx.Limits(max_connections=STREAMS + 10)
-    async with httpx.AsyncClient(base_url=api_url, timeout=30, limits=limits) as client:
+    async with httpx.AsyncClient(
+        headers=bearer(), base_url=api_url, timeout=30, limits=limits
+    ) as client:
         opened, counter = asyncio.Event(), [0]
         streams = [
             asyncio.create_task(first_terminal_event(client, ticket["id"], opened, counter))

@@ -23,6 +23,7 @@ from imagepipe.stack.servers import EmbeddedS3
 from tests import images
 from tests.cluster import ACCESS, BUCKET, IN_FLIGHT, SECRET, Cluster, until
 from tests.conftest import unavailable
+from tests.owners import bearer
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
@@ -41,7 +42,7 @@ def poison() -> bytes:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(headers=bearer(), timeout=30) as http:
         yield http
 
 

@@ -21,6 +21,7 @@ from imagepipe.imaging.render import render
 from imagepipe.stack.net import free_port
 from tests import images
 from tests.conftest import SECRETS
+from tests.owners import bearer
 from tests.stack import api_server, replicate_all, run_worker_burst
 from tests.test_audit import repair
 from tests.test_flow import assert_backup_matches_primary
@@ -279,7 +280,7 @@ async def test_a_format_added_to_a_size_later_falls_back_until_the_audit_makes_i
     )
     url = f"/photos/{ticket['photo_id']}/t"
     with api_server(later) as base:
-        async with httpx.AsyncClient(base_url=base) as client:
+        async with httpx.AsyncClient(headers=bearer(), base_url=base) as client:
             before = await client.get(url, headers={"accept": CHROME})
             assert (await repair(later, redis)).get("reprocessed_missing_derivatives") == 1
             after = await client.get(url, headers={"accept": CHROME})

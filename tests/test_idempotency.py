@@ -18,6 +18,7 @@ from imagepipe.config import Settings
 from imagepipe.errors import Conflict, PhotoIdTaken
 from imagepipe.storage.factory import primary_storage
 from tests import images
+from tests.owners import OWNER, bearer
 from tests.stack import api_server, run_worker_burst
 
 
@@ -35,10 +36,10 @@ async def test_retry_after_the_api_died_mid_upload_converges_on_one_photo(
 ) -> None:
     settings, photo = short_lease, images.jpeg(320, 240)
     # the first attempt: key reserved, original fsynced ... and the process dies
-    dead = await IdempotencyKeys(redis, 60, lease_s=1).reserve("upload-1")
+    dead = await IdempotencyKeys(redis, 60, lease_s=1).reserve("upload-1", OWNER)
     await store_original(_chunks(photo), primary_storage(settings), settings, dead.photo_id)
     with api_server(settings) as url:
-        async with httpx.AsyncClient(base_url=url) as http:
+        async with httpx.AsyncClient(headers=bearer(), base_url=url) as http:
             send = {
                 "content": photo,
                 "headers": {"content-type": "image/jpeg", "idempotency-key": "upload-1"},
@@ -144,17 +145,38 @@ async def test_takeover_with_different_bytes_is_422_and_keeps_the_original(
     short_lease: Settings, redis: Redis
 ) -> None:
     settings, photo = short_lease, images.jpeg(320, 240)
-    dead = await IdempotencyKeys(redis, 60, lease_s=1).reserve("upload-1")
+    dead = await IdempotencyKeys(redis, 60, lease_s=1).reserve("upload-1", OWNER)
     stored = await store_original(
         _chunks(photo), primary_storage(settings), settings, dead.photo_id
     )
     original = settings.primary_root / stored.key
     await asyncio.sleep(1.2)  # the dead request's lease runs out
     with api_server(settings) as url:
-        async with httpx.AsyncClient(base_url=url) as http:
+        async with httpx.AsyncClient(headers=bearer(), base_url=url) as http:
             other = await _keyed(http, "upload-1", images.jpeg(200, 100))
             assert other.status_code == 422, other.text
             assert original.read_bytes() == photo
             retry = await _keyed(http, "upload-1", photo)  # the ids were kept for it
             assert retry.status_code == 202, retry.text
             assert retry.json()["photo_id"] == dead.photo_id
+
+
+async def test_one_owner_s_key_never_replays_another_owner_s_upload(
+    http: httpx.AsyncClient,
+) -> None:
+    mine = await _keyed(http, "shared-key", images.jpeg(320, 240))
+    assert mine.status_code == 202, mine.text
+    theirs = await http.post(
+        "/photos",
+        content=images.jpeg(320, 240),
+        headers={
+            "content-type": "image/jpeg",
+            "idempotency-key": "shared-key",
+            **bearer("mallory"),
+        },
+    )
+    assert theirs.status_code == 202, theirs.text  # their own upload, not a replay of mine
+    assert theirs.json()["id"] != mine.json()["id"]
+    assert theirs.json()["photo_id"] != mine.json()["photo_id"]
+    again = await _keyed(http, "shared-key", images.jpeg(320, 240))
+    assert again.json()["id"] == mine.json()["id"]  # while my own retry still replays mine

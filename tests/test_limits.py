@@ -14,11 +14,12 @@ import pytest
 
 from imagepipe.config import Settings
 from tests import images
+from tests.owners import AUTH, bearer
 from tests.test_badinput import read_status_and_body
 
 BOUND = 2
 HELD_UPLOAD = (
-    b"POST /photos HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n"
+    b"POST /photos HTTP/1.1\r\nHost: t\r\n" + AUTH + b"Content-Type: image/jpeg\r\n"
     b"Content-Length: 100000\r\n\r\n\xff\xd8\xff\xe0" + bytes(3000)
 )
 
@@ -97,7 +98,7 @@ async def ticket_id(http: httpx.AsyncClient) -> AsyncIterator[str]:
 async def test_an_event_stream_past_the_bound_gets_503_with_retry_after(
     api_url: str, ticket_id: str
 ) -> None:
-    async with httpx.AsyncClient(base_url=api_url, timeout=10) as client:
+    async with httpx.AsyncClient(headers=bearer(), base_url=api_url, timeout=10) as client:
         async with AsyncExitStack() as streams:
             opened = [await open_stream(streams, client, ticket_id) for _ in range(BOUND)]
             assert [s.status_code for s in opened] == [200] * BOUND

@@ -16,6 +16,7 @@ from imagepipe.catalog.migrate import migrate
 from imagepipe.config import Settings
 from imagepipe.stack.roles import role_argv, role_env
 from tests import images
+from tests.owners import bearer
 from tests.stack import api_server, replicate_all, run_worker_burst
 
 
@@ -43,7 +44,7 @@ def imagepipe(settings: Settings, *args: str) -> subprocess.CompletedProcess[byt
 
 async def photos_seen(url: str, ids: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """Each photo's JSON, and the gallery's order."""
-    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+    async with httpx.AsyncClient(headers=bearer(), base_url=url, timeout=30) as http:
         found = [(await http.get(f"/photos/{photo_id}")).json() for photo_id in ids]
         gallery = (await http.get("/photos", params={"limit": 100})).json()["photos"]
     return found, [p["id"] for p in gallery]
@@ -57,7 +58,7 @@ async def test_a_dropped_catalog_comes_back_whole_with_reindex(
     await migrate(engine)
     await engine.dispose()
     with api_server(settings) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        async with httpx.AsyncClient(headers=bearer(), base_url=url, timeout=30) as http:
             sent = [
                 await http.post(
                     "/photos",

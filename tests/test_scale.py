@@ -24,6 +24,7 @@ from imagepipe.stack.processes import RoleProcess, wait_ready
 from imagepipe.stack.roles import role_argv, role_env
 from tests import images
 from tests.conftest import free_port
+from tests.owners import bearer
 from tests.test_e2e import stop_all, wait_backed_up, wait_terminal
 from tests.test_flow import assert_backup_matches_primary, primary_objects, s3_client
 
@@ -87,7 +88,7 @@ def fleet(settings: Settings, s3_endpoint: str, tmp_path: Path, redis: Redis) ->
 
 async def upload_spread(fleet: Fleet) -> list[str]:
     """PHOTOS different photos, alternately to each API, all at once; their ticket ids."""
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(headers=bearer(), timeout=30) as http:
 
         async def one(n: int) -> str:
             data = images.jpeg(400 + 8 * n, 300)
@@ -108,7 +109,7 @@ async def test_two_of_each_role_lose_nothing_and_do_nothing_twice(
     for n in PAIR:  # both consuming before the uploads, so both get a share of them
         fleet.wait_logged(f"worker-{n}", "Starting worker")
     ids = await upload_spread(fleet)
-    apis = [httpx.AsyncClient(base_url=url, timeout=30) for url in fleet.urls]
+    apis = [httpx.AsyncClient(headers=bearer(), base_url=url, timeout=30) for url in fleet.urls]
     try:
         tickets = await wait_terminal(apis[0], ids)
         assert {t["status"] for t in tickets.values()} == {"completed"}

@@ -28,6 +28,7 @@ from imagepipe.api.app import create_app
 from imagepipe.config import Settings
 from tests import images
 from tests.conftest import SECRETS
+from tests.owners import bearer
 
 CALLBACK = ("POST", "/internal/callbacks")
 
@@ -36,7 +37,7 @@ CALLBACK = ("POST", "/internal/callbacks")
 def real_ticket(api_url: str) -> dict[str, Any]:
     """One uploaded photo's ticket, for signed events to land on."""
     files = {"file": ("a.jpg", images.jpeg(64, 48), "image/jpeg")}
-    response = httpx.post(f"{api_url}/photos", files=files, timeout=10)
+    response = httpx.post(f"{api_url}/photos", files=files, headers=bearer(), timeout=10)
     assert response.status_code == 202
     return response.json()  # type: ignore[no-any-return]
 
@@ -59,7 +60,8 @@ def send(case: Case, api_url: str, settings: Settings, ticket: dict[str, Any]) -
     positive = case.meta is not None and case.meta.generation.mode is GenerationMode.POSITIVE
     if (case.method.upper(), case.path) == CALLBACK and positive and case.body is not NOT_SET:
         return signed_callback(case, api_url, settings, ticket)
-    return case.call(base_url=api_url, timeout=10)
+    # with a grant: the fuzz reaches past the 401 into each route (test_security covers 401s)
+    return case.call(base_url=api_url, timeout=10, headers=bearer())
 
 
 def operations() -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from arq.connections import ArqRedis
 
@@ -24,19 +25,30 @@ from imagepipe.api.services import Services
 from imagepipe.catalog.photos import PhotoCatalog
 from imagepipe.errors import CatalogUnavailable, IdempotencyMismatch, PhotoIdTaken
 from imagepipe.ids import new_photo_id, new_ticket_id
-from imagepipe.models import Original, Ticket
+from imagepipe.models import Original, Ticket, Visibility
 from imagepipe.replication import log as replication
 from imagepipe.tickets import TicketStore
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Upload:
+    """Whose upload this is, and what its request asked for."""
+
+    owner: str
+    visibility: Visibility = "private"
+    idempotency_key: str | None = None
+
+
 async def accept_upload(
-    services: Services, body: AsyncIterator[bytes], idempotency_key: str | None
+    services: Services, body: AsyncIterator[bytes], upload: Upload
 ) -> tuple[Ticket, int]:
     """Accept one upload's body: its ticket, and the queue depth it was accepted at."""
     depth = await services.refuse_if_overloaded()
-    reservation = await services.idempotency.reserve(idempotency_key) if idempotency_key else None
+    key = upload.idempotency_key
+    # an owner's keys are theirs alone: another owner's same key is another upload
+    reservation = await services.idempotency.reserve(key, upload.owner) if key else None
     if reservation is not None and reservation.done:
         return await _replay(services, body, reservation), depth
     # a keyed upload's ids are its key's record's, so a retry after a crash converges on one photo
@@ -47,7 +59,8 @@ async def accept_upload(
     )
     try:
         stored = await _ingest(services, body, photo_id, reservation)
-        ticket = await _accept_stored(services, stored, ticket_id, reservation)
+        original = stored.original(upload.owner, upload.visibility)
+        ticket = await _accept_stored(services, stored, original, ticket_id, reservation)
     except BaseException:
         if reservation is not None:
             await services.idempotency.release(reservation)
@@ -58,7 +71,11 @@ async def accept_upload(
 
 
 async def _accept_stored(
-    services: Services, stored: StoredOriginal, ticket_id: str, reservation: Reservation | None
+    services: Services,
+    stored: StoredOriginal,
+    original: Original,
+    ticket_id: str,
+    reservation: Reservation | None,
 ) -> Ticket:
     """`accept`; when the catalog is down, the original just written goes again (503)."""
     try:
@@ -66,7 +83,7 @@ async def _accept_stored(
             services.redis,
             services.tickets,
             services.catalog,
-            stored.original(),
+            original,
             ticket_id,
             reservation=reservation,
         )

@@ -99,11 +99,13 @@ class IdempotencyKeys:
     def __init__(self, redis: Redis, retention_s: int, lease_s: int) -> None:
         self.redis, self.retention_s, self.lease_s = redis, retention_s, lease_s
 
-    async def reserve(self, header: str) -> Reservation:
-        """Claim the key for this request, or report what an earlier request made of it."""
+    async def reserve(self, header: str, owner: str = "") -> Reservation:
+        """Claim the owner's key for this request, or report what an earlier request of the
+        same owner made of it (keys are per owner: one owner's key never names another's)."""
         if not 0 < len(header) <= MAX_KEY_LENGTH:
             raise BadRequest(f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} characters")
-        redis_key = keys.idempotency(hashlib.sha256(header.encode()).hexdigest()[:40])
+        scoped = f"{len(owner)}:{owner}:{header}"  # length-prefixed: no two pairs collide
+        redis_key = keys.idempotency(hashlib.sha256(scoped.encode()).hexdigest()[:40])
         token = secrets.token_hex(8)
         lease_ms, retention = str(self.lease_s * 1000), str(self.retention_s)
         args = (token, lease_ms, retention, new_photo_id(), new_ticket_id())

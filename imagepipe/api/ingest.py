@@ -29,7 +29,7 @@ from imagepipe.errors import (
 )
 from imagepipe.imaging import probe as header
 from imagepipe.imaging.decoding import ImageRejected, NeedMoreData
-from imagepipe.models import Original
+from imagepipe.models import Original, Visibility
 from imagepipe.storage import ObjectExists, ObjectInfo, Storage, StorageError, StorageFull
 
 PROBE_STEPS = (16 * 1024, 64 * 1024, 256 * 1024, 1024 * 1024, 4 * 1024 * 1024)
@@ -44,9 +44,11 @@ class StoredOriginal:
     info: ObjectInfo
     probe: header.Probe
 
-    def original(self) -> Original:
-        """What the ticket and manifest record about this original."""
+    def original(self, owner: str = "", visibility: Visibility = "private") -> Original:
+        """What the ticket and manifest record about this original (and whose it is)."""
         return Original(
+            owner=owner,
+            visibility=visibility,
             photo_id=self.photo_id,
             original_key=self.key,
             sha256=self.info.sha256 or "",

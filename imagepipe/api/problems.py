@@ -20,17 +20,24 @@ MEDIA_TYPE = "application/problem+json"
 
 
 def problem(
-    status: int, title: str, detail: str, retry_after: int | None = None, **extra: Any
+    status: int,
+    title: str,
+    detail: str,
+    retry_after: int | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     """A problem+json response."""
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    headers = dict(headers or {})
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
 def render(exc: ImagepipeError) -> JSONResponse:
     """The problem for one of our errors (also for middleware, which runs outside the handlers)."""
-    return problem(exc.status, exc.title, exc.detail, exc.retry_after)
+    return problem(exc.status, exc.title, exc.detail, exc.retry_after, exc.headers)
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:

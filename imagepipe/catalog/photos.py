@@ -77,6 +77,8 @@ def _facts(original: Original, ticket_id: str, created_at: float) -> dict[str, A
         "bytes": original.bytes,
         "sha256": original.sha256,
         "created_at": at(created_at),
+        "owner": original.owner,
+        "visibility": original.visibility,
     }
 
 

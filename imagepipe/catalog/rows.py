@@ -29,6 +29,8 @@ class PhotoRow:
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    owner: str = ""
+    visibility: str = "private"
 
     @classmethod
     def of(cls, row: Any) -> PhotoRow:
@@ -45,6 +47,8 @@ class PhotoRow:
             width=self.width,
             height=self.height,
             bytes=self.bytes,
+            owner=self.owner,
+            visibility="public" if self.visibility == "public" else "private",
             ticket_id=self.ticket_id,
             created_at=self.created_at.timestamp(),
             completed_at=self.completed_at.timestamp() if self.completed_at else 0.0,

@@ -1,6 +1,6 @@
 """The catalog's tables (SQLAlchemy Core). Migrations create them; queries are built on them.
 
-photos    one row per accepted upload: accepted -> completed | failed
+photos    one row per accepted upload: accepted -> completed | failed; its owner, visibility
 objects   one row per object on primary: its size, sha256 and backup state
 marks     named timestamps (the audit's watermark)
 """
@@ -40,13 +40,22 @@ photos = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("completed_at", DateTime(timezone=True), nullable=True),
     Column("verified_at", DateTime(timezone=True), nullable=True),  # the audit's last deep look
+    Column("owner", Text, nullable=False, server_default=""),  # the uploading grant's sub
+    Column("visibility", Text, nullable=False, server_default="private"),  # private | public
 )
-# the gallery, newest first, a page at a time (keyset: completed_at, id)
+# an owner's photos and the public stream, newest first, a page at a time (keyset)
 Index(
-    "photos_gallery",
+    "photos_owner",
+    photos.c.owner,
     photos.c.completed_at.desc(),
     photos.c.id.desc(),
     postgresql_where=photos.c.state == "completed",
+)
+Index(
+    "photos_public",
+    photos.c.completed_at.desc(),
+    photos.c.id.desc(),
+    postgresql_where=(photos.c.state == "completed") & (photos.c.visibility == "public"),
 )
 Index("photos_changed", photos.c.updated_at)  # what changed since the audit's watermark
 Index("photos_verified", photos.c.verified_at.asc().nulls_first(), photos.c.id)

@@ -56,6 +56,11 @@ class Options:
     timeout_s: float = 600.0  # how long to wait for tickets
     retries: int = 5
     progress: bool = True
+    token: str | None = field(default=None, repr=False)  # the grant, sent as a Bearer
+
+    def headers(self) -> dict[str, str]:
+        """What every request carries: the grant, when there is one."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
 
 @dataclass
@@ -133,7 +138,11 @@ async def upload(
     items = [Upload(path, path.stat().st_size) for path in images]
     limits = httpx.Limits(max_connections=options.concurrency + 1)
     async with httpx.AsyncClient(
-        base_url=options.server, timeout=HTTP_TIMEOUT, limits=limits, transport=transport
+        base_url=options.server,
+        timeout=HTTP_TIMEOUT,
+        limits=limits,
+        transport=transport,
+        headers=options.headers(),
     ) as http:
         with Bars(items, options.progress) as bars:
             await _upload_all(http, items, bars, options)

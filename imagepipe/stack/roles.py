@@ -12,6 +12,8 @@ import subprocess
 import sys
 from collections.abc import Mapping
 
+from pydantic import SecretStr
+
 from imagepipe.config import Settings
 
 
@@ -62,6 +64,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": settings.s3_secret_access_key.get_secret_value(),
         "IMAGEPIPE_CALLBACK_URL": settings.callback_url,
         "IMAGEPIPE_CALLBACK_SECRET": settings.callback_secret.get_secret_value(),
+        "IMAGEPIPE_GRANT_SECRET": settings.grant_secret.get_secret_value(),
     }
     optional = {
         "IMAGEPIPE_REDIS_URL": settings.redis_url,
@@ -77,8 +80,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         optional["IMAGEPIPE_PRIMARY_S3_REGION"] = settings.primary_s3_region
     if settings.callback_port:
         optional["IMAGEPIPE_CALLBACK_HOST"] = settings.callback_host
-    if settings.callback_previous_secret is not None:
-        optional["IMAGEPIPE_CALLBACK_PREVIOUS_SECRET"] = (
-            settings.callback_previous_secret.get_secret_value()
-        )
+    for name in ("callback_previous_secret", "grant_previous_secret"):
+        previous: SecretStr | None = getattr(settings, name)
+        if previous is not None:
+            optional[f"IMAGEPIPE_{name.upper()}"] = previous.get_secret_value()
     return env | {name: value for name, value in optional.items() if value}

@@ -14,7 +14,8 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from imagepipe import metrics
-from imagepipe.api.accept import accept_upload
+from imagepipe.api.accept import Upload, accept_upload
+from imagepipe.api.access import Writer
 from imagepipe.api.bodies import (
     MULTIPART_SLACK,
     Received,
@@ -29,7 +30,7 @@ from imagepipe.api.services import Services, retry_after_for
 from imagepipe.api.serving import Derivatives
 from imagepipe.api.views import cached_json, gallery_view, not_modified, photo_view, ticket_json
 from imagepipe.errors import ImagepipeError, PayloadTooLarge
-from imagepipe.models import Ticket
+from imagepipe.models import Ticket, Visibility
 
 router = APIRouter(tags=["photos"])
 # `public` is implied (no Authorization); every cache may keep a derivative
@@ -76,13 +77,18 @@ async def _accepted(services: Services, ticket: Ticket, depth: int) -> JSONRespo
 async def upload_photo(
     request: Request,
     services: ServicesDep,
+    grant: Writer,
     idempotency_key: Annotated[str | None, Header()] = None,
+    visibility: Annotated[
+        Visibility | None, Query(description="who may see it (default: the grant's, private)")
+    ] = None,
 ) -> Response:
     """Upload a photo (multipart field `file`, or the raw image); 202 with its ticket."""
     started, received = time.monotonic(), Received()
+    upload = Upload(grant.owner, visibility or grant.visibility, idempotency_key)
     try:
         body = _body(request, services, received)
-        ticket, depth = await accept_upload(services, body, idempotency_key)
+        ticket, depth = await accept_upload(services, body, upload)
         response = await _accepted(services, ticket, depth)
     except ImagepipeError as exc:
         metrics.UPLOADS.labels(str(exc.status)).inc()
