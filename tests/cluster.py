@@ -28,6 +28,7 @@ from imagepipe.stack.net import free_port
 from imagepipe.stack.processes import RoleProcess, stop_roles, wait_ready
 from imagepipe.stack.roles import migrate_catalog, role_argv, role_commands, role_env
 from imagepipe.stack.servers import EmbeddedS3, EmbeddedValkey
+from tests.owners import GRANT_SECRET
 
 BUCKET = "backup"
 ACCESS, SECRET = "faults-key", "faults-secret"
@@ -86,6 +87,7 @@ class Cluster:
                 AWS_SECRET_ACCESS_KEY=SECRET,
                 callback_url=f"{self.url}/internal/callbacks",
                 callback_secret="faults-callback-secret-of-32-characters-at-least",
+                grant_secret=GRANT_SECRET,
             )
         )
         self.logs = self.root / "logs"
