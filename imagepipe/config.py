@@ -49,6 +49,11 @@ def _weakness(name: str, secret: SecretStr, least: int = 1) -> str | None:
     return None
 
 
+def grant_secret_weakness(secret: str) -> str | None:
+    """Why production refuses this grant secret, or None (`imagepipe token` checks it alone)."""
+    return _weakness("IMAGEPIPE_GRANT_SECRET", SecretStr(secret), MIN_CALLBACK_SECRET_CHARS)
+
+
 class SizeSpec(BaseModel, frozen=True):
     """One rung of the derivative ladder: long edge in pixels, or a centred square crop.
 
