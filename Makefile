@@ -58,14 +58,14 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
 
 lint: $(STAMP)
-	$(BIN)/ruff check imagepipe tests bench
-	$(BIN)/ruff format --check imagepipe tests bench
+	$(BIN)/ruff check imagepipe tests bench examples
+	$(BIN)/ruff format --check imagepipe tests bench examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 format: $(STAMP)
-	$(BIN)/ruff format imagepipe tests bench
-	$(BIN)/ruff check --fix imagepipe tests bench
+	$(BIN)/ruff format imagepipe tests bench examples
+	$(BIN)/ruff check --fix imagepipe tests bench examples
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""`imagepipe <role|audit|dev|upload|health>`: parse, build the settings once, dispatch.
+"""`imagepipe <role|audit|dev|upload|token|health>`: parse, build the settings once, dispatch.
 
 Server commands get the one `Settings`; `upload` gets the client's own few settings, so the
 client neither validates the server's configuration nor loads its libraries.
@@ -91,6 +91,12 @@ def _upload(args: argparse.Namespace) -> int:
     return run_upload(args.paths, options)
 
 
+def _token(args: argparse.Namespace) -> int:
+    from imagepipe.stack.tokens import run_token
+
+    return run_token(args)
+
+
 def _health(settings: Settings, args: argparse.Namespace) -> int:
     from imagepipe.stack.healthcheck import run_health
 
@@ -101,7 +107,11 @@ def _add_client_commands(roles: argparse._SubParsersAction[argparse.ArgumentPars
     upload = roles.add_parser("upload", help="upload photos and wait for their tickets")
     upload.add_argument("paths", nargs="+", type=Path, help="image files and folders")
     upload.add_argument("--server", help="API base URL (IMAGEPIPE_SERVER)")
-    upload.add_argument("--token", help="the grant to send (IMAGEPIPE_TOKEN; better: the env)")
+    upload.add_argument(
+        "--token",
+        help="the grant to send; prefer IMAGEPIPE_TOKEN: a token on a command line lands "
+        "in shell history and in `ps` for every user of the machine",
+    )
     upload.add_argument("-c", "--concurrency", type=_positive, default=4, help="uploads at once")
     upload.add_argument("--json", action="store_true", help="print one JSON document")
     upload.add_argument("--no-wait", action="store_true", help="stop once uploads are accepted")
@@ -145,6 +155,9 @@ def _parser() -> argparse.ArgumentParser:
     roles.add_parser("migrate", help="bring the catalog's schema up to this version")
     roles.add_parser("reindex", help="rebuild the catalog from the manifests in storage")
     _add_client_commands(roles)
+    from imagepipe.stack.tokens import add_parser
+
+    add_parser(roles)
     return parser
 
 
@@ -160,11 +173,20 @@ SERVER_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
 }
 
 
+# commands that build no server Settings: the client, and minting (the grant secret alone)
+CLIENT_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "upload": _upload,
+    "token": _token,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `imagepipe` console script."""
     args = _parser().parse_args(argv)
     try:
-        return _upload(args) if args.role == "upload" else _serve(args)
+        if args.role in CLIENT_COMMANDS:
+            return CLIENT_COMMANDS[args.role](args)
+        return _serve(args)
     except KeyboardInterrupt:
         return 130
 

@@ -24,6 +24,7 @@ DOCUMENTED_SECRETS = frozenset(
 GENERATE_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 DEFAULT_SIZES = "sq:75:crop,t:100,s:240,m:500,l:1024,xl:2048"
 _SIZE_NAME = re.compile(r"^[a-z0-9]{1,8}$")
+_ORIGIN = re.compile(r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$")
 
 
 def _output_formats(text: str) -> tuple[str, ...]:
@@ -47,6 +48,20 @@ def _weakness(name: str, secret: SecretStr, least: int = 1) -> str | None:
     if len(value) < least:
         return f"{name} has {len(value)} characters, fewer than {least}"
     return None
+
+
+def _origins(values: list[str]) -> tuple[str, ...]:
+    """``https://www.example.com,http://127.0.0.1:8080``: origins alone (no path, no ``*``)."""
+    origins = tuple(v.strip().rstrip("/") for v in values if v.strip())
+    for origin in origins:
+        if not _ORIGIN.match(origin):
+            raise ValueError(f"{origin!r} is not an origin like https://www.example.com[:port]")
+    return origins
+
+
+def grant_secret_weakness(secret: str) -> str | None:
+    """Why production refuses this grant secret, or None (`imagepipe token` checks it alone)."""
+    return _weakness("IMAGEPIPE_GRANT_SECRET", SecretStr(secret), MIN_CALLBACK_SECRET_CHARS)
 
 
 class SizeSpec(BaseModel, frozen=True):
@@ -116,6 +131,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     metrics_port: int = Field(default=0, ge=0)  # worker/replicator /metrics port; 0 = off
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 only where a scraper on another host needs it
+    # web tiers whose pages may frame the upload page and hand it a grant (postMessage)
+    page_embed_origins: Annotated[tuple[str, ...], NoDecode] = ()
 
     # -- Redis / Valkey ------------------------------------------------------------
     redis_url: str | None = None  # unset: `imagepipe dev` starts the embedded Valkey
@@ -228,6 +245,11 @@ class Settings(BaseSettings):
         # an empty one would make signatures with an empty key valid
         empty = value == "" or (isinstance(value, SecretStr) and not value.get_secret_value())
         return None if empty else value
+
+    @field_validator("page_embed_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: object) -> object:
+        return _origins(value.split(",")) if isinstance(value, str) else value
 
     @field_validator("output_formats", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 import uvicorn
 from redis.asyncio import Redis
+from starlette.types import ASGIApp
 
 from imagepipe import keys
 from imagepipe.api.app import create_app
@@ -25,13 +26,14 @@ from imagepipe.worker.app import build_worker
 @contextmanager
 def api_server(settings: Settings) -> Iterator[str]:
     """Serve create_app(settings) over real HTTP from a thread; yields the base URL."""
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=settings.port,
-        log_config=None,
-        lifespan="on",
-    )
+    with serving(create_app(settings), settings.port) as url:
+        yield url
+
+
+@contextmanager
+def serving(app: ASGIApp, port: int) -> Iterator[str]:
+    """Serve an ASGI app (the API, or a web tier in front of it) over real HTTP from a thread."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -41,7 +43,7 @@ def api_server(settings: Settings) -> Iterator[str]:
             raise RuntimeError("the API did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{settings.port}"
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(15)

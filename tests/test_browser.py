@@ -5,11 +5,17 @@ Playwright drives Debian's ``/usr/bin/chromium`` (no browser download: none woul
 The stack is real: the API over HTTP (uvicorn in a thread), and the worker and replicator as
 separate processes, as an operator runs them; tickets really complete and really get backed
 up. One stack serves the whole module, so checks on the server side count what a test adds.
+
+The API runs under production rules, so the page needs a grant: most tests get the page's
+HTML with a grant in its ``<meta name="imagepipe-grant">``, as a web tier serving that HTML
+would send it; the embedding tests frame the page from a web tier (`examples/webtier`, or a
+stand-in) that hands it grants by ``postMessage``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
@@ -22,15 +28,21 @@ import boto3
 import pytest
 from playwright.async_api import Browser, Page, Playwright, Request, Route, async_playwright, expect
 from redis.asyncio import Redis
+from starlette import routing
+from starlette.applications import Starlette
+from starlette.responses import HTMLResponse
 
+from examples.webtier.app import create_app as webtier_app
 from imagepipe import keys
 from imagepipe.config import Settings
+from imagepipe.grants import mint
+from imagepipe.models import Ticket
 from imagepipe.stack.processes import RoleProcess
 from imagepipe.stack.roles import role_argv, role_env
 from tests import images
 from tests.conftest import CALLBACK_SECRET, free_port, unavailable
-from tests.owners import GRANT_SECRET
-from tests.stack import api_server
+from tests.owners import GRANT_SECRET, grant
+from tests.stack import api_server, serving
 from tests.test_e2e import stop_all
 
 pytestmark = pytest.mark.browser
@@ -53,6 +65,9 @@ if not CHROMIUM.exists():
 MAX_BYTES = 3 * 1024 * 1024  # small, so an oversized file is quick to make
 DONE_MS = 30_000  # resize + callback + backup on a busy 2-core machine
 POLLS = re.compile(r"/tickets(\?ids=|/[^/?]+$)")  # ticket polls, not event streams
+WEBTIER_PORT = free_port()  # the web tier that may frame the page (examples/webtier)
+WEBTIER = f"http://127.0.0.1:{WEBTIER_PORT}"
+THE_PAGE = re.compile(r"^http://127\.0\.0\.1:\d+/$")
 
 
 @dataclass
@@ -104,6 +119,7 @@ def stack_settings(
             "callback_secret": CALLBACK_SECRET,
             "grant_secret": GRANT_SECRET,
             "max_upload_bytes": MAX_BYTES,
+            "page_embed_origins": [WEBTIER],
         }
     )
 
@@ -168,17 +184,37 @@ class Tab:
         return [r for r in self.requests if r.method == method and re.search(pattern, r.url)]
 
 
-@pytest.fixture
-async def tab(browser: Browser, stack: Stack) -> AsyncIterator[Tab]:
+async def with_a_grant(route: Route) -> None:
+    """The page's HTML as a web tier serving it would send it: with the grant of its user."""
+    answer = await route.fetch()
+    body = await answer.text()
+    if "/static/app.js" not in body:  # not imagepipe's page
+        await route.fulfill(response=answer)
+        return
+    meta = f'<meta name="imagepipe-grant" content="{grant()}">\n</head>'
+    await route.fulfill(response=answer, body=body.replace("</head>", meta, 1))
+
+
+@contextlib.asynccontextmanager
+async def new_tab(browser: Browser, stack: Stack, granted: bool = True) -> AsyncIterator[Tab]:
     """A fresh browser context on the page's origin, console errors collected."""
     context = await browser.new_context(base_url=stack.url, viewport={"width": 1280, "height": 900})
+    if granted:
+        await context.route(THE_PAGE, with_a_grant)
     page = await context.new_page()
     tab = Tab(page)
     page.on("console", lambda m: tab.errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda exc: tab.errors.append(str(exc)))
-    page.on("request", lambda r: tab.requests.append(r))
+    context.on("request", lambda r: tab.requests.append(r))
     yield tab
     await context.close()
+
+
+@pytest.fixture
+async def tab(browser: Browser, stack: Stack) -> AsyncIterator[Tab]:
+    """A page that got its grant from the web tier serving its HTML."""
+    async with new_tab(browser, stack) as tab:
+        yield tab
 
 
 def photo_files(folder: Path) -> list[Path]:
@@ -470,3 +506,119 @@ async def test_the_page_works_by_keyboard_and_at_phone_width(tab: Tab) -> None:
         await expect(page.locator(focused)).to_be_focused()
     assert await page.evaluate("document.documentElement.scrollWidth") <= 390
     assert tab.errors == []
+
+
+def no_grant_in_any_url(tab: Tab) -> None:
+    """A JWT starts with ``eyJ`` (``{"`` in base64): none may reach a URL (logs, Referer)."""
+    assert tab.requests and not [r.url for r in tab.requests if "eyJ" in r.url]
+
+
+async def owner_of(stack: Stack, ticket_id: str) -> str:
+    """Whose photo the ticket's upload is, as the server recorded it."""
+    raw = await stack.redis.get(keys.ticket(ticket_id))
+    assert raw is not None
+    return Ticket.model_validate_json(raw).owner
+
+
+async def test_an_embedding_web_tier_hands_the_page_its_grant(
+    browser: Browser, stack: Stack, tmp_path: Path
+) -> None:
+    with serving(webtier_app(stack.url, GRANT_SECRET), WEBTIER_PORT):
+        async with new_tab(browser, stack, granted=False) as tab:
+            page = tab.page
+            # the toy web tier has no icon: a 404 for it would be the only console error
+            await page.route(f"{WEBTIER}/favicon.ico", lambda route: route.fulfill(status=204))
+            await page.goto(WEBTIER)
+            await page.get_by_placeholder("user").fill("alice")
+            await page.get_by_placeholder("password").fill("wonderland")
+            await page.get_by_role("button", name="Sign in").click()
+            framed = page.frame_locator("#photos")
+            await expect(framed.locator("#limits")).to_contain_text("up to 3 MB")
+            await framed.locator("#file-input").set_input_files(photo_files(tmp_path)[:1])
+            card = framed.locator("#uploads .card")
+            await expect(card).to_have_attribute("data-state", "completed", timeout=DONE_MS)
+            await expect(card.locator(".thumb")).to_have_js_property("complete", True)
+            ticket_id = await card.get_attribute("data-ticket")
+            assert ticket_id and await owner_of(stack, ticket_id) == "alice"
+            posted = tab.sent("POST", f"^{stack.url}/photos$")
+            assert len(posted) == 1
+            assert (await posted[0].header_value("authorization") or "").startswith("Bearer ey")
+            no_grant_in_any_url(tab)
+            assert tab.errors == []
+
+
+def stand_in_web_tier(stack: Stack, grants: list[str]) -> Starlette:
+    """A web tier framing imagepipe's page that answers each ask with the next of ``grants``
+    (served for real: Chromium lets only a page from a local address frame a local one)."""
+    page = HTMLResponse(f"""<!doctype html><title>web tier</title>
+<iframe id="photos" src="{stack.url}/" width="1200" height="800"></iframe>
+<script>
+  window.grants = {grants!r};
+  window.asks = 0;
+  window.addEventListener("message", (event) => {{
+    if (event.data?.type !== "imagepipe:grant-needed") return;
+    const grant = window.grants[Math.min(window.asks++, window.grants.length - 1)];
+    event.source.postMessage({{ type: "imagepipe:grant", grant }}, event.origin);
+  }});
+</script>""")
+    return Starlette(routes=[routing.Route("/", lambda request: page)])
+
+
+async def test_a_refused_grant_is_renewed_by_the_embedding_page(
+    browser: Browser, stack: Stack, tmp_path: Path
+) -> None:
+    forged = mint("a-secret-imagepipe-does-not-know-of-32-chars", "mallory")
+    host = stand_in_web_tier(stack, [forged, grant("carol")])
+    with serving(host, WEBTIER_PORT):
+        async with new_tab(browser, stack, granted=False) as tab:
+            refusals: list[str] = []
+            tab.page.on("response", lambda r: refusals.append(r.url) if r.status == 401 else None)
+            await tab.page.goto(f"{WEBTIER}/")
+            framed = tab.page.frame_locator("#photos")
+            status = framed.locator("#gallery-status")
+            await expect(status).not_to_have_text("Loading…")  # the gallery asked, and got it
+            await expect(status).not_to_contain_text("could not be loaded")
+            await framed.locator("#file-input").set_input_files(photo_files(tmp_path)[:1])
+            card = framed.locator("#uploads .card")
+            await expect(card).to_have_attribute("data-state", "completed", timeout=DONE_MS)
+            ticket_id = await card.get_attribute("data-ticket")
+            assert ticket_id and await owner_of(stack, ticket_id) == "carol"
+            assert refusals, "the forged grant was tried and refused"
+            assert (
+                await tab.page.evaluate("window.asks") == 2
+            )  # asked once, and once more after a 401
+            await expect(framed.locator("#grant-status")).to_be_hidden()
+            no_grant_in_any_url(tab)
+
+
+async def test_without_a_grant_the_page_says_what_to_do(
+    browser: Browser, stack: Stack, tmp_path: Path
+) -> None:
+    originals = stack.originals()
+    async with new_tab(browser, stack, granted=False) as tab:
+        await open_page(tab)
+        await tab.page.set_input_files("#file-input", photo_files(tmp_path)[:1])
+        card = tab.page.locator("#uploads .card")
+        await expect(card).to_have_attribute("data-state", "error")
+        await expect(card).to_contain_text("Not signed in")
+        notice = tab.page.locator("#grant-status")
+        await expect(notice).to_be_visible()
+        await expect(notice).to_contain_text("needs you to be signed in")
+    assert stack.originals() == originals
+
+
+async def test_in_development_the_page_needs_no_grant(
+    browser: Browser, stack: Stack, tmp_path: Path
+) -> None:
+    """`imagepipe dev`: a request without a grant is the owner `local` (no meta, no frame)."""
+    port = free_port()
+    dev = stack.settings.model_copy(update={"environment": "development", "port": port})
+    with api_server(dev) as url:
+        async with new_tab(browser, Stack(url, dev, stack.redis), granted=False) as tab:
+            await open_page(tab)
+            await tab.page.set_input_files("#file-input", photo_files(tmp_path)[:1])
+            await wait_completed(tab, 1)
+            ticket_id = await tab.page.locator("#uploads .card").get_attribute("data-ticket")
+            assert ticket_id and await owner_of(stack, ticket_id) == "local"
+            await expect(tab.page.locator("#grant-status")).to_be_hidden()
+            assert tab.errors == []

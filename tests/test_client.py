@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from imagepipe.client.upload import (
 )
 from imagepipe.client.view import show
 from imagepipe.config import Settings
+from imagepipe.grants import READ
 from tests import images
 from tests.conftest import free_port
 from tests.owners import grant
@@ -310,3 +312,42 @@ def test_the_client_loads_no_server_library_and_ignores_server_settings(tmp_path
     )
     outcome = json.loads(done.stdout.decode().splitlines()[-1])
     assert outcome == {"code": EXIT_UNFINISHED, "loaded": []}, done.stderr.decode()[-2000:]
+
+
+def expired_grant() -> str:
+    """A grant signed with the right secret whose time is up (past the API's leeway)."""
+    return grant(exp=int(time.time()) - 120)
+
+
+@pytest.mark.parametrize(
+    ("token", "says"),
+    [
+        (None, ["this server needs a grant (401 this request needs a grant", "IMAGEPIPE_TOKEN"]),
+        (expired_grant(), ["refused the grant (401 the grant has expired)", "a fresh one"]),
+        (grant(scopes=(READ,)), ["forbids this grant's uploads (403 the grant does not carry"]),
+    ],
+    ids=["missing", "expired", "no-write-scope"],
+)
+async def test_a_refused_grant_stops_the_run_and_says_why(
+    api_url: str,
+    redis: Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    token: str | None,
+    says: list[str],
+) -> None:
+    monkeypatch.setenv("IMAGEPIPE_SERVER", api_url)
+    monkeypatch.delenv("IMAGEPIPE_TOKEN", raising=False)
+    if token:
+        monkeypatch.setenv("IMAGEPIPE_TOKEN", token)
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (tmp_path / name).write_bytes(images.jpeg(80, 60))
+    argv = ["upload", "--no-wait", "-c", "1", str(tmp_path)]
+    code = await asyncio.to_thread(cli.main, argv)
+    out, err = capsys.readouterr()
+    assert code == EXIT_FAILED
+    for words in says:  # the problem's own detail, and what to do
+        assert words in " ".join(err.split())
+    assert out.count("not sent: the server refused the grant") == 2  # one refusal was enough
+    assert await redis.keys(keys.ticket("*")) == []

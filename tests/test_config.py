@@ -21,6 +21,8 @@ WEAK_SECRETS = {"empty": "", "short": "s" * 31, "documented": OLD_DEV_SECRET}
 WEAK: dict[str, dict[str, Any]] = {
     **{f"{name} callback secret": {"callback_secret": v} for name, v in WEAK_SECRETS.items()},
     "short previous secret": {"callback_previous_secret": "p" * 31},
+    **{f"{name} grant secret": {"grant_secret": v} for name, v in WEAK_SECRETS.items()},
+    "short previous grant secret": {"grant_previous_secret": "p" * 31},
     "documented previous secret": {"callback_previous_secret": OLD_DEV_SECRET},
     "documented S3 access key": {"AWS_ACCESS_KEY_ID": "imagepipe"},
     "documented S3 secret key": {"AWS_SECRET_ACCESS_KEY": "imagepipe-secret"},
@@ -36,7 +38,8 @@ def test_production_is_the_default_and_refuses_no_secrets_at_all(
     assert Settings.model_fields["environment"].default == "production"
     with pytest.raises(ValidationError) as refused:
         Settings()
-    for name in ("IMAGEPIPE_CALLBACK_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+    names = ("IMAGEPIPE_CALLBACK_SECRET", "IMAGEPIPE_GRANT_SECRET", "AWS_ACCESS_KEY_ID")
+    for name in (*names, "AWS_SECRET_ACCESS_KEY"):
         assert f"{name} is not set" in str(refused.value)
 
 

@@ -291,3 +291,13 @@ def test_make_up_and_down_drive_compose() -> None:
     makefile = (ROOT / "Makefile").read_text()
     assert "up:\n\tdocker compose -f docker/compose.yaml up -d --build\n" in makefile
     assert "down:\n\tdocker compose -f docker/compose.yaml down\n" in makefile
+
+
+def test_the_readme_s_docker_env_sets_every_variable_compose_requires() -> None:
+    readme = (ROOT / "README.md").read_text()
+    heredoc = re.search(r"cat > docker/\.env <<EOF[^\n]*\n(.*?)\nEOF\n", readme, re.S)
+    assert heredoc, "README's Docker section writes docker/.env"
+    written = {line.split("=", 1)[0] for line in heredoc[1].splitlines()}
+    required = set(re.findall(r"\$\{(\w+):\?", (DOCKER / "compose.yaml").read_text()))
+    assert required == set(OPERATOR_ENV)  # what the tests above start compose with
+    assert required <= written, f"README's docker/.env lacks {sorted(required - written)}"

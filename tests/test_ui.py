@@ -7,9 +7,12 @@ from importlib import resources
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from imagepipe.api.routes.page import assets, config_view
 from imagepipe.config import Settings
+from tests.conftest import SECRETS, free_port
+from tests.stack import api_server
 
 STATIC = resources.files("imagepipe.api") / "static"
 
@@ -110,3 +113,26 @@ async def test_the_page_and_the_server_name_formats_alike(
     assert f"({', '.join(labels)})" in refused.json()["detail"]
     script = (STATIC / "app.js").read_text()
     assert "format_labels" in script and "HEIC" not in script  # no list of its own
+
+
+async def test_only_the_configured_web_tiers_may_frame_the_page(settings: Settings) -> None:
+    webtiers = "https://www.example.com, http://127.0.0.1:8080/"
+    origins = Settings.model_validate({**SECRETS, "page_embed_origins": webtiers})
+    assert origins.page_embed_origins == ("https://www.example.com", "http://127.0.0.1:8080")
+    update = {"page_embed_origins": origins.page_embed_origins, "port": free_port()}
+    framed = settings.model_copy(update=update)
+    with api_server(framed) as url:
+        async with httpx.AsyncClient(base_url=url) as http:
+            policy = (await http.get("/")).headers["content-security-policy"]
+            limits = (await http.get("/ui/config")).json()
+    assert "frame-ancestors https://www.example.com http://127.0.0.1:8080" in policy
+    assert "'none'" not in policy.partition("frame-ancestors")[2]
+    assert limits["embed_origins"] == ["https://www.example.com", "http://127.0.0.1:8080"]
+
+
+@pytest.mark.parametrize(
+    "origins", ["*", "https://www.example.com/login", "www.example.com", "javascript:alert(1)"]
+)
+def test_an_embedder_must_be_an_origin(origins: str) -> None:
+    with pytest.raises(ValidationError, match="is not an origin"):
+        Settings.model_validate({**SECRETS, "page_embed_origins": origins})

@@ -8,6 +8,8 @@
 
 A network error, 408, 409, 429 or 5xx retries the file with the same Idempotency-Key: when
 only the response was lost, the retry gets the ticket the first try made, not a second photo.
+A 401 or 403 is about the grant (``IMAGEPIPE_TOKEN``), not the file: no further file is sent,
+and the run ends saying why (the problem's detail) and what to do.
 
 Exit codes (the worst one wins): 0 every photo completed (or was accepted, with --no-wait);
 1 a photo was refused (4xx) or its ticket failed; 2 nothing to upload (bad paths, no images);
@@ -37,6 +39,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNFINISHED = 0, 1, 2, 3
 CHUNK_SIZE = 256 * 1024
 MAX_BATCH = 100  # ids per GET /tickets (the server's limit)
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
+DENIED = {401, 403}  # the grant, not the file: every other file would be refused alike
 RETRY_AFTER_CAP_S = 30.0
 # connect fast, but give a slow server time to take a large body
 HTTP_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
@@ -76,6 +79,7 @@ class Upload:
     error: str | None = None
     sizes: dict[str, Any] = field(default_factory=dict)
     tries: int = 0
+    denied: bool = False  # refused for the grant (401/403), not for its bytes
     started: float = 0.0
     finished: float = 0.0
 
@@ -149,7 +153,25 @@ async def upload(
         if options.wait:
             await wait_for_tickets(http, items, options)
     code = exit_code(items, options.wait)
-    return code, report(items, skipped, options, code)
+    return code, report(items, skipped, options, code, error=grant_problem(items, options))
+
+
+def grant_problem(items: Sequence[Upload], options: Options) -> str | None:
+    """What to tell a person whose grant the server refused (None when it did not)."""
+    denied = next((item for item in items if item.denied), None)
+    if denied is None:
+        return None
+    if denied.error and denied.error.startswith("403"):
+        return f"the server forbids this grant's uploads ({denied.error})"
+    if not options.token:
+        return (
+            f"this server needs a grant ({denied.error}): set IMAGEPIPE_TOKEN to one "
+            "from your web tier or from `imagepipe token`"
+        )
+    return (
+        f"the server refused the grant ({denied.error}): set IMAGEPIPE_TOKEN to a fresh "
+        "one from your web tier or from `imagepipe token`"
+    )
 
 
 def exit_code(items: Sequence[Upload], waited: bool) -> int:
@@ -168,6 +190,9 @@ async def _upload_all(
 
     async def one(item: Upload) -> None:
         async with gate:
+            if any(other.denied for other in items):
+                item.end("refused", "not sent: the server refused the grant")
+                return
             with bars.file(item):
                 await send(http, item, bars, options.retries)
 
@@ -223,6 +248,7 @@ def _answered(item: Upload, response: httpx.Response) -> None:
         item.apply(response.json())
         return
     item.end("refused", f"{response.status_code} {_problem(response)}")
+    item.denied = response.status_code in DENIED
 
 
 def _problem(response: httpx.Response) -> str:

@@ -9,6 +9,7 @@
     supervisor   roles kept running (restarted when they die), stopped together
     dev          `imagepipe dev`: servers, then roles, until Ctrl-C
     healthcheck  `imagepipe health --role R`
+    tokens       `imagepipe token`: a grant minted from the grant secret (or a data dir's)
 
 `imagepipe dev`, the tests (tests/cluster.py, the e2e suites) and the benchmarks
 (bench/stack.py) all start servers and roles through `local`, `roles` and `processes`.

@@ -29,11 +29,17 @@ CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".svg": "image/svg+xml",
 }
-# Everything the page loads comes from this origin: no inline script, no third party.
+# Everything the page loads comes from this origin: no inline script, no third party. Only
+# the web tiers in IMAGEPIPE_PAGE_EMBED_ORIGINS may frame it (they hand it its grant).
 PAGE_POLICY = (
     "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "base-uri 'none'; form-action 'none'; frame-ancestors "
 )
+
+
+def page_policy(settings: Settings) -> str:
+    """The page's Content-Security-Policy: who may frame it is the settings' word."""
+    return PAGE_POLICY + (" ".join(settings.page_embed_origins) or "'none'")
 
 
 @dataclass(frozen=True)
@@ -75,9 +81,10 @@ def _serve(request: Request, name: str, extra: dict[str, str] | None = None) -> 
 
 
 @router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-async def page(request: Request) -> Response:
+async def page(request: Request, services: ServicesDep) -> Response:
     """The upload page."""
-    headers = {"Content-Security-Policy": PAGE_POLICY, "Referrer-Policy": "same-origin"}
+    policy = page_policy(services.settings)
+    headers = {"Content-Security-Policy": policy, "Referrer-Policy": "same-origin"}
     return _serve(request, "index.html", headers)
 
 
@@ -99,6 +106,7 @@ def config_view(settings: Settings) -> dict[str, Any]:
         "media_types": [t for f in known for t in f.media_types],
         "extensions": [e for f in known for e in f.file_names],
         "sizes": [s.model_dump(mode="json") for s in settings.sizes],  # largest first
+        "embed_origins": list(settings.page_embed_origins),  # who may hand the page a grant
     }
 
 

@@ -1,6 +1,8 @@
 // imagepipe's upload page. Each file is sent with XMLHttpRequest (for real upload progress)
 // under its own Idempotency-Key; its ticket is then followed live (Server-Sent Events, or
 // polling that honours Retry-After and ETag) until the photo is processed and backed up.
+// Uploads, the gallery and photo details carry the page's grant (see "the grant" below);
+// ticket polls and event streams need none: a ticket's URL is its capability.
 
 const UPLOAD_SLOTS = 2; // files sent at once
 // EventSources held at once. Over HTTP/1.1 a browser opens six connections per host: more
@@ -12,7 +14,8 @@ const BACKUP_PATIENCE_S = 15 * 60; // the replication target; past it, stop aski
 const BATCH = 100; // the most ids GET /tickets takes at once
 const GALLERY_PAGE = 12;
 const CONFLICT_RETRIES = 20;
-const REFUSED = new Set([400, 413, 415, 422]); // the file itself is the problem: no retry
+// the file itself (or what the grant allows) is the problem: no retry
+const REFUSED = new Set([400, 403, 413, 415, 422]);
 const TERMINAL = new Set(["completed", "failed"]);
 const PREVIEWABLE = new Set(["image/jpeg", "image/png", "image/gif", "image/webp", "image/avif"]);
 const FALLBACK_CONFIG = {
@@ -22,6 +25,7 @@ const FALLBACK_CONFIG = {
   formats: [],
   format_labels: [],
   sizes: [],
+  embed_origins: [],
 };
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -81,6 +85,90 @@ function isTerminal(ticket) {
   return Boolean(ticket) && TERMINAL.has(ticket.status);
 }
 
+// -- the grant: who the page uploads as ---------------------------------------------------
+// `imagepipe dev` needs none (the API takes a request without one as the owner "local").
+// In production the web tier hands the page a grant, never in a URL (logs, Referer, history):
+// - serving the page's HTML itself (through the same origin): <meta name="imagepipe-grant">;
+// - framing the page (an origin in IMAGEPIPE_PAGE_EMBED_ORIGINS): the page posts
+//   {type: "imagepipe:grant-needed"} to its parent, which answers with
+//   {type: "imagepipe:grant", grant: "<JWT>"}; asked again when the grant is about to end or
+//   is refused, so a long session renews itself.
+
+const GRANT_WAIT_MS = 5000; // how long a request waits for the embedding page's answer
+const GRANT_MARGIN_S = 30; // a grant this close to its end is renewed before it is used
+
+function expiresAt(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return Number(JSON.parse(atob(payload)).exp) || 0;
+  } catch {
+    return 0; // not ours to judge: the server will say
+  }
+}
+
+const grant = {
+  token: $('meta[name="imagepipe-grant"]')?.content || null,
+  asking: null, // the pending ask: every request waiting for a grant shares it
+  answer: null,
+
+  headers() {
+    return this.token ? { Authorization: `Bearer ${this.token}` } : {};
+  },
+
+  stale() {
+    const exp = this.token ? expiresAt(this.token) : 0;
+    return !this.token || (exp > 0 && exp - GRANT_MARGIN_S < Date.now() / 1000);
+  },
+
+  // Ask the embedding page for a grant; true once a fresh one arrived.
+  async ask() {
+    const { embed_origins: origins = [] } = await config;
+    if (window.parent === window || !origins.length) return false;
+    this.asking ??= new Promise((resolve) => {
+      this.answer = resolve;
+      for (const origin of origins) window.parent.postMessage({ type: "imagepipe:grant-needed" }, origin);
+      setTimeout(() => resolve(false), GRANT_WAIT_MS);
+    }).finally(() => {
+      this.asking = null;
+    });
+    return this.asking;
+  },
+
+  receive(event) {
+    const data = event.data;
+    if (event.source !== window.parent || data?.type !== "imagepipe:grant") return;
+    if (!currentConfig.embed_origins.includes(event.origin) || typeof data.grant !== "string") return;
+    this.token = data.grant;
+    $("#grant-status").hidden = true;
+    this.answer?.(true);
+  },
+
+  async ready() {
+    if (this.stale()) await this.ask();
+  },
+
+  // The server refused the grant (401): renew it, or say plainly what to do.
+  async refused(detail) {
+    if (await this.ask()) return true;
+    const why = this.token ? "Your sign-in has expired" : "This page needs you to be signed in";
+    $("#grant-status").textContent = `${why}: open it again from the site you came from. (${detail})`;
+    $("#grant-status").hidden = false;
+    return false;
+  },
+};
+
+window.addEventListener("message", (event) => grant.receive(event));
+
+// fetch() with the grant, renewed once when the server refuses it.
+async function fetchWithGrant(url, options = {}) {
+  await grant.ready();
+  const send = () => fetch(url, { ...options, headers: { ...options.headers, ...grant.headers() } });
+  const response = await send();
+  if (response.status !== 401) return response;
+  const problem = await response.clone().json().catch(() => ({}));
+  return (await grant.refused(problem.detail ?? "401")) ? send() : response;
+}
+
 // -- announcements for screen readers (batched: three completions make one message) -------
 
 const announcer = { pending: [], timer: 0 };
@@ -136,6 +224,7 @@ class Card {
     this.key = newKey(); // kept across retries: however often it is sent, one photo
     this.ticket = null;
     this.conflicts = 0;
+    this.renewals = 0; // grants asked for after a 401
     this.el = $("#card-template").content.firstElementChild.cloneNode(true);
     this.part(".card-name").textContent = file.name;
     this.part(".card-name").title = file.name;
@@ -200,6 +289,7 @@ class Card {
   }
 
   retry() {
+    this.renewals = 0; // the person may have signed in again meanwhile
     this.part(".retry").hidden = true;
     this.el.focus(); // the button is gone: keep keyboard focus on this card
     this.show("waiting", "Waiting", "Trying again…");
@@ -217,7 +307,7 @@ class Card {
     const [pill, detail] = describe(ticket);
     this.show(ticket.status, pill, detail);
     this.part(".detail").title = ticket.error ?? ""; // the server's own words, on hover
-    if (ticket.status === "completed") this.showPhoto(ticket.photo?.sizes ?? {});
+    if (ticket.status === "completed") photoSizes(ticket).then((sizes) => this.showPhoto(sizes));
     this.part(".backup").hidden = !(ticket.status === "completed" && ticket.backup === "completed");
     if (!isTerminal(before) && isTerminal(ticket)) announce(`${this.file.name}: ${pill}. ${detail}`);
     return true;
@@ -255,6 +345,30 @@ class Card {
     }
     holder.hidden = false;
   }
+}
+
+// A completed photo's sizes: the owner's view (GET /photos/{id}: signed URLs for a private
+// photo) where the server gives one, else the ticket's own URLs. Asked once per photo.
+const details = new Map(); // photo id -> Promise of its sizes
+
+function photoSizes(ticket) {
+  if (!details.has(ticket.photo_id)) details.set(ticket.photo_id, ownerSizes(ticket));
+  return details.get(ticket.photo_id);
+}
+
+const urlOf = (size) => (typeof size === "string" ? size : size?.url);
+
+async function ownerSizes(ticket) {
+  const sizes = ticket.photo?.sizes ?? {};
+  let found = {};
+  try {
+    const response = await fetchWithGrant(`/photos/${ticket.photo_id}`, { headers: JSON_HEADERS });
+    if (response.ok) found = (await response.json()).sizes ?? {};
+  } catch {
+    // offline for a moment: the ticket's URLs will do
+  }
+  const merged = Object.entries(sizes).map(([name, size]) => [name, { ...size, url: urlOf(found[name]) ?? size.url }]);
+  return Object.fromEntries(merged);
 }
 
 function describe(ticket) {
@@ -336,6 +450,7 @@ function send(card) {
     xhr.open("POST", "/photos");
     xhr.setRequestHeader("Idempotency-Key", card.key);
     xhr.setRequestHeader("Accept", "application/json");
+    for (const [name, value] of Object.entries(grant.headers())) xhr.setRequestHeader(name, value);
     xhr.responseType = "json";
     xhr.upload.addEventListener("progress", (e) => e.lengthComputable && card.progress(e.loaded / e.total));
     xhr.upload.addEventListener("load", () => card.progress(1));
@@ -351,8 +466,13 @@ function send(card) {
 
 async function upload(card) {
   card.uploading();
+  await grant.ready();
   const result = await send(card);
-  if ((result.status === 202 || result.status === 200) && result.body?.id) {
+  if (result.status === 401 && card.renewals++ < 1 && (await grant.refused(problemText(result)))) {
+    uploads.add(card); // a fresh grant came: the same key again, so still one photo
+  } else if (result.status === 401) {
+    card.fail(`Not signed in: ${problemText(result)}`);
+  } else if ((result.status === 202 || result.status === 200) && result.body?.id) {
     render(card, result.body);
     follow(card);
   } else if (result.status === 202 || result.status === 200) {
@@ -535,14 +655,15 @@ const gallery = {
     if (older) params.set("before", this.next);
     let page;
     try {
-      const response = await fetch(`/photos?${params}`, { headers: JSON_HEADERS });
+      const response = await fetchWithGrant(`/photos?${params}`, { headers: JSON_HEADERS });
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       page = await response.json();
     } catch {
       $("#gallery-status").textContent = "Recent photos could not be loaded; reload to try again.";
       return;
     }
-    const fresh = page.photos.filter((p) => !this.ids.has(p.id)).map((p) => this.tile(p.id, p.sizes));
+    const urls = (sizes) => Object.fromEntries(Object.entries(sizes).map(([n, s]) => [n, urlOf(s)]));
+    const fresh = page.photos.filter((p) => !this.ids.has(p.id)).map((p) => this.tile(p.id, urls(p.sizes)));
     $("#gallery").append(...fresh);
     if (older && fresh.length) $("a", fresh[0]).focus(); // keyboard users land on what is new
     this.next = page.next;
@@ -550,9 +671,11 @@ const gallery = {
     this.status();
   },
 
-  add(ticket) {
+  async add(ticket) {
     if (this.ids.has(ticket.photo_id) || !ticket.photo) return;
-    const urls = Object.fromEntries(Object.entries(ticket.photo.sizes).map(([n, s]) => [n, s.url]));
+    this.ids.add(ticket.photo_id); // now: a second answer about it must not add it twice
+    const sizes = await photoSizes(ticket);
+    const urls = Object.fromEntries(Object.entries(sizes).map(([n, s]) => [n, s.url]));
     $("#gallery").prepend(this.tile(ticket.photo_id, urls));
     this.status();
   },

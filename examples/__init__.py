@@ -1,0 +1,1 @@
+"""Runnable examples of what sits around imagepipe."""

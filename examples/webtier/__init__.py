@@ -1,0 +1,1 @@
+"""A toy web tier: signs people in, mints their grants, embeds the upload page."""
