@@ -22,6 +22,7 @@ from imagepipe import __version__
 from imagepipe.api import problems
 from imagepipe.api.edges import HeadAsGet, ResponseDefaults
 from imagepipe.api.limits import ConcurrencyLimit
+from imagepipe.api.polls import TicketPolls
 from imagepipe.api.routes import callbacks, docs, page, photos, polling, probes
 from imagepipe.api.services import Services
 from imagepipe.config import Settings
@@ -86,7 +87,9 @@ def create_app(settings: Settings, shared: SharedServices | None = None) -> Fast
     routes = PUBLIC_ROUTES if settings.callback_port else ROUTES
     if settings.environment != "production":  # the docs load Swagger UI and ReDoc from a CDN
         routes = (*routes, docs)
-    return _with_routes(app, routes, settings)
+    _with_routes(app, routes, settings)
+    app.add_middleware(TicketPolls)  # outermost: a poll skips everything it does not need
+    return app
 
 
 def create_callback_app(settings: Settings, shared: SharedServices | None = None) -> FastAPI:
