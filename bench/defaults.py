@@ -31,11 +31,11 @@ from typing import Any
 
 import httpx
 
-from bench import inputs, latency, throughput
+from bench import inputs, latency, profile, throughput
 from bench.inputs import Photo
 from bench.ladder import vips_ladder
 from bench.model import Row, table
-from bench.stack import Stack, upload, wait_for
+from bench.stack import Stack, cpu_s, upload, wait_for
 from bench.stats import percentile, summarize
 from imagepipe.stack.net import free_port
 
@@ -196,12 +196,39 @@ async def _stack_rate(
         await stack.wait_ready()
         warm = [await upload(client, p.data) for p in photos]
         await wait_for(client, warm, backup=True)
-        before = throughput._cpu_by_role(stack)
+        before = _cpu(stack)
         started = time.monotonic()
-        ids = await _upload_many(stack, photos, count)
-        done = await wait_for(client, ids, backup=True, timeout_s=60 + count * 8, poll_s=0.25)
-        after = throughput._cpu_by_role(stack)
+        done = await _batch(stack, client, photos, count)
+        after = _cpu(stack)
     return count / (done - started), throughput._per_photo(before, after, count)
+
+
+async def _batch(
+    stack: Stack, client: httpx.AsyncClient, photos: Sequence[Photo], count: int
+) -> float:
+    ids = await _upload_many(stack, photos, count)
+    return await wait_for(client, ids, backup=True, timeout_s=60 + count * 8, poll_s=0.25)
+
+
+def _cpu(stack: Stack) -> dict[str, float]:
+    """CPU seconds so far by process, the catalog's PostgreSQL (and its backends) too."""
+    used = throughput._cpu_by_role(stack)
+    postgres = stack.servers.postgres
+    if postgres is not None and postgres.pid:
+        used["postgres (catalog)"] = cpu_s(postgres.pid)
+    return used
+
+
+def profile_pass(stack: Stack, photos: Sequence[Photo], count: int) -> list[str]:
+    """Another batch with every role sampled by py-spy: the table of where CPU goes."""
+
+    async def run() -> None:
+        async with httpx.AsyncClient(base_url=stack.url, timeout=60) as client:
+            await _batch(stack, client, photos, count)
+
+    with profile.profiled({role: stack.pid(role) for role in ROLES}) as found:
+        asyncio.run(run())
+    return profile.lines(found)
 
 
 def throughput_row(stack: Stack, photos: Sequence[Photo], count: int) -> Row:
@@ -209,6 +236,7 @@ def throughput_row(stack: Stack, photos: Sequence[Photo], count: int) -> Row:
     anchors = [vips_rate(photos, count)]
     with _roles(stack, *ROLES):
         rate, cpu = asyncio.run(_stack_rate(stack, photos, count))
+        profiled = profile_pass(stack, photos, max(len(photos), count // 2))
     anchors.append(vips_rate(photos, count))
     anchor = statistics.median(anchors)
     ratio = rate / anchor
@@ -225,6 +253,7 @@ def throughput_row(stack: Stack, photos: Sequence[Photo], count: int) -> Row:
             ],
         ),
         f"\n{count} uploads ({UPLOADERS} at a time) rotating over {_describe(photos)}.",
+        *profiled,
     ]
     return Row(
         13,
