@@ -22,9 +22,18 @@ from imagepipe.tickets import TicketStore
 from imagepipe.worker.sandbox import DecodePool
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a container's or taskset's
+    cpuset), not the host's count, which may be far larger."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
 def concurrency(settings: Settings) -> int:
-    """Decode slots in this worker process: one per core unless configured."""
-    return settings.worker_concurrency or os.cpu_count() or 1
+    """Decode slots in this worker process: one per usable core unless configured."""
+    return settings.worker_concurrency or usable_cores()
 
 
 @dataclass
