@@ -22,7 +22,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from imagepipe import backoff, keys, metrics
+from imagepipe import backoff, keys, loopwatch, metrics
 from imagepipe.catalog.engine import create_engine
 from imagepipe.catalog.migrate import require_current_schema
 from imagepipe.catalog.photos import PhotoCatalog
@@ -225,6 +225,7 @@ async def _main(settings: Settings) -> None:
     helpers = [
         asyncio.create_task(audit_periodically(settings, redis, catalog, primary, backup)),
         asyncio.create_task(refresh_gauges_periodically(redis)),
+        asyncio.create_task(loopwatch.watch(settings.loop_stall_ms, "replicator")),
     ]
     runner = asyncio.create_task(replicator.run())
     loop = asyncio.get_running_loop()

@@ -6,6 +6,7 @@ reads ``deps(ctx).primary`` instead of an untyped ``ctx["primary"]``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 from typing import Any, cast
@@ -13,7 +14,7 @@ from typing import Any, cast
 import httpx
 from arq.connections import ArqRedis
 
-from imagepipe import metrics
+from imagepipe import loopwatch, metrics
 from imagepipe.config import Settings
 from imagepipe.connections import check_redis_policy
 from imagepipe.storage import Storage
@@ -82,10 +83,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     """arq on_startup: build the WorkerDeps of this process."""
     settings: Settings = ctx["settings"]
     ctx["deps"] = await WorkerDeps.start(settings, ctx["redis"])
+    ctx["loopwatch"] = asyncio.create_task(loopwatch.watch(settings.loop_stall_ms, "worker"))
     metrics.serve(settings.metrics_port, settings.metrics_host)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     """arq on_shutdown: close what startup made; safe to call twice."""
+    if "loopwatch" in ctx:
+        ctx.pop("loopwatch").cancel()
     if "deps" in ctx:
         await ctx.pop("deps").close()
