@@ -26,7 +26,7 @@ async def test_a_blocked_event_loop_is_logged(caplog: pytest.LogCaptureFixture) 
     caplog.set_level(logging.WARNING, logger="imagepipe.loopwatch")
     async with loopwatch.watching(10, "test"):
         await asyncio.sleep(0.03)
-        time.sleep(0.08)  # a synchronous call holding the loop
+        time.sleep(0.08)  # noqa: ASYNC251 - the point: a synchronous call holding the loop
         await asyncio.sleep(0.03)
     # a busy machine may add short stalls of its own; the long one is there, as long as it was
     stalls = [int(r.getMessage().split()[4]) for r in caplog.records]
