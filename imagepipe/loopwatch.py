@@ -1,8 +1,9 @@
 """Event-loop stalls: a blocked loop delays every request in the process, so say when.
 
-`watch` runs beside a role's work: it sleeps a short tick again and again, and a wake-up
-later than the tick by more than the threshold means something held the loop (a hash, a
-parse, a synchronous call) that long at least. Each stall is logged at WARNING and counted
+`watch` runs beside a role's work: it sleeps a tick as long as the threshold again and
+again, and a wake-up later than the tick by more than the threshold means something held
+the loop (a hash, a parse, a synchronous call) that long at least; a stall of twice the
+threshold is always seen. Each stall is logged at WARNING and counted
 (`imagepipe_event_loop_stalls_total`); a tick costs a few microseconds.
 """
 
@@ -22,7 +23,7 @@ async def watch(threshold_ms: int, role: str) -> None:
     """Forever: log every stall of the running loop past ``threshold_ms`` (0: never)."""
     if threshold_ms <= 0:
         return
-    loop, tick = asyncio.get_running_loop(), threshold_ms / 2000  # half the threshold
+    loop, tick = asyncio.get_running_loop(), threshold_ms / 1000  # any stall of two ticks shows
     while True:
         before = loop.time()
         await asyncio.sleep(tick)
