@@ -116,6 +116,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     metrics_port: int = Field(default=0, ge=0)  # worker/replicator /metrics port; 0 = off
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 only where a scraper on another host needs it
+    loop_stall_ms: int = Field(default=10, ge=0)  # log event-loop stalls past this; 0 = off
 
     # -- Redis / Valkey ------------------------------------------------------------
     redis_url: str | None = None  # unset: `imagepipe dev` starts the embedded Valkey
