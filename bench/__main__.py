@@ -42,11 +42,15 @@ class Plan:
     catalog_samples: int
     audit_photos: int  # row 11: this many, then 10 times as many
     audit_changed: int
+    user_batch: int  # row 13
+    user_samples: int  # row 14
 
 
-FULL = Plan(7, 24, 15, 8.0, 40, 3.0, 30.0, 60.0, 200 * 2**20, 10_000, 1_000_000, 2000, 10_000, 100)
-QUICK = Plan(3, 6, 3, 1.5, 8, 0.75, 2.0, 3.0, 16 * 2**20, 300, 5_000, 200, 500, 10)
-ALL_ROWS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
+FULL = Plan(
+    7, 24, 15, 8.0, 40, 3.0, 30.0, 60.0, 200 * 2**20, 10_000, 1_000_000, 2000, 10_000, 100, 48, 16
+)
+QUICK = Plan(3, 6, 3, 1.5, 8, 0.75, 2.0, 3.0, 16 * 2**20, 300, 5_000, 200, 500, 10, 4, 2)
+ALL_ROWS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
 
 
 def _photos(quick: bool) -> dict[str, inputs.Photo]:
@@ -80,7 +84,9 @@ def run(rows: tuple[int, ...], quick: bool) -> list[Row]:
 def _stack_rows(
     rows: tuple[int, ...], stack: Stack, plan: Plan, photos: dict[str, inputs.Photo]
 ) -> Iterator[Row]:
-    from bench import accept, catalog, latency, memory, polling, replication, throughput
+    from bench import accept, catalog, defaults, latency, memory, polling, replication, throughput
+
+    user = defaults.user_photos(plan is QUICK)
 
     steps: list[tuple[tuple[int, ...], Callable[[], Row | tuple[Row, ...]]]] = [
         ((2, 3), lambda: throughput.rows(stack, photos["photo"], plan.batch)),
@@ -92,6 +98,10 @@ def _stack_rows(
         ((9,), lambda: catalog.valkey_row(stack, plan.valkey_photos)),
         ((10,), lambda: catalog.catalog_row(stack, plan.catalog_photos, plan.catalog_samples)),
         ((11,), lambda: catalog.audit_row(stack, plan.audit_photos, plan.audit_changed)),
+        ((12,), lambda: defaults.poll_row(stack, user[0], plan.poll_s)),
+        ((13,), lambda: defaults.throughput_row(stack, user, plan.user_batch)),
+        ((14,), lambda: defaults.latency_row(stack, user, plan.user_samples)),
+        ((15,), lambda: defaults.accept_row(stack, user, plan.accept_s)),
     ]
     for numbers, step in steps:
         if set(numbers) & set(rows):

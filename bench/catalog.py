@@ -97,13 +97,17 @@ async def fill(catalog: PhotoCatalog, count: int) -> list[str]:
     return ids
 
 
-async def timed(call: Callable[[], Awaitable[Any]], samples: int) -> list[float]:
-    """Wall-clock ms of each call."""
-    found = []
+async def timed(
+    calls: dict[str, Callable[[], Awaitable[Any]]], samples: int
+) -> dict[str, list[float]]:
+    """Wall-clock ms of each call, taken round-robin: a burst of load on this shared machine
+    lands on every query alike, not on whichever one ran during it."""
+    found: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(samples):
-        began = time.perf_counter()
-        await call()
-        found.append((time.perf_counter() - began) * 1000)
+        for name, call in calls.items():
+            began = time.perf_counter()
+            await call()
+            found[name].append((time.perf_counter() - began) * 1000)
     return found
 
 
@@ -120,19 +124,19 @@ async def catalog_timings(
     picks = iter(ids[:: max(1, len(ids) // samples)] * 2)
     deep = (await catalog.page(None, 24))[-1]
     cursor = Cursor(deep.completed_at, deep.photo_id)
-    return {
-        "SELECT 1": await timed(lambda: select_one(engine), samples),
-        "gallery, first page (24)": await timed(lambda: catalog.page(None, 24), samples),
-        "gallery, a next page (24)": await timed(lambda: catalog.page(cursor, 24), samples),
-        "photo lookup": await timed(lambda: catalog.manifest(next(picks)), samples),
-        "backup state of a photo": await timed(lambda: catalog.backup_state(next(picks)), samples),
-        "insert on callback": await timed(
-            lambda: catalog.completed(
+    return await timed(
+        {
+            "SELECT 1": lambda: select_one(engine),
+            "gallery, first page (24)": lambda: catalog.page(None, 24),
+            "gallery, a next page (24)": lambda: catalog.page(cursor, 24),
+            "photo lookup": lambda: catalog.manifest(next(picks)),
+            "backup state of a photo": lambda: catalog.backup_state(next(picks)),
+            "insert on callback": lambda: catalog.completed(
                 manifest(new_photo_id(), time.time()), manifest_file("x" * 20)
             ),
-            samples,
-        ),
-    }
+        },
+        samples,
+    )
 
 
 async def _catalog_row(stack: Stack, count: int, samples: int) -> Row:

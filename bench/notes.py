@@ -143,14 +143,16 @@ API process saturates at one over its CPU per request, measured from /proc. The 
 seen are bound by the clients (Python, same process, same cores), so they understate the
 difference; a native load generator would show the capacity ratio.
 
-**Reading.** The `Services` dependency is `async def` (FastAPI runs a plain `def` one in its
-thread pool on every request); the queue depth behind `Retry-After` is read at most every
-so often per process, and the ETag is built from the ticket's id, `version` and backup
-state, so a conditional request is answered without building the body. A poll still costs
-two sequential Redis round trips (the ticket, then the backup state of the objects it
-names), a pydantic model and FastAPI's request handling, which the bare endpoint mostly
-skips. **Still open:** one round trip for both reads (a Lua script that reads the ticket and
-its objects' states together), orjson.
+**Reading.** Polls no longer reach FastAPI: `api.polls.TicketPolls`, the outermost
+middleware, answers `GET`/`HEAD /tickets/{id}` from the ticket's *view*, the response body
+the web tier writes beside the ticket in the same transaction (split around the backup
+state, which the replicator changes without touching the ticket). One Lua script reads the
+view, checks that the ticket still exists and computes the backup state from the photo's
+backup hash, so a poll or a Not Modified is one Valkey round trip and no model, no JSON encoding, no
+routing. A ticket without a view (written by an older version, restored by the audit) and
+every error go on to the route, which answers the same bytes and ETag. Row 12 measures the
+same thing from outside with a native-speed client. **Still open:** the many-ticket poll
+(`?ids=`) still reads each ticket's backup state in a round trip of its own.
 """,
     7: """
 **How.** Whole stack; small photos, so the upload rate stays within what the machine can
@@ -173,5 +175,71 @@ body streams to a temp file while being hashed, so it never sits in memory. The 
 is a real `sandbox.DecodePool` slot (the worker's, with its memory cap); its high-water mark
 is reset just before it renders the large photo, which it decodes at a reduced scale thanks
 to shrink-on-load.
+""",
+    12: """
+**How.** What a user of the defaults gets, measured from outside: `imagepipe api`, `worker`
+and `replicator`, one each, with their default settings (INFO logs; decode slots from the
+cores this process may use) beside the embedded Valkey, PostgreSQL and rclone S3. The load
+comes from `bench.wrk`, a keep-alive HTTP client on uvloop in a process of its own, so the
+client, not the server, no longer sets the rate (row 6's clients share the benchmark's own
+event loop). Passes interleave `/healthz`, a completed and backed-up ticket, and its Not
+Modified answer; each pass's rate is divided by the `/healthz` pass beside it.
+
+**Why row 6 read differently.** Row 6 divides API CPU per request, measured while Python
+clients in the same process capped the rate; a wrk-like client counts the whole request
+path (Valkey round trips, the event loop's own work per connection), which is what a user
+sees. Both now read the fast path described under row 6.
+""",
+    13: """
+**How.** The largest photos of the corpus (real phone and camera JPEGs, with EXIF
+orientation, ICC profiles and GPS), uploaded by a few concurrent clients to the whole stack
+with default settings; the time runs from the first upload to the last ticket whose every
+object is verified on backup. The anchor is libvips (one thread per process, one process per
+core) making the same ladders, before and after. The CPU table adds the catalog's
+PostgreSQL, which rows 2 and 3 leave out; the profile comes from a pass of its own under
+py-spy (sampling costs CPU), each sample filed under the package its innermost frame is in.
+
+**Why it differs from row 3.** Row 3's ceiling is imagepipe's own imaging in Pillow, timed
+as CPU share; here the ceiling is libvips on real photos, timed by the wall clock: every
+millisecond the other roles spend is a millisecond the decode children do not get on a
+machine this small. **Where the CPU goes.** The decode children are most of it (Pillow's
+decode and resize, the worker profile's largest package); then the replicator (boto3 signs
+every PUT with a SHA256 of its body and the server checks its MD5: hashing, signing and a
+thread hop per object), the API (accepting each upload, then applying two callbacks with a
+manifest write and catalog statements), the worker's own process (reading the original,
+pickling it to the child and the renditions back, an fsynced write per size, two signed
+callbacks) and rclone serving the copies. What was done: hashing moved into the writing
+thread, the replicator reads each small object whole and hashes and PUTs it in one thread
+hop without botocore's extra CRC32. **Still open:** the replicator and rclone belong on
+other machines in production; fold `processing.started` into a ticket update the worker
+makes itself; batch the completion callbacks; hash derivatives once, in the child.
+""",
+    14: """
+**How.** One photo at a time on the idle default stack, rotating over the same photos as
+row 13; a tight poller and an event stream watch each ticket. Each sample is paired with
+libvips making that photo's ladder in this process just before it, and the verdict is the
+median of the differences.
+
+**Reading.** The pipeline's own part is the upload's answer, the queue pick-up, the hop to
+the decode child and back, one fsynced write per size and the completion callback. On two
+shared cores the replicator copying the original, the observers' polling and the other
+tenants run during the render too, so the job itself takes longer than the anchor alone.
+**Still open:** an inline `processing.started` (one round trip less while rendering), and
+renditions written while the next one is being encoded.
+""",
+    15: """
+**How.** The accept path with default settings, the way a user runs it: the API and the
+replicator (which copies every accepted original to backup as it arrives), the worker
+stopped so the queue only grows. `bench.wrk` posts raw bodies rotating over the same photos:
+a closed loop of sixteen connections finds the capacity, then an open loop at half that rate
+times each request from its scheduled start (no coordinated omission).
+
+**Reading.** The tail is queueing for a CPU: at half capacity the one API process is busy
+half the time, while the replicator (hashing and signing each copy), rclone, Valkey and the
+load generator share the same two cores, and a request that arrives while another's body is
+being received waits in the single event loop. Hashing no longer runs on the event loop
+(it moved into the thread that writes), and stalls of the loop past
+`IMAGEPIPE_LOOP_STALL_MS` are logged, so a long tail can be traced to its cause. **Still
+open:** one API process per usable core (the many-process API is not built yet).
 """,
 }

@@ -133,6 +133,7 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 only where a scraper on another host needs it
     # web tiers whose pages may frame the upload page and hand it a grant (postMessage)
     page_embed_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    loop_stall_ms: int = Field(default=10, ge=0)  # log event-loop stalls past this; 0 = off
 
     # -- Redis / Valkey ------------------------------------------------------------
     redis_url: str | None = None  # unset: `imagepipe dev` starts the embedded Valkey

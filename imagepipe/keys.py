@@ -24,6 +24,12 @@ def ticket(ticket_id: str) -> str:
     return f"{PREFIX}ticket:{ticket_id}"
 
 
+def ticket_view(ticket_id: str) -> str:
+    """The ticket as polls answer it: the response body around its backup state, with what
+    an ETag and that state are made of (written with the ticket, read by `api.polls`)."""
+    return f"{PREFIX}ticket-view:{ticket_id}"
+
+
 def ticket_channel(ticket_id: str) -> str:
     """Pub/sub channel announcing a ticket's changes (for the event stream)."""
     return f"{PREFIX}ticket-events:{ticket_id}"

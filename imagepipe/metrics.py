@@ -34,6 +34,9 @@ REPLICATION_COPIES = Counter(
     "imagepipe_replication_copies_total", "Backup copies attempted, by outcome", ["outcome"]
 )
 REPLICATION_BYTES = Counter("imagepipe_replication_bytes_total", "Bytes copied to backup")
+LOOP_STALLS = Counter(
+    "imagepipe_event_loop_stalls_total", "Event loop blocked past the threshold", ["role"]
+)
 
 QUEUE_DEPTH = Gauge("imagepipe_queue_depth", "Jobs waiting, by lane", ["lane"])
 QUEUE_OLDEST = Gauge("imagepipe_queue_oldest_age_seconds", "Age of the oldest queued job", ["lane"])

@@ -4,6 +4,10 @@
 
 A ticket only moves forward; a terminal ticket never changes. Every change bumps `version`
 (the ETag and the SSE event id) and is announced on the ticket's pub/sub channel.
+
+A store given a ``render`` (the web tier's) also keeps each ticket's poll view beside it,
+written in the same transaction and expiring with it, so a poll is one read of Valkey
+(`api.polls`). A store without one (the audit's) drops a view it cannot rewrite.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ EVENT_STATUS = {
 }
 
 Extra = Callable[[Pipeline, Ticket], None]
+Render = Callable[[Ticket], bytes]  # a ticket's poll view, as `keys.ticket_view` holds it
 
 
 def advance(ticket: Ticket, event: CallbackEvent) -> Ticket | None:
@@ -64,9 +69,19 @@ def _upright(event: CallbackEvent) -> dict[str, int]:
 class TicketStore:
     """Tickets in Redis, kept for the published retention."""
 
-    def __init__(self, redis: Redis, retention_s: int) -> None:
+    def __init__(self, redis: Redis, retention_s: int, render: Render | None = None) -> None:
         self.redis = redis
         self.retention_s = retention_s
+        self.render = render
+
+    def _write_view(self, pipe: Pipeline, ticket: Ticket, ttl_ms: int, nx: bool = False) -> None:
+        """The ticket's poll view, expiring with it; without a renderer (or a TTL to give it),
+        no view, never a stale one."""
+        view = keys.ticket_view(ticket.id)
+        if self.render is None or ttl_ms <= 0:
+            pipe.delete(view)
+        else:
+            pipe.set(view, self.render(ticket), px=ttl_ms, nx=nx)
 
     def create(self, pipe: Pipeline, ticket: Ticket) -> None:
         """Write a new ticket (and the photo -> ticket link) inside the caller's transaction."""
@@ -74,6 +89,7 @@ class TicketStore:
         # resets it; ticket ids are random, so only that retry can name an existing one
         pipe.set(keys.ticket(ticket.id), ticket.model_dump_json(), ex=self.retention_s, nx=True)
         pipe.set(keys.photo_ticket(ticket.photo_id), ticket.id, ex=self.retention_s)
+        self._write_view(pipe, ticket, self.retention_s * 1000, nx=True)
 
     async def restore(self, ticket: Ticket, ttl_s: int) -> bool:
         """Put back a ticket Redis lost, for the ``ttl_s`` of retention it had left.
@@ -83,7 +99,10 @@ class TicketStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.ticket(ticket.id), ticket.model_dump_json(), ex=ttl_s, nx=True)
             pipe.set(keys.photo_ticket(ticket.photo_id), ticket.id, ex=ttl_s, nx=True)
-            created, _ = await pipe.execute()
+            # whichever ticket is there now, a view of it left from before is not to be
+            # trusted: polls read the ticket itself until its next change writes a view
+            pipe.delete(keys.ticket_view(ticket.id))
+            created, *_ = await pipe.execute()
         return bool(created)
 
     async def get(self, ticket_id: str) -> Ticket:
@@ -129,12 +148,14 @@ class TicketStore:
         raw = await pipe.get(key)
         if raw is None:
             raise NotFound("no such ticket")
+        ttl_ms = int(await pipe.pttl(key)) if self.render else 0  # the view expires with it
         updated = advance(Ticket.model_validate_json(raw), event)
         if updated is None:
             await pipe.unwatch()  # type: ignore[no-untyped-call]
             return None
         pipe.multi()  # type: ignore[no-untyped-call]
         pipe.set(key, updated.model_dump_json(), keepttl=True)
+        self._write_view(pipe, updated, ttl_ms)
         if extra is not None:
             extra(pipe, updated)
         pipe.publish(keys.ticket_channel(updated.id), str(updated.version))

@@ -99,6 +99,18 @@ def test_stack_rows_report_their_samples(quick: tuple[list[dict[str, Any]], str]
     assert rows[8]["api_peak_mb"] >= rows[8]["api_baseline_mb"] > 0
 
 
+def test_the_rows_of_the_defaults_report_their_samples(
+    quick: tuple[list[dict[str, Any]], str],
+) -> None:
+    rows = {r["number"]: r["data"] for r in quick[0]}
+    assert set(rows[12]["per_s"]) == {"bare", "ticket", "ticket 304"}
+    assert all(len(rates) == 3 and min(rates) > 0 for rates in rows[12]["per_s"].values())
+    assert rows[13]["per_s"] > 0 and len(rows[13]["anchor_per_s"]) == 2
+    assert rows[13]["cpu_ms"]["decode children"] > 0 and "postgres (catalog)" in rows[13]["cpu_ms"]
+    assert {"libvips", "accepted", "polled", "pushed", "job"} <= set(rows[14]["samples_ms"][0])
+    assert rows[15]["closed"]["latencies_ms"] and rows[15]["open"]["latencies_ms"]
+
+
 def test_the_report_s_prose_quotes_only_what_this_run_measured(
     quick: tuple[list[dict[str, Any]], str],
 ) -> None:

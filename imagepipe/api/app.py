@@ -18,10 +18,11 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.config import STARTUP_FAILURE
 
-from imagepipe import __version__
+from imagepipe import __version__, loopwatch
 from imagepipe.api import problems
 from imagepipe.api.edges import HeadAsGet, ResponseDefaults
 from imagepipe.api.limits import ConcurrencyLimit
+from imagepipe.api.polls import TicketPolls
 from imagepipe.api.routes import callbacks, docs, page, photos, polling, probes
 from imagepipe.api.services import Services
 from imagepipe.config import Settings
@@ -39,6 +40,7 @@ class SharedServices:
         self._lock = asyncio.Lock()
         self._users = 0
         self._services: Services | None = None
+        self._watch: asyncio.Task[None] | None = None  # the event-loop watcher
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
@@ -46,6 +48,8 @@ class SharedServices:
         async with self._lock:
             if self._services is None:
                 self._services = await Services.start(self.settings)
+                stall_ms = self.settings.loop_stall_ms
+                self._watch = asyncio.create_task(loopwatch.watch(stall_ms, "api"))
             self._users += 1
         app.state.services = self._services
         try:
@@ -55,6 +59,8 @@ class SharedServices:
                 self._users -= 1
                 if self._users == 0 and self._services is not None:
                     services, self._services = self._services, None
+                    if self._watch is not None:
+                        self._watch.cancel()
                     await services.stop()
 
 
@@ -86,7 +92,9 @@ def create_app(settings: Settings, shared: SharedServices | None = None) -> Fast
     routes = PUBLIC_ROUTES if settings.callback_port else ROUTES
     if settings.environment != "production":  # the docs load Swagger UI and ReDoc from a CDN
         routes = (*routes, docs)
-    return _with_routes(app, routes, settings)
+    _with_routes(app, routes, settings)
+    app.add_middleware(TicketPolls)  # outermost: a poll skips everything it does not need
+    return app
 
 
 def create_callback_app(settings: Settings, shared: SharedServices | None = None) -> FastAPI:

@@ -14,6 +14,7 @@ from imagepipe import keys
 from imagepipe.api.events import TicketEvents
 from imagepipe.api.idempotency import IdempotencyKeys
 from imagepipe.api.indexing import PhotoIndex
+from imagepipe.api.polls import render_view
 from imagepipe.catalog.engine import create_engine
 from imagepipe.catalog.migrate import require_current_schema
 from imagepipe.catalog.photos import PhotoCatalog
@@ -60,7 +61,7 @@ class Services:
         events = TicketEvents(redis)
         await events.start()
         primary = primary_storage(settings)
-        tickets = TicketStore(redis, settings.ticket_retention_s)
+        tickets = TicketStore(redis, settings.ticket_retention_s, render=render_view)
         return cls(
             settings=settings,
             redis=redis,

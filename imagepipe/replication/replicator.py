@@ -22,7 +22,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from imagepipe import backoff, keys, metrics
+from imagepipe import backoff, keys, loopwatch, metrics
 from imagepipe.catalog.engine import create_engine
 from imagepipe.catalog.migrate import require_current_schema
 from imagepipe.catalog.photos import PhotoCatalog
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 CLAIM_BLOCK_MS = 1000
 GAUGE_REFRESH_S = 5.0
 RECLAIM_EVERY_S = 10.0
+SMALL_COPY_BYTES = 8 * 2**20  # copies up to this size are read whole (times the concurrency)
 
 
 class VerificationFailed(StorageError):
@@ -52,7 +53,11 @@ async def copy_verified(primary: Storage, backup: Storage, key: str) -> int:
     The proof is the store's own when it gives one (S3 checks the PUT's Content-MD5 and
     answers with the MD5 of what it stored); otherwise the copy is read back and hashed.
     """
-    written = await backup.put(key, primary.open(key))
+    whole = await primary.read_small(key, SMALL_COPY_BYTES)
+    if whole is not None:  # read in one go, hashed and sent in one thread hop
+        written = await backup.put_bytes(key, whole)
+    else:
+        written = await backup.put(key, primary.open(key))
     if written.confirmed:
         return written.size
     copy_sha = await backup.sha256(key)
@@ -220,6 +225,7 @@ async def _main(settings: Settings) -> None:
     helpers = [
         asyncio.create_task(audit_periodically(settings, redis, catalog, primary, backup)),
         asyncio.create_task(refresh_gauges_periodically(redis)),
+        asyncio.create_task(loopwatch.watch(settings.loop_stall_ms, "replicator")),
     ]
     runner = asyncio.create_task(replicator.run())
     loop = asyncio.get_running_loop()

@@ -101,6 +101,11 @@ class Storage(ABC):
         """The whole object in memory (for small objects and images the worker decodes)."""
         return b"".join([chunk async for chunk in self.open(key)])
 
+    async def read_small(self, key: str, limit: int) -> bytes | None:
+        """The whole object if it is at most ``limit`` bytes and reading it whole is cheap
+        here; None means stream it with `open` instead (the default)."""
+        return None
+
     async def put_bytes(self, key: str, data: bytes, *, create_only: bool = False) -> ObjectInfo:
         """Store a bytes value (manifests, derivatives)."""
         return await self.put(key, _single(data), create_only=create_only)

@@ -20,7 +20,7 @@ import stat
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from imagepipe.storage.base import (
     CHUNK_SIZE,
@@ -64,13 +64,14 @@ class FilesystemStorage(Storage):
         digest, size, pending = hashlib.sha256(), 0, bytearray()
         try:
             async for chunk in chunks:
-                digest.update(chunk)
                 size += len(chunk)
                 pending += chunk
                 if len(pending) >= _WRITE_BATCH:
-                    await _io(key, file.write, pending)
+                    # hashed in the writing thread (hashlib lets go of the GIL): the event
+                    # loop only copies bytes, so other requests never wait on a hash
+                    await _io(key, _write, file, digest, pending)
                     pending.clear()
-            modified = await _io(key, _commit, file, pending, tmp, final, create_only)
+            modified = await _io(key, _commit, file, digest, pending, tmp, final, create_only)
             if modified is None:
                 raise ObjectExists(ObjectInfo(key=key, size=size, sha256=digest.hexdigest()))
         except BaseException:
@@ -92,6 +93,10 @@ class FilesystemStorage(Storage):
     async def read(self, key: str) -> bytes:
         """The whole file in one thread hop (the worker reads every original this way)."""
         return await _read(key, self.path(key).read_bytes)
+
+    async def read_small(self, key: str, limit: int) -> bytes | None:
+        """The whole file in one thread hop when it is at most ``limit`` bytes."""
+        return await _read(key, _read_up_to, self.path(key), limit)
 
     async def head(self, key: str) -> ObjectInfo:
         """Size and mtime from one stat (sha256 is not cheap here, so None)."""
@@ -189,11 +194,27 @@ def _make_dirs(folder: Path) -> None:
     _fsync_dir(folder.parent)
 
 
+def _write(file: io.BufferedWriter, digest: Any, data: bytearray) -> None:
+    digest.update(data)
+    file.write(data)
+
+
+def _read_up_to(path: Path, limit: int) -> bytes | None:
+    with path.open("rb") as file:
+        return file.read() if os.fstat(file.fileno()).st_size <= limit else None
+
+
 def _commit(
-    file: io.BufferedWriter, tail: bytearray, tmp: Path, final: Path, create_only: bool
+    file: io.BufferedWriter,
+    digest: Any,
+    tail: bytearray,
+    tmp: Path,
+    final: Path,
+    create_only: bool,
 ) -> float | None:
-    """Flush, fsync and publish the temp file; its mtime, or None if create_only found one."""
-    file.write(tail)
+    """Hash and write the tail, fsync and publish the temp file; its mtime, or None if
+    create_only found one."""
+    _write(file, digest, tail)
     file.flush()
     os.fsync(file.fileno())
     file.close()

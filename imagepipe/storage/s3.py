@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import io
 import secrets
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
@@ -77,6 +78,9 @@ class S3Storage(Storage):
             read_timeout=read_timeout_ms / 1000,
             retries={"mode": "standard"},
             signature_version="s3v4",
+            # every PUT carries Content-MD5 already: no CRC32 trailer computed besides it
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
             # Path-style (http://host/bucket/key): moto, rclone and MinIO need no DNS per bucket.
             s3={"addressing_style": "path"},
         )
@@ -108,6 +112,18 @@ class S3Storage(Storage):
             offered = ObjectInfo(key=key, size=size, sha256=sha256.hexdigest())
             confirmed = await self._store(spool, offered, md5.digest(), create_only)
         return ObjectInfo(key=key, size=size, sha256=offered.sha256, confirmed=confirmed)
+
+    async def put_bytes(self, key: str, data: bytes, *, create_only: bool = False) -> ObjectInfo:
+        """Bytes already in memory: hashed and uploaded in one thread hop, no spool."""
+        if create_only or len(data) > MULTIPART_THRESHOLD:
+            return await super().put_bytes(key, data, create_only=create_only)
+        return await self._call(key, self._put_whole, key, data)
+
+    def _put_whole(self, key: str, data: bytes) -> ObjectInfo:
+        md5 = hashlib.md5(data, usedforsecurity=False).digest()
+        offered = ObjectInfo(key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        confirmed = self._upload(io.BytesIO(data), offered, md5, False)
+        return ObjectInfo(key=key, size=len(data), sha256=offered.sha256, confirmed=confirmed)
 
     async def conditional_writes(self) -> bool:
         """Whether the server refuses a PUT with ``If-None-Match: *`` over an existing key."""

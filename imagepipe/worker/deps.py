@@ -6,6 +6,7 @@ reads ``deps(ctx).primary`` instead of an untyped ``ctx["primary"]``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 from typing import Any, cast
@@ -13,7 +14,7 @@ from typing import Any, cast
 import httpx
 from arq.connections import ArqRedis
 
-from imagepipe import metrics
+from imagepipe import loopwatch, metrics
 from imagepipe.config import Settings
 from imagepipe.connections import check_redis_policy
 from imagepipe.storage import Storage
@@ -22,9 +23,18 @@ from imagepipe.tickets import TicketStore
 from imagepipe.worker.sandbox import DecodePool
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a container's or taskset's
+    cpuset), not the host's count, which may be far larger."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
 def concurrency(settings: Settings) -> int:
-    """Decode slots in this worker process: one per core unless configured."""
-    return settings.worker_concurrency or os.cpu_count() or 1
+    """Decode slots in this worker process: one per usable core unless configured."""
+    return settings.worker_concurrency or usable_cores()
 
 
 @dataclass
@@ -73,10 +83,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     """arq on_startup: build the WorkerDeps of this process."""
     settings: Settings = ctx["settings"]
     ctx["deps"] = await WorkerDeps.start(settings, ctx["redis"])
+    ctx["loopwatch"] = asyncio.create_task(loopwatch.watch(settings.loop_stall_ms, "worker"))
     metrics.serve(settings.metrics_port, settings.metrics_host)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     """arq on_shutdown: close what startup made; safe to call twice."""
+    if "loopwatch" in ctx:
+        ctx.pop("loopwatch").cancel()
     if "deps" in ctx:
         await ctx.pop("deps").close()
