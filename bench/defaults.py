@@ -93,7 +93,7 @@ def wrk(stack: Stack, path: str, seconds: float, *args: str) -> Load:
 
 
 async def _completed_ticket(stack: Stack, photo: Photo) -> tuple[str, str]:
-    async with httpx.AsyncClient(base_url=stack.url, timeout=60) as client:
+    async with stack.client(60) as client:
         await stack.wait_ready()
         ticket_id = await upload(client, photo.data)
         await wait_for(client, [ticket_id], backup=True)
@@ -179,7 +179,7 @@ def vips_rate(photos: Sequence[Photo], count: int) -> float:
 async def _upload_many(stack: Stack, photos: Sequence[Photo], count: int) -> list[str]:
     turns = list(range(count))
     ids: list[str] = []
-    async with httpx.AsyncClient(base_url=stack.url, timeout=60) as client:
+    async with stack.client(60) as client:
 
         async def uploader() -> None:
             while turns:
@@ -192,7 +192,7 @@ async def _upload_many(stack: Stack, photos: Sequence[Photo], count: int) -> lis
 async def _stack_rate(
     stack: Stack, photos: Sequence[Photo], count: int
 ) -> tuple[float, dict[str, float]]:
-    async with httpx.AsyncClient(base_url=stack.url, timeout=60) as client:
+    async with stack.client(60) as client:
         await stack.wait_ready()
         warm = [await upload(client, p.data) for p in photos]
         await wait_for(client, warm, backup=True)
@@ -223,7 +223,7 @@ def profile_pass(stack: Stack, photos: Sequence[Photo], count: int) -> list[str]
     """Another batch with every role sampled by py-spy: the table of where CPU goes."""
 
     async def run() -> None:
-        async with httpx.AsyncClient(base_url=stack.url, timeout=60) as client:
+        async with stack.client(60) as client:
             await _batch(stack, client, photos, count)
 
     with profile.profiled({role: stack.pid(role) for role in ROLES}) as found:
@@ -286,7 +286,7 @@ async def _latencies(
     stack: Stack, photos: Sequence[Photo], samples: int, metrics: str
 ) -> list[dict[str, Any]]:
     results = []
-    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
+    async with stack.client(30) as client:
         await stack.wait_ready()
         await wait_for(client, [await upload(client, p.data) for p in photos], backup=True)
         for turn in range(samples):
@@ -346,6 +346,7 @@ def accept_loads(stack: Stack, photos: Sequence[Photo], seconds: float) -> tuple
             (Path(tmp) / f"{i}.jpg").write_bytes(photo.data)
             bodies += ["--body", str(Path(tmp) / f"{i}.jpg")]
         post = ("--method", "POST", "--header", "Content-Type: image/jpeg", "--ok", "202")
+        post += ("--header", f"Authorization: {stack.authorization}")
         asyncio.run(stack.wait_ready())
         wrk(stack, "/photos", 1, "--connections", "2", *post, *bodies)  # warm
         closed = wrk(stack, "/photos", seconds, "--connections", "16", *post, *bodies)

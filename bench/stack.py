@@ -70,9 +70,14 @@ class Stack:
             )
         )
 
+    @property
+    def authorization(self) -> str:
+        """The header a client sends: a grant, as a web tier would mint it."""
+        return f"Bearer {mint(GRANT_SECRET, 'bench', SCOPES, 3600)}"
+
     def client(self, timeout: float, **options: Any) -> httpx.AsyncClient:
-        """A client of this stack's API, sending a grant as a web tier would mint it."""
-        headers = {"Authorization": f"Bearer {mint(GRANT_SECRET, 'bench', SCOPES, 3600)}"}
+        """A client of this stack's API, sending a grant."""
+        headers = {"Authorization": self.authorization}
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout, **options)
 
     @classmethod
