@@ -346,8 +346,8 @@ def accept_loads(stack: Stack, photos: Sequence[Photo], seconds: float) -> tuple
             (Path(tmp) / f"{i}.jpg").write_bytes(photo.data)
             bodies += ["--body", str(Path(tmp) / f"{i}.jpg")]
         grant = f"Authorization: {stack.authorization}"
-        post = ("--method", "POST", "--header", "Content-Type: image/jpeg", "--header", grant)
-        post += ("--ok", "202")
+        post = ["--method", "POST", "--header", "Content-Type: image/jpeg", "--header", grant]
+        post += ["--ok", "202"]
         asyncio.run(stack.wait_ready())
         wrk(stack, "/photos", 1, "--connections", "2", *post, *bodies)  # warm
         closed = wrk(stack, "/photos", seconds, "--connections", "16", *post, *bodies)
