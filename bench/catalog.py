@@ -118,12 +118,14 @@ async def catalog_timings(
     """p99-ready samples of each read the roles make, and of SELECT 1 on the same pool."""
     catalog = PhotoCatalog(engine)
     picks = iter(ids[:: max(1, len(ids) // samples)] * 2)
-    deep = (await catalog.page(None, 24))[-1]
+    deep = (await catalog.page(None, 24, owner=""))[-1]
     cursor = Cursor(deep.completed_at, deep.photo_id)
     return {
         "SELECT 1": await timed(lambda: select_one(engine), samples),
-        "gallery, first page (24)": await timed(lambda: catalog.page(None, 24), samples),
-        "gallery, a next page (24)": await timed(lambda: catalog.page(cursor, 24), samples),
+        "gallery, first page (24)": await timed(lambda: catalog.page(None, 24, owner=""), samples),
+        "gallery, a next page (24)": await timed(
+            lambda: catalog.page(cursor, 24, owner=""), samples
+        ),
         "photo lookup": await timed(lambda: catalog.manifest(next(picks)), samples),
         "backup state of a photo": await timed(lambda: catalog.backup_state(next(picks)), samples),
         "insert on callback": await timed(
