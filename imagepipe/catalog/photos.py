@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import Select, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -159,6 +159,22 @@ def _object_row(photo_id: str, file: StoredFile, kind: str, now: datetime) -> di
     }
 
 
+def page_query(before: Cursor | None, limit: int, owner: str | None) -> Select[Any]:
+    """A page of ``owner``'s photos (index `photos_owner`), or with None of the public stream
+    (`photos_public`): keyset, no OFFSET scans."""
+    mine = photos.c.owner == owner if owner is not None else photos.c.visibility == "public"
+    query = (
+        select(photos.c.id, photos.c.completed_at, photos.c.visibility)
+        .where(photos.c.state == COMPLETED, mine)
+        .order_by(photos.c.completed_at.desc(), photos.c.id.desc())
+        .limit(limit)
+    )
+    if before is not None:
+        mark = tuple_(photos.c.completed_at, photos.c.id)
+        query = query.where(mark < tuple_(before.completed_at, before.photo_id))
+    return query
+
+
 class PhotoCatalog:
     """Photos and their objects in PostgreSQL."""
 
@@ -216,20 +232,10 @@ class PhotoCatalog:
     async def page(
         self, before: Cursor | None, limit: int, *, owner: str | None
     ) -> list[GalleryRow]:
-        """Completed photos, newest first, after ``before`` (keyset: no OFFSET scans):
-        ``owner``'s (index `photos_owner`), or with None the public stream (`photos_public`)."""
-        mine = photos.c.owner == owner if owner is not None else photos.c.visibility == "public"
-        query = (
-            select(photos.c.id, photos.c.completed_at, photos.c.visibility)
-            .where(photos.c.state == COMPLETED, mine)
-            .order_by(photos.c.completed_at.desc(), photos.c.id.desc())
-            .limit(limit)
-        )
-        if before is not None:
-            mark = tuple_(photos.c.completed_at, photos.c.id)
-            query = query.where(mark < tuple_(before.completed_at, before.photo_id))
+        """Completed photos, newest first, after ``before``: ``owner``'s, or with None the
+        public stream (`page_query`)."""
         async with session(self.engine) as db:
-            found = await db.execute(query)
+            found = await db.execute(page_query(before, limit, owner))
         return [GalleryRow(*row) for row in found]
 
     @reconnecting
