@@ -217,10 +217,21 @@ class Card {
     const [pill, detail] = describe(ticket);
     this.show(ticket.status, pill, detail);
     this.part(".detail").title = ticket.error ?? ""; // the server's own words, on hover
-    if (ticket.status === "completed") this.showPhoto(ticket.photo?.sizes ?? {});
+    if (ticket.status === "completed") this.loadPhoto(ticket);
     this.part(".backup").hidden = !(ticket.status === "completed" && ticket.backup === "completed");
     if (!isTerminal(before) && isTerminal(ticket)) announce(`${this.file.name}: ${pill}. ${detail}`);
     return true;
+  }
+
+  // A ticket's size URLs open public photos only: the owner's photo (links.photo) has
+  // signed ones for every size, private or public. Asked once per card.
+  async loadPhoto(ticket) {
+    if (this.photo) return;
+    this.photo = fetch(ticket.links.photo, { headers: JSON_HEADERS }).then((r) => (r.ok ? r.json() : null));
+    const photo = await this.photo.catch(() => null);
+    if (!photo) return;
+    this.showPhoto(photo.sizes);
+    gallery.add(photo);
   }
 
   showPhoto(sizes) {
@@ -375,7 +386,7 @@ async function upload(card) {
 const streams = { open: 0, work: "EventSource" in window };
 
 function render(card, ticket) {
-  if (card.update(ticket) && ticket.status === "completed") gallery.add(ticket);
+  card.update(ticket);
 }
 
 function follow(card) {
@@ -550,10 +561,10 @@ const gallery = {
     this.status();
   },
 
-  add(ticket) {
-    if (this.ids.has(ticket.photo_id) || !ticket.photo) return;
-    const urls = Object.fromEntries(Object.entries(ticket.photo.sizes).map(([n, s]) => [n, s.url]));
-    $("#gallery").prepend(this.tile(ticket.photo_id, urls));
+  add(photo) {
+    if (this.ids.has(photo.id)) return;
+    const urls = Object.fromEntries(Object.entries(photo.sizes).map(([n, s]) => [n, s.url]));
+    $("#gallery").prepend(this.tile(photo.id, urls));
     this.status();
   },
 
