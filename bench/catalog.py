@@ -122,13 +122,13 @@ async def catalog_timings(
     """p99-ready samples of each read the roles make, and of SELECT 1 on the same pool."""
     catalog = PhotoCatalog(engine)
     picks = iter(ids[:: max(1, len(ids) // samples)] * 2)
-    deep = (await catalog.page(None, 24))[-1]
+    deep = (await catalog.page(None, 24, owner=""))[-1]
     cursor = Cursor(deep.completed_at, deep.photo_id)
     return await timed(
         {
             "SELECT 1": lambda: select_one(engine),
-            "gallery, first page (24)": lambda: catalog.page(None, 24),
-            "gallery, a next page (24)": lambda: catalog.page(cursor, 24),
+            "gallery, first page (24)": lambda: catalog.page(None, 24, owner=""),
+            "gallery, a next page (24)": lambda: catalog.page(cursor, 24, owner=""),
             "photo lookup": lambda: catalog.manifest(next(picks)),
             "backup state of a photo": lambda: catalog.backup_state(next(picks)),
             "insert on callback": lambda: catalog.completed(

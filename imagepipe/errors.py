@@ -14,6 +14,7 @@
     ├── PayloadTooLarge                 413  too many bytes
     │   └── TooManyPixels               413  width × height × frames over the limit
     ├── UnsupportedMediaType            415  not an image of an allowed format
+    │   └── UnsupportedContentType      415  a body (a PATCH) that is not JSON
     ├── IdempotencyMismatch             422  same key, different content
     ├── ServiceOverloaded               503  queue too deep: shed load (with Retry-After)
     │   └── ServiceUnavailable          503  Redis, the catalog or primary storage unreachable
@@ -101,6 +102,10 @@ class TooManyPixels(PayloadTooLarge):
 
 class UnsupportedMediaType(ImagepipeError):
     status, title = 415, "Not a supported image"
+
+
+class UnsupportedContentType(UnsupportedMediaType):
+    title = "Unsupported content type"
 
 
 class IdempotencyMismatch(ImagepipeError):

@@ -46,6 +46,11 @@ def photo_backup(photo_id: str) -> str:
     return f"{PREFIX}photo:{photo_id}:backup"
 
 
+def photo_lock(photo_id: str) -> str:
+    """Held while a photo's manifest is rewritten (a change of visibility)."""
+    return f"{PREFIX}photo:{photo_id}:lock"
+
+
 def idempotency(key_digest: str) -> str:
     """An Idempotency-Key's reservation (by digest: keys are client-chosen text)."""
     return f"{PREFIX}idempotency:{key_digest}"

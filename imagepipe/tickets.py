@@ -13,6 +13,7 @@ written in the same transaction and expiring with it, so a poll is one read of V
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -126,6 +127,25 @@ class TicketStore:
         """The id of the ticket that made this photo, while it is retained."""
         raw = await self.redis.get(keys.photo_ticket(photo_id))
         return raw.decode() if isinstance(raw, bytes) else raw
+
+    async def revise(self, ticket_id: str, **facts: Any) -> None:
+        """Change facts of the photo that its ticket carries (visibility), keeping status,
+        version and TTL: nothing a client sees of the ticket changes. A gone ticket is left."""
+        key = keys.ticket(ticket_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        return
+                    revised = Ticket.model_validate_json(raw).model_copy(update=facts)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(key, revised.model_dump_json(), keepttl=True)
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue  # it moved on meanwhile: revise what it is now
 
     async def apply(self, event: CallbackEvent, extra: Extra | None = None) -> Ticket | None:
         """Apply a callback event atomically; returns the new ticket, or None if a no-op.

@@ -107,9 +107,10 @@ async def derivative_problems(
     http: httpx.AsyncClient, name: str, ticket: dict[str, Any]
 ) -> list[str]:
     """Fetch every size of a completed ticket: each a clean, nosniff, re-encoded JPEG."""
-    sizes = (ticket.get("photo") or {}).get("sizes") or {}
-    if not sizes:
+    if not (ticket.get("photo") or {}).get("sizes"):
         return [f"{name}: completed without sizes"]
+    # the owner's signed URLs (the ticket's plain ones open public photos only)
+    sizes = (await http.get(f"/photos/{ticket['photo_id']}")).json()["sizes"]
     problems = []
     for size, info in sizes.items():
         served = await http.get(info["url"])

@@ -144,7 +144,7 @@ async def test_a_manifest_alone_rebuilds_the_row(engine: AsyncEngine) -> None:
     row = await catalog.photo(t.photo_id)
     assert row is not None and row["state"] == COMPLETED and row["ticket_id"] == t.id
     assert row["completed_at"].timestamp() == 2e9
-    page = await catalog.page(None, 10)
+    page = await catalog.page(None, 10, owner="")
     assert [r.photo_id for r in page] == [t.photo_id]
 
 
@@ -169,7 +169,7 @@ async def test_the_gallery_pages_newest_first_without_repeats(engine: AsyncEngin
         # two photos completed in the same microsecond: the id breaks the tie
         await catalog.completed(manifest_of(t, completed_at=1e9 + n // 2), MANIFEST_FILE)
     seen, cursor = [], None
-    while page := await catalog.page(cursor, 3):
+    while page := await catalog.page(cursor, 3, owner=""):
         seen += [r.photo_id for r in page]
         cursor = Cursor(page[-1].completed_at, page[-1].photo_id)
     assert seen == list(reversed(ids))

@@ -119,7 +119,7 @@ async def check_derivatives(
     settings: Settings,  # type: ignore[type-arg]
 ) -> None:
     assert ticket["status"] == "completed", ticket
-    sizes = ticket["photo"]["sizes"]
+    sizes = (await client.get(f"/photos/{ticket['photo_id']}")).json()["sizes"]  # signed URLs
     for spec in settings.sizes:
         response = await client.get(sizes[spec.name]["url"])
         assert response.status_code == 200
@@ -136,5 +136,6 @@ async def check_derivatives(
 
 async def check_orientation(client: httpx.AsyncClient, ticket: dict) -> None:  # type: ignore[type-arg]
     """EXIF orientation 6 means 'rotate 90° clockwise to display': the marker ends top-right."""
-    response = await client.get(ticket["photo"]["sizes"]["m"]["url"])
+    photo = (await client.get(f"/photos/{ticket['photo_id']}")).json()
+    response = await client.get(photo["sizes"]["m"]["url"])
     assert images.red_corner(Image.open(io.BytesIO(response.content))) == "top-right"

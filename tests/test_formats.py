@@ -32,6 +32,8 @@ CHROME = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
 OLD_SAFARI = "image/png,image/svg+xml,image/*;q=0.8,video/*;q=0.8,*/*;q=0.5"
 FIREFOX_WEBP_ONLY = "image/webp,*/*"
 
+PUBLIC = {"visibility": "public"}  # sizes served by their plain URLs, cached for good
+
 
 def ladder(text: str = LADDER) -> tuple[SizeSpec, ...]:
     return Settings(**SECRETS, sizes=text).sizes
@@ -222,7 +224,9 @@ async def test_an_iphone_photo_is_served_in_the_format_each_browser_takes(
     http: httpx.AsyncClient, settings: Settings, redis: Redis
 ) -> None:
     sent = images.heic(800, 600, orientation=6)
-    accepted = await http.post("/photos", files={"file": ("IMG_0001.HEIC", sent, "image/heic")})
+    accepted = await http.post(
+        "/photos", params=PUBLIC, files={"file": ("IMG_0001.HEIC", sent, "image/heic")}
+    )
     assert accepted.status_code == 202, accepted.text
     ticket = accepted.json()
 
@@ -268,7 +272,9 @@ async def test_a_format_added_to_a_size_later_falls_back_until_the_audit_makes_i
 ) -> None:
     sent = images.avif(400, 300)
     ticket = (
-        await http.post("/photos", content=sent, headers={"content-type": "image/avif"})
+        await http.post(
+            "/photos", params=PUBLIC, content=sent, headers={"content-type": "image/avif"}
+        )
     ).json()
     await run_worker_burst(settings)
     # the operator adds AVIF to `t`; the photos already processed have only its WebP

@@ -42,10 +42,16 @@ def imagepipe(settings: Settings, *args: str) -> subprocess.CompletedProcess[byt
     )
 
 
+def unsigned(photo: dict[str, Any]) -> dict[str, Any]:
+    """The photo without its URLs' signatures (their expiry moves on with the clock)."""
+    sizes = {n: {**s, "url": s["url"].split("?")[0]} for n, s in photo["sizes"].items()}
+    return {**photo, "sizes": sizes}
+
+
 async def photos_seen(url: str, ids: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """Each photo's JSON, and the gallery's order."""
     async with httpx.AsyncClient(headers=bearer(), base_url=url, timeout=30) as http:
-        found = [(await http.get(f"/photos/{photo_id}")).json() for photo_id in ids]
+        found = [unsigned((await http.get(f"/photos/{photo_id}")).json()) for photo_id in ids]
         gallery = (await http.get("/photos", params={"limit": 100})).json()["photos"]
     return found, [p["id"] for p in gallery]
 

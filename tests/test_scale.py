@@ -92,7 +92,7 @@ async def upload_spread(fleet: Fleet) -> list[str]:
 
         async def one(n: int) -> str:
             data = images.jpeg(400 + 8 * n, 300)
-            url = f"{fleet.urls[n % 2]}/photos"
+            url = f"{fleet.urls[n % 2]}/photos?visibility=public"  # sizes by their plain URLs
             response = await http.post(url, content=data, headers={"content-type": "image/jpeg"})
             assert response.status_code == 202, response.text
             return str(response.json()["id"])

@@ -49,14 +49,18 @@ def needs(scope: str) -> Callable[[Request, ServicesDep], Awaitable[Grant]]:
     """A dependency: the caller's grant, which must carry ``scope``."""
 
     async def scoped(request: Request, services: ServicesDep) -> Grant:
-        grant = grant_of(request, services.settings)
-        if grant is None:
-            raise InvalidGrant("this request needs a grant: `Authorization: Bearer <grant>`")
-        if not grant.allows(scope):
-            raise Forbidden(f"the grant does not carry the {scope} scope")
-        return grant
+        return require(grant_of(request, services.settings), scope)
 
     return scoped
+
+
+def require(grant: Grant | None, scope: str) -> Grant:
+    """``grant``, which must exist (401) and carry ``scope`` (403)."""
+    if grant is None:
+        raise InvalidGrant("this request needs a grant: `Authorization: Bearer <grant>`")
+    if not grant.allows(scope):
+        raise Forbidden(f"the grant does not carry the {scope} scope")
+    return grant
 
 
 Caller = Annotated[Grant | None, Depends(optional_grant)]

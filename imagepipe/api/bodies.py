@@ -255,3 +255,13 @@ async def _multipart_file(boundary: bytes, body: AsyncIterator[bytes]) -> AsyncI
     # (unbounded) after the answer; read here, they count against the limits
     if not part.finished:
         raise MissingFile("the multipart body has no complete `file` field")
+
+
+async def read_small(request: Request, max_bytes: int, what: str) -> bytes:
+    """A small body (a callback, a JSON patch) read whole, but never past ``max_bytes``."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"{what} larger than {max_bytes} bytes")
+    return body

@@ -6,7 +6,7 @@ apply_once(webhook_id, event)  a redelivered webhook-id is acknowledged, not rea
   manifest on primary, then the catalog (the photo completed, its objects), then in the
   ticket's own transaction its derivatives onto the replication log
 manifest(photo_id)             an indexed photo's record, or 404
-page(before, limit)            the gallery, newest first
+page(before, limit, owner)     an owner's photos, or the public stream, newest first
 
 The catalog is written before the ticket changes: a completed or failed ticket always has
 its photo indexed, and a callback retried after a failure in between finds the catalog
@@ -21,10 +21,11 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from imagepipe import keys, metrics
+from imagepipe.api.visibility import NO_SUCH_PHOTO, Visibilities, write_manifest
 from imagepipe.catalog.photos import Cursor, GalleryRow, PhotoCatalog
 from imagepipe.errors import Conflict, NotFound
 from imagepipe.ids import is_photo_id
-from imagepipe.models import CallbackEvent, PhotoManifest, StoredFile, Ticket, TicketStatus, now
+from imagepipe.models import CallbackEvent, PhotoManifest, Ticket, TicketStatus, now
 from imagepipe.replication import log as replication
 from imagepipe.storage import Storage
 from imagepipe.tickets import TicketStore
@@ -50,9 +51,15 @@ class PhotoIndex:
     """The web tier's index of processed photos: manifests on primary, rows in the catalog."""
 
     def __init__(
-        self, redis: Redis, primary: Storage, tickets: TicketStore, catalog: PhotoCatalog
+        self,
+        redis: Redis,
+        primary: Storage,
+        tickets: TicketStore,
+        catalog: PhotoCatalog,
+        visibilities: Visibilities,
     ) -> None:
         self.redis, self.primary, self.tickets, self.catalog = redis, primary, tickets, catalog
+        self.visibilities = visibilities
 
     async def apply_once(self, webhook_id: str, event: CallbackEvent) -> str:
         """Apply a verified callback: ``applied``, ``unchanged`` or ``duplicate``."""
@@ -89,28 +96,26 @@ class PhotoIndex:
     async def _index(self, ticket: Ticket, event: CallbackEvent) -> dict[str, int]:
         """Write the manifest, then the catalog; the new objects (key -> bytes) to back up."""
         manifest = manifest_of(ticket, event)
-        manifest_key = keys.manifest(ticket.photo_id)
-        written = await self.primary.put_bytes(
-            manifest_key, manifest.model_dump_json(indent=1).encode()
-        )
-        sha256 = written.sha256 or ""
-        await self.catalog.completed(
-            manifest, StoredFile(key=manifest_key, bytes=written.size, sha256=sha256)
-        )
+        written = await write_manifest(self.primary, manifest)
+        await self.catalog.completed(manifest, written)
+        await self.visibilities.indexed(manifest)  # a PATCH while it was processing
         new_objects = {f.key: f.bytes for d in event.sizes.values() for f in d.files}
-        new_objects[manifest_key] = written.size
+        new_objects[written.key] = written.bytes
         return new_objects
 
     async def manifest(self, photo_id: str) -> PhotoManifest:
         """The indexed photo's record, or 404 (also while it is still processing)."""
         found = await self.catalog.manifest(photo_id) if is_photo_id(photo_id) else None
         if found is None:
-            raise NotFound("no such photo (or it is still processing)")
+            raise NotFound(NO_SUCH_PHOTO)
         return found
 
-    async def page(self, before: str | None, limit: int) -> tuple[list[GalleryRow], str | None]:
-        """Up to ``limit`` completed photos, newest first, after the cursor ``before``; the
-        cursor of the next page (None: this was the last)."""
-        rows = await self.catalog.page(Cursor.decode(before) if before else None, limit)
+    async def page(
+        self, before: str | None, limit: int, owner: str | None
+    ) -> tuple[list[GalleryRow], str | None]:
+        """Up to ``limit`` completed photos of ``owner`` (None: public ones), newest first,
+        after the cursor ``before``; the cursor of the next page (None: this was the last)."""
+        cursor = Cursor.decode(before) if before else None
+        rows = await self.catalog.page(cursor, limit, owner=owner)
         last = rows[-1] if len(rows) == limit else None
         return rows, Cursor(last.completed_at, last.photo_id).encode() if last else None

@@ -15,9 +15,13 @@ from imagepipe.api.events import TicketEvents
 from imagepipe.api.idempotency import IdempotencyKeys
 from imagepipe.api.indexing import PhotoIndex
 from imagepipe.api.polls import render_view
+from imagepipe.api.privacy import PhotoReads
+from imagepipe.api.signing import UrlSigner
+from imagepipe.api.visibility import Visibilities
 from imagepipe.catalog.engine import create_engine
 from imagepipe.catalog.migrate import require_current_schema
 from imagepipe.catalog.photos import PhotoCatalog
+from imagepipe.catalog.visibility import VisibilityCatalog
 from imagepipe.config import Settings
 from imagepipe.connections import check_redis_policy, connect
 from imagepipe.errors import ServiceOverloaded
@@ -43,6 +47,8 @@ class Services:
     idempotency: IdempotencyKeys
     index: PhotoIndex
     events: TicketEvents
+    visibilities: Visibilities
+    reads: PhotoReads
     # (read at, depth): pollers' Retry-After may be this old; it only paces their next poll
     _polled_depth: tuple[float, int] = field(default=(-math.inf, 0), repr=False)
 
@@ -62,6 +68,9 @@ class Services:
         await events.start()
         primary = primary_storage(settings)
         tickets = TicketStore(redis, settings.ticket_retention_s, render=render_view)
+        access = VisibilityCatalog(engine)
+        visibilities = Visibilities(redis, primary, tickets, access)
+        index = PhotoIndex(redis, primary, tickets, catalog, visibilities)
         return cls(
             settings=settings,
             redis=redis,
@@ -73,7 +82,15 @@ class Services:
             idempotency=IdempotencyKeys(
                 redis, settings.idempotency_retention_s, lease_s=settings.idempotency_lease_s
             ),
-            index=PhotoIndex(redis, primary, tickets, catalog),
+            index=index,
+            visibilities=visibilities,
+            reads=PhotoReads(
+                index,
+                catalog,
+                access,
+                UrlSigner(settings.grant_secrets, settings.signed_url_ttl_s),
+                [size.name for size in settings.sizes],
+            ),
             events=events,
         )
 

@@ -3,7 +3,8 @@
     accepted(ticket)                     the upload's row (state accepted) and its original
     completed(manifest, manifest_file)   the photo indexed: upright size, sizes, its objects
     failed(photo_id, error)              processing gave up
-    get(photo_id) / page(cursor, limit)  a photo; the gallery, newest first (keyset paging)
+    get(photo_id) / page(cursor, limit, owner=)  a photo; an owner's photos or the public
+                                         stream, newest first (keyset paging)
     backup_changed(key, state, reason)   an object's backup state, as the replicator finds it
 
 Every write is idempotent (a retried callback, a re-run audit): inserts skip rows that
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import Select, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -63,6 +64,7 @@ class GalleryRow:
 
     photo_id: str
     completed_at: datetime
+    visibility: str = "private"
 
 
 def _facts(original: Original, ticket_id: str, created_at: float) -> dict[str, Any]:
@@ -109,9 +111,12 @@ def _files_of(manifest: PhotoManifest, manifest_file: StoredFile) -> list[Locate
     return found
 
 
-def _completion_upsert(rows: list[dict[str, Any]]) -> Insert:
+def _completion_upsert(rows: list[dict[str, Any]], restore: bool) -> Insert:
     upsert = insert(photos).values(rows)
-    refreshed = {column: upsert.excluded[column] for column in COMPLETION}
+    # a callback leaves the row's visibility (a PATCH may have changed it meanwhile); reindex
+    # restores the manifest's (the manifest is the truth, the row may be an old backup's)
+    columns = (*COMPLETION, "visibility") if restore else COMPLETION
+    refreshed = {column: upsert.excluded[column] for column in columns}
     # a reprocessed photo (the audit, a format added to the ladder) is indexed again; a failed
     # one stays failed
     return upsert.on_conflict_do_update(
@@ -154,6 +159,22 @@ def _object_row(photo_id: str, file: StoredFile, kind: str, now: datetime) -> di
     }
 
 
+def page_query(before: Cursor | None, limit: int, owner: str | None) -> Select[Any]:
+    """A page of ``owner``'s photos (index `photos_owner`), or with None of the public stream
+    (`photos_public`): keyset, no OFFSET scans."""
+    mine = photos.c.owner == owner if owner is not None else photos.c.visibility == "public"
+    query = (
+        select(photos.c.id, photos.c.completed_at, photos.c.visibility)
+        .where(photos.c.state == COMPLETED, mine)
+        .order_by(photos.c.completed_at.desc(), photos.c.id.desc())
+        .limit(limit)
+    )
+    if before is not None:
+        mark = tuple_(photos.c.completed_at, photos.c.id)
+        query = query.where(mark < tuple_(before.completed_at, before.photo_id))
+    return query
+
+
 class PhotoCatalog:
     """Photos and their objects in PostgreSQL."""
 
@@ -183,16 +204,18 @@ class PhotoCatalog:
         await self.completed_many([(manifest, manifest_file)])
 
     @reconnecting
-    async def completed_many(self, indexed: list[tuple[PhotoManifest, StoredFile]]) -> None:
+    async def completed_many(
+        self, indexed: list[tuple[PhotoManifest, StoredFile]], *, restore: bool = False
+    ) -> None:
         """`completed` for many photos (reindex, bulk loads): a statement per batch of photos,
-        each with its objects."""
+        each with its objects. ``restore``: the manifests' visibility wins over the rows'."""
         now = datetime.now(tz=UTC)
         per_photo = len(photos.c) + len(objects.c) * max(len(_files_of(*i)) for i in indexed)
         async with session(self.engine) as db:
             for batch in _batches(indexed, per_photo):
                 rows = [_completed_row(m, now) for m, _ in batch]
                 files = [file for m, f in batch for file in _files_of(m, f)]
-                await db.execute(_with_objects(_completion_upsert(rows), files, now))
+                await db.execute(_with_objects(_completion_upsert(rows, restore), files, now))
 
     @reconnecting
     async def failed(self, photo_id: str, error: str | None) -> None:
@@ -206,20 +229,14 @@ class PhotoCatalog:
             )
 
     @reconnecting
-    async def page(self, before: Cursor | None, limit: int) -> list[GalleryRow]:
-        """Completed photos, newest first, after ``before`` (keyset: no OFFSET scans)."""
-        query = (
-            select(photos.c.id, photos.c.completed_at)
-            .where(photos.c.state == COMPLETED)
-            .order_by(photos.c.completed_at.desc(), photos.c.id.desc())
-            .limit(limit)
-        )
-        if before is not None:
-            mark = tuple_(photos.c.completed_at, photos.c.id)
-            query = query.where(mark < tuple_(before.completed_at, before.photo_id))
+    async def page(
+        self, before: Cursor | None, limit: int, *, owner: str | None
+    ) -> list[GalleryRow]:
+        """Completed photos, newest first, after ``before``: ``owner``'s, or with None the
+        public stream (`page_query`)."""
         async with session(self.engine) as db:
-            found = await db.execute(query)
-        return [GalleryRow(photo_id, completed_at) for photo_id, completed_at in found]
+            found = await db.execute(page_query(before, limit, owner))
+        return [GalleryRow(*row) for row in found]
 
     @reconnecting
     async def photo(self, photo_id: str) -> dict[str, Any] | None:

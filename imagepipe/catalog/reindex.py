@@ -3,7 +3,9 @@
 Storage is the source of truth: every completed photo has a manifest on primary (copied to
 backup like every object) holding what its catalog row needs. Reindexing walks primary's
 manifests, then backup's for photos primary lacks, and indexes each one exactly as a
-callback does (`PhotoCatalog.completed`: idempotent, so running it twice changes nothing).
+callback does (`PhotoCatalog.completed_many`: idempotent, so running it twice changes
+nothing), except that the manifest's visibility wins over a row that exists (the last PATCH
+rewrote the manifest, so a photo made private never comes back public).
 Each object's backup state is what backup holds now: `completed` where a copy of the same
 size exists, else `pending` (the audit then copies it again).
 """
@@ -78,7 +80,8 @@ class Reindexer:
             self.report.unreadable.append(key)
             return False
         digest = hashlib.sha256(raw).hexdigest()
-        await self.catalog.completed(manifest, StoredFile(key=key, bytes=len(raw), sha256=digest))
+        manifest_file = StoredFile(key=key, bytes=len(raw), sha256=digest)
+        await self.catalog.completed_many([(manifest, manifest_file)], restore=True)
         await self.catalog.backup_found(await self.backup_states(manifest, key, len(raw)))
         self.progress(self.report.photos + 1)
         return True

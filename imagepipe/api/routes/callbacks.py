@@ -13,8 +13,9 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from imagepipe import webhooks
+from imagepipe.api.bodies import read_small
 from imagepipe.api.deps import ServicesDep
-from imagepipe.errors import BadRequest, PayloadTooLarge
+from imagepipe.errors import BadRequest
 from imagepipe.models import CallbackEvent
 
 router = APIRouter(tags=["internal"])
@@ -43,15 +44,6 @@ def _documented_request() -> dict[str, Any]:
     return {"parameters": headers, "requestBody": {"required": True, "content": body}}
 
 
-async def _read_body(request: Request) -> bytes:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_CALLBACK_BYTES:
-            raise PayloadTooLarge("callback body too large")
-    return body
-
-
 def _parse(body: bytes) -> CallbackEvent:
     try:
         return CallbackEvent.model_validate_json(body)
@@ -62,7 +54,7 @@ def _parse(body: bytes) -> CallbackEvent:
 @router.post("/internal/callbacks", openapi_extra=_documented_request())
 async def receive_callback(request: Request, services: ServicesDep) -> dict[str, Any]:
     """A worker's signed report (processing.started | processing.completed | processing.failed)."""
-    body = await _read_body(request)
+    body = await read_small(request, MAX_CALLBACK_BYTES, "callback body")
     webhook_id = webhooks.verify(services.settings.callback_secrets, request.headers, body)
     outcome = await services.index.apply_once(webhook_id, _parse(body))
     return {"status": outcome, "webhook_id": webhook_id}

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from imagepipe import metrics
 from imagepipe.api.accept import Upload, accept_upload
-from imagepipe.api.access import Writer
+from imagepipe.api.access import Caller, Writer, require
 from imagepipe.api.bodies import (
     MULTIPART_SLACK,
     Received,
     declared_length,
     file_stream,
+    read_small,
     refusal,
     request_body,
     with_deadline,
@@ -28,8 +29,10 @@ from imagepipe.api.bodies import (
 from imagepipe.api.deps import ServicesDep
 from imagepipe.api.services import Services, retry_after_for
 from imagepipe.api.serving import Derivatives
-from imagepipe.api.views import cached_json, gallery_view, not_modified, photo_view, ticket_json
+from imagepipe.api.views import cached_json, not_modified, ticket_json
+from imagepipe.api.visibility import MAX_CHANGE_BYTES, parse_change
 from imagepipe.errors import ImagepipeError, PayloadTooLarge
+from imagepipe.grants import READ
 from imagepipe.models import Ticket, Visibility
 
 router = APIRouter(tags=["photos"])
@@ -101,35 +104,65 @@ async def upload_photo(
 @router.get("/photos")
 async def list_photos(
     services: ServicesDep,
+    grant: Caller,
     limit: Annotated[int, Query(ge=1, le=100)] = 24,
     before: Annotated[
         str | None, Query(max_length=200, description="`next` of the previous page")
     ] = None,
+    visibility: Annotated[
+        Literal["public"] | None,
+        Query(description="`public`: everyone's public photos (no grant needed)"),
+    ] = None,
 ) -> dict[str, Any]:
-    """Recently processed photos, newest first, a page at a time."""
-    rows, next_page = await services.index.page(before, limit)
-    return gallery_view(rows, [s.name for s in services.settings.sizes], next_page)
+    """The caller's processed photos (photos:read), or the public stream; newest first."""
+    reader = require(grant, READ) if visibility is None else None
+    return await services.reads.page(reader, before, limit)
 
 
 @router.get("/photos/{photo_id}")
-async def get_photo(photo_id: str, request: Request, services: ServicesDep) -> Response:
-    """A processed photo: dimensions, every size's URL, and the backup state (`ETag`/`304`)."""
-    manifest = await services.index.manifest(photo_id)
-    backup = await services.catalog.backup_state(photo_id)
-    return cached_json(request, photo_view(manifest, backup))  # revalidated: backup changes
+async def get_photo(
+    photo_id: str, request: Request, services: ServicesDep, grant: Caller
+) -> Response:
+    """A processed photo: the owner's in full (signed URLs), anyone else's only if public;
+    `ETag`/`304`."""
+    seen = await services.reads.photo(grant, photo_id)
+    # revalidated (backup changes); one representation per caller
+    headers = {"Vary": "Authorization"}
+    if seen.private:
+        headers["Cache-Control"] = "private, no-cache"
+    return cached_json(request, seen.body, headers=headers)
+
+
+@router.patch("/photos/{photo_id}")
+async def change_photo(
+    photo_id: str, request: Request, services: ServicesDep, grant: Writer
+) -> dict[str, Any]:
+    """Make your photo `private` or `public`: `{"visibility": "public"}` as
+    `application/merge-patch+json` (or `application/json`); anyone else's photo is 404."""
+    body = await read_small(request, MAX_CHANGE_BYTES, "a change")
+    change = parse_change(request.headers.get("content-type"), body)
+    await services.visibilities.change(grant.owner, photo_id, change.visibility)
+    return {"id": photo_id, "visibility": change.visibility}
 
 
 @router.get("/photos/{photo_id}/{size}")
 async def get_photo_size(
-    photo_id: str, size: str, request: Request, services: ServicesDep
+    photo_id: str,
+    size: str,
+    request: Request,
+    services: ServicesDep,
+    exp: Annotated[str | None, Query(description="a signed URL's expiry")] = None,
+    sig: Annotated[str | None, Query(description="a signed URL's signature")] = None,
 ) -> Response:
-    """One derivative, in the best of its formats for `Accept`; cacheable forever."""
+    """One derivative, in the best of its formats for `Accept`: a public photo's cacheable
+    forever, a private one's only through the signed URL its owner was given."""
+    served = await services.reads.derivative(photo_id, size, request.method, exp, sig)
     files = Derivatives(services.primary)
     found = await files.find(photo_id, services.settings.size(size), request.headers.get("accept"))
     headers = {
         "ETag": found.etag,
         # a stand-in for the preferred format is cached briefly: the audit will make that one
-        "Cache-Control": IMMUTABLE if found.preferred else STAND_IN,
+        "Cache-Control": served.cache_control(found.preferred, IMMUTABLE, STAND_IN),
         "Vary": "Accept",  # the same URL is JPEG, WebP or AVIF depending on the request
         "X-Content-Type-Options": "nosniff",
     }
