@@ -22,12 +22,12 @@ from imagepipe import __version__
 from imagepipe.api import problems
 from imagepipe.api.edges import HeadAsGet, ResponseDefaults
 from imagepipe.api.limits import ConcurrencyLimit
-from imagepipe.api.routes import callbacks, docs, page, photos, polling, probes
+from imagepipe.api.routes import callbacks, docs, limits, page, photos, polling, probes
 from imagepipe.api.services import Services
 from imagepipe.config import Settings
 
-PUBLIC_ROUTES = (photos, polling, probes, page)
-ROUTES = (photos, polling, callbacks, probes, page)
+PUBLIC_ROUTES = (photos, polling, probes, page, limits)
+ROUTES = (photos, polling, callbacks, probes, page, limits)
 
 
 class SharedServices:

@@ -12,11 +12,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagepipe import keys
 from imagepipe.api.events import TicketEvents
+from imagepipe.api.fairuse import FairUse
 from imagepipe.api.idempotency import IdempotencyKeys
 from imagepipe.api.indexing import PhotoIndex
+from imagepipe.api.ratelimit import RateLimiter
 from imagepipe.catalog.engine import create_engine
 from imagepipe.catalog.migrate import require_current_schema
 from imagepipe.catalog.photos import PhotoCatalog
+from imagepipe.catalog.usage import OwnerUsage
 from imagepipe.config import Settings
 from imagepipe.connections import check_redis_policy, connect
 from imagepipe.errors import ServiceOverloaded
@@ -42,6 +45,7 @@ class Services:
     idempotency: IdempotencyKeys
     index: PhotoIndex
     events: TicketEvents
+    fair_use: FairUse
     # (read at, depth): pollers' Retry-After may be this old; it only paces their next poll
     _polled_depth: tuple[float, int] = field(default=(-math.inf, 0), repr=False)
 
@@ -74,6 +78,7 @@ class Services:
             ),
             index=PhotoIndex(redis, primary, tickets, catalog),
             events=events,
+            fair_use=FairUse(RateLimiter(redis), OwnerUsage(engine), settings),
         )
 
     async def stop(self) -> None:
