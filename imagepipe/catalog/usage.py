@@ -12,7 +12,21 @@ Originals and derivatives count; manifests (a few hundred bytes, the catalog's o
 
 from __future__ import annotations
 
-from sqlalchemy import CTE, Text, column, delete, func, select, text, values
+from typing import Any
+
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    FromClause,
+    Select,
+    Text,
+    column,
+    delete,
+    func,
+    select,
+    text,
+    values,
+)
 from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -28,28 +42,29 @@ def counting(new_objects: CTE, owner_of: dict[str, str]) -> Insert:
     owned = values(column("photo_id", Text), column("owner", Text), name="owned").data(
         list(owner_of.items())
     )
-    added = (
-        select(owned.c.owner, func.sum(new_objects.c.bytes))
-        .join_from(new_objects, owned, owned.c.photo_id == new_objects.c.photo_id)
-        .where(new_objects.c.kind.in_(COUNTED))
-        .group_by(owned.c.owner)
-    )
-    upsert = insert(owners).from_select(["owner", "stored_bytes"], added)
-    more = {"stored_bytes": owners.c.stored_bytes + upsert.excluded.stored_bytes}
-    return upsert.on_conflict_do_update(index_elements=[owners.c.owner], set_=more)
+    on = owned.c.photo_id == new_objects.c.photo_id
+    return _into_counters(_per_owner(owned.c.owner, new_objects, owned, on), add=True)
 
 
-def _sums() -> Insert:
-    """Every owner's counter set to the SUM of their objects' bytes."""
-    summed = (
-        select(photos.c.owner, func.sum(objects.c.bytes))
-        .join_from(objects, photos, photos.c.id == objects.c.photo_id)
-        .where(objects.c.kind.in_(COUNTED))
-        .group_by(photos.c.owner)
+def _per_owner(
+    owner: ColumnElement[str], sized: FromClause, owned: FromClause, on: ColumnElement[bool]
+) -> Select[Any]:
+    """Each owner's bytes of the counted objects in ``sized`` (joined to ``owned`` ``on``)."""
+    return (
+        select(owner, func.sum(sized.c.bytes))
+        .join_from(sized, owned, on)
+        .where(sized.c.kind.in_(COUNTED))
+        .group_by(owner)
     )
-    upsert = insert(owners).from_select(["owner", "stored_bytes"], summed)
+
+
+def _into_counters(per_owner: Select[Any], add: bool) -> Insert:
+    """Each owner's bytes added to their counter (``add``), or set as it."""
+    upsert = insert(owners).from_select(["owner", "stored_bytes"], per_owner)
+    found = upsert.excluded.stored_bytes
+    counter = owners.c.stored_bytes + found if add else found
     return upsert.on_conflict_do_update(
-        index_elements=[owners.c.owner], set_={"stored_bytes": upsert.excluded.stored_bytes}
+        index_elements=[owners.c.owner], set_={"stored_bytes": counter}
     )
 
 
@@ -77,5 +92,8 @@ class OwnerUsage:
         with_objects = select(photos.c.owner).join(objects).where(objects.c.kind.in_(COUNTED))
         async with session(self.engine, atomic=True) as db:
             await db.execute(text("LOCK TABLE owners IN SHARE ROW EXCLUSIVE MODE"))
-            await db.execute(_sums())
+            on = photos.c.id == objects.c.photo_id
+            await db.execute(
+                _into_counters(_per_owner(photos.c.owner, objects, photos, on), add=False)
+            )
             await db.execute(delete(owners).where(owners.c.owner.not_in(with_objects)))
