@@ -48,7 +48,7 @@ def counting(new_objects: CTE, owner_of: dict[str, str]) -> Insert:
 
 def _per_owner(
     owner: ColumnElement[str], sized: FromClause, owned: FromClause, on: ColumnElement[bool]
-) -> Select[Any]:
+) -> Select[str, Any]:
     """Each owner's bytes of the counted objects in ``sized`` (joined to ``owned`` ``on``)."""
     return (
         select(owner, func.sum(sized.c.bytes))
@@ -58,7 +58,7 @@ def _per_owner(
     )
 
 
-def _into_counters(per_owner: Select[Any], add: bool) -> Insert:
+def _into_counters(per_owner: Select[str, Any], add: bool) -> Insert:
     """Each owner's bytes added to their counter (``add``), or set as it."""
     upsert = insert(owners).from_select(["owner", "stored_bytes"], per_owner)
     found = upsert.excluded.stored_bytes
