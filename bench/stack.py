@@ -72,8 +72,10 @@ class Stack:
 
     @property
     def authorization(self) -> str:
-        """The header a client sends: a grant, as a web tier would mint it."""
-        return f"Bearer {mint(GRANT_SECRET, 'bench', SCOPES, 3600)}"
+        """The header a client sends: a grant, as a web tier would mint it. A load generator,
+        not a user: its grant lifts fair use's rate and daily bytes (0 = unlimited)."""
+        unlimited = {"uploads_per_minute": 0, "bytes_per_day": 0}
+        return f"Bearer {mint(GRANT_SECRET, 'bench', SCOPES, 3600, **unlimited)}"
 
     def client(self, timeout: float, **options: Any) -> httpx.AsyncClient:
         """A client of this stack's API, sending a grant."""

@@ -214,6 +214,13 @@ class Settings(BaseSettings):
     grant_previous_secret: SecretStr | None = None  # still accepted during rotation
     signed_url_ttl_s: int = Field(default=3600, gt=0, le=7 * 24 * 3600)  # private derivatives
 
+    # -- fair use, per owner (`api.fairuse`); a grant's claim of the same name overrides ------
+    # 0 = unlimited. Uploads: a burst of this many, refilling evenly over the minute (GCRA)
+    owner_uploads_per_minute: int = Field(default=600, ge=0)
+    owner_bytes_per_day: int = Field(default=10 * 1024**3, ge=0)  # request bytes, rolling day
+    # originals and derivatives; unlimited by default: what a plan holds is the web tier's call
+    owner_storage_bytes: int = Field(default=0, ge=0)
+
     # -- audit ---------------------------------------------------------------------
     audit_interval_s: float = Field(default=300.0, gt=0)  # the replicator's periodic pass
     audit_stuck_after_s: float = Field(default=600.0, gt=0)  # a ticket idle this long is stuck

@@ -12,20 +12,26 @@
     ├── Conflict                        409  idempotency key in flight / backwards transition
     │   └── PhotoIdTaken                409  an original already holds this id (never rewritten)
     ├── PayloadTooLarge                 413  too many bytes
-    │   └── TooManyPixels               413  width × height × frames over the limit
+    │   ├── TooManyPixels               413  width × height × frames over the limit
+    │   └── QuotaExceeded               413  more than an owner's quota could ever take
+    │       └── StorageQuotaFull        413  the owner's stored bytes would pass their quota
     ├── UnsupportedMediaType            415  not an image of an allowed format
     │   └── UnsupportedContentType      415  a body (a PATCH) that is not JSON
     ├── IdempotencyMismatch             422  same key, different content
+    ├── TooManyRequests                 429  an owner's upload rate or daily bytes (Retry-After)
     ├── ServiceOverloaded               503  queue too deep: shed load (with Retry-After)
     │   └── ServiceUnavailable          503  Redis, the catalog or primary storage unreachable
     │       └── CatalogUnavailable      503  PostgreSQL unreachable or too slow
     └── InsufficientStorage             507  primary store full
 
-Routes raise these; `api.problems` renders them as RFC 9457 problem+json. Storage errors
+Routes raise these; `api.problems` renders them as RFC 9457 problem+json (with any ``extra``
+members, e.g. the fair-use answers' ``violated-policies``). Storage errors
 (`storage.base.StorageError`) are translated at the boundary.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class ImagepipeError(Exception):
@@ -40,11 +46,13 @@ class ImagepipeError(Exception):
         *,
         retry_after: int | None = None,
         headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         self.retry_after = retry_after
         self.headers = headers or {}
+        self.extra = extra or {}  # more members of the problem (RFC 9457 extensions)
 
 
 class BadRequest(ImagepipeError):
@@ -100,6 +108,14 @@ class TooManyPixels(PayloadTooLarge):
     title = "Image has too many pixels"
 
 
+class QuotaExceeded(PayloadTooLarge):
+    title = "Quota exceeded"
+
+
+class StorageQuotaFull(QuotaExceeded):
+    title = "Storage quota exceeded"
+
+
 class UnsupportedMediaType(ImagepipeError):
     status, title = 415, "Not a supported image"
 
@@ -110,6 +126,10 @@ class UnsupportedContentType(UnsupportedMediaType):
 
 class IdempotencyMismatch(ImagepipeError):
     status, title = 422, "Idempotency key reused with different content"
+
+
+class TooManyRequests(ImagepipeError):
+    status, title = 429, "Quota exceeded"
 
 
 class ServiceOverloaded(ImagepipeError):

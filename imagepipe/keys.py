@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 PREFIX = "imagepipe:"
 
 # -- arq queues (one lane per kind of work, so a backfill never starves new uploads) ----
@@ -54,6 +56,14 @@ def photo_lock(photo_id: str) -> str:
 def idempotency(key_digest: str) -> str:
     """An Idempotency-Key's reservation (by digest: keys are client-chosen text)."""
     return f"{PREFIX}idempotency:{key_digest}"
+
+
+def owner_limit(policy: str, owner: str) -> str:
+    """An owner's state under one fair-use policy (GCRA: when their whole quota is back, in ms),
+    expiring then. By digest: owner ids are the web tier's text; the braces keep an owner's
+    policies in one Redis Cluster slot, as one script charges them together."""
+    digest = hashlib.sha256(owner.encode()).hexdigest()[:32]
+    return f"{PREFIX}limit:{{{digest}}}:{policy}"
 
 
 def webhook_seen(webhook_id: str) -> str:

@@ -4,6 +4,7 @@
     Writer    a grant with photos:write, else 401 (none, or untrusted) / 403 (no scope)
     Reader    a grant with photos:read
     Deleter   a grant with photos:delete
+    Granted   a grant with any of them
 
 `imagepipe dev` (development only) treats a request without credentials as the owner
 ``local`` with every scope, so the page and curl work out of the box. Production never
@@ -45,21 +46,21 @@ async def optional_grant(request: Request, services: ServicesDep) -> Grant | Non
     return grant_of(request, services.settings)
 
 
-def needs(scope: str) -> Callable[[Request, ServicesDep], Awaitable[Grant]]:
-    """A dependency: the caller's grant, which must carry ``scope``."""
+def needs(*scopes: str) -> Callable[[Request, ServicesDep], Awaitable[Grant]]:
+    """A dependency: the caller's grant, which must carry one of ``scopes``."""
 
     async def scoped(request: Request, services: ServicesDep) -> Grant:
-        return require(grant_of(request, services.settings), scope)
+        return require(grant_of(request, services.settings), *scopes)
 
     return scoped
 
 
-def require(grant: Grant | None, scope: str) -> Grant:
-    """``grant``, which must exist (401) and carry ``scope`` (403)."""
+def require(grant: Grant | None, *scopes: str) -> Grant:
+    """``grant``, which must exist (401) and carry one of ``scopes`` (403)."""
     if grant is None:
         raise InvalidGrant("this request needs a grant: `Authorization: Bearer <grant>`")
-    if not grant.allows(scope):
-        raise Forbidden(f"the grant does not carry the {scope} scope")
+    if not any(grant.allows(scope) for scope in scopes):
+        raise Forbidden(f"the grant does not carry the {' or '.join(scopes)} scope")
     return grant
 
 
@@ -67,3 +68,4 @@ Caller = Annotated[Grant | None, Depends(optional_grant)]
 Writer = Annotated[Grant, Depends(needs(WRITE))]
 Reader = Annotated[Grant, Depends(needs(READ))]
 Deleter = Annotated[Grant, Depends(needs(DELETE))]
+Granted = Annotated[Grant, Depends(needs(*SCOPES))]  # any scope: e.g. to ask about its limits

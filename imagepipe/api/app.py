@@ -23,12 +23,12 @@ from imagepipe.api import problems
 from imagepipe.api.edges import HeadAsGet, ResponseDefaults
 from imagepipe.api.limits import ConcurrencyLimit
 from imagepipe.api.polls import TicketPolls
-from imagepipe.api.routes import callbacks, docs, page, photos, polling, probes
+from imagepipe.api.routes import callbacks, docs, limits, page, photos, polling, probes
 from imagepipe.api.services import Services
 from imagepipe.config import Settings
 
-PUBLIC_ROUTES = (photos, polling, probes, page)
-ROUTES = (photos, polling, callbacks, probes, page)
+PUBLIC_ROUTES = (photos, polling, probes, page, limits)
+ROUTES = (photos, polling, callbacks, probes, page, limits)
 
 
 class SharedServices:

@@ -37,7 +37,7 @@ def problem(
 
 def render(exc: ImagepipeError) -> JSONResponse:
     """The problem for one of our errors (also for middleware, which runs outside the handlers)."""
-    return problem(exc.status, exc.title, exc.detail, exc.retry_after, exc.headers)
+    return problem(exc.status, exc.title, exc.detail, exc.retry_after, exc.headers, **exc.extra)
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:

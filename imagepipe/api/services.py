@@ -12,15 +12,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagepipe import keys
 from imagepipe.api.events import TicketEvents
+from imagepipe.api.fairuse import FairUse
 from imagepipe.api.idempotency import IdempotencyKeys
 from imagepipe.api.indexing import PhotoIndex
 from imagepipe.api.polls import render_view
 from imagepipe.api.privacy import PhotoReads
+from imagepipe.api.ratelimit import RateLimiter
 from imagepipe.api.signing import UrlSigner
 from imagepipe.api.visibility import Visibilities
 from imagepipe.catalog.engine import create_engine
 from imagepipe.catalog.migrate import require_current_schema
 from imagepipe.catalog.photos import PhotoCatalog
+from imagepipe.catalog.usage import OwnerUsage
 from imagepipe.catalog.visibility import VisibilityCatalog
 from imagepipe.config import Settings
 from imagepipe.connections import check_redis_policy, connect
@@ -49,6 +52,7 @@ class Services:
     events: TicketEvents
     visibilities: Visibilities
     reads: PhotoReads
+    fair_use: FairUse
     # (read at, depth): pollers' Retry-After may be this old; it only paces their next poll
     _polled_depth: tuple[float, int] = field(default=(-math.inf, 0), repr=False)
 
@@ -92,6 +96,7 @@ class Services:
                 [size.name for size in settings.sizes],
             ),
             events=events,
+            fair_use=FairUse(RateLimiter(redis), OwnerUsage(engine), settings),
         )
 
     async def stop(self) -> None:

@@ -23,6 +23,7 @@ from sqlalchemy import Select, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from imagepipe.catalog import usage
 from imagepipe.catalog.engine import reconnecting, session
 from imagepipe.catalog.rows import ACCEPTED, COMPLETED, FAILED, PhotoRow
 from imagepipe.catalog.schema import objects, photos
@@ -130,11 +131,16 @@ def _batches(rows: list[T], columns: int) -> list[list[T]]:
     return [rows[start : start + size] for start in range(0, len(rows), size)]
 
 
-def _with_objects(photo_statement: Insert, files: list[Located], now: datetime) -> Insert:
-    """One statement: the photo rows (a CTE), then their objects (ones recorded stay)."""
+def _with_objects(
+    photo_statement: Insert, files: list[Located], now: datetime, owner_of: dict[str, str]
+) -> Insert:
+    """One statement: the photo rows (a CTE), their objects (ones recorded stay), then the
+    bytes of the objects it inserted onto their owners' counters (``owner_of``: photo -> owner)."""
     rows = [_object_row(photo_id, file, kind, now) for photo_id, file, kind in files]
     recorded = insert(objects).values(rows).on_conflict_do_nothing()
-    return recorded.add_cte(photo_statement.cte("photo_rows"))
+    inserted = recorded.returning(objects.c.photo_id, objects.c.kind, objects.c.bytes)
+    counted = usage.counting(inserted.cte("new_objects"), owner_of)
+    return counted.add_cte(photo_statement.cte("photo_rows"))
 
 
 def _original(original: Original) -> StoredFile:
@@ -195,7 +201,7 @@ class PhotoCatalog:
         photo = insert(photos).values(row).on_conflict_do_nothing()
         original = [(ticket.photo_id, _original(ticket), "original")]
         async with session(self.engine) as db:
-            await db.execute(_with_objects(photo, original, now))
+            await db.execute(_with_objects(photo, original, now, {ticket.photo_id: ticket.owner}))
 
     @reconnecting
     async def completed(self, manifest: PhotoManifest, manifest_file: StoredFile) -> None:
@@ -210,12 +216,15 @@ class PhotoCatalog:
         """`completed` for many photos (reindex, bulk loads): a statement per batch of photos,
         each with its objects. ``restore``: the manifests' visibility wins over the rows'."""
         now = datetime.now(tz=UTC)
-        per_photo = len(photos.c) + len(objects.c) * max(len(_files_of(*i)) for i in indexed)
+        files_each = max(len(_files_of(*i)) for i in indexed)
+        per_photo = len(photos.c) + len(objects.c) * files_each + 2  # + (photo id, owner)
         async with session(self.engine) as db:
             for batch in _batches(indexed, per_photo):
                 rows = [_completed_row(m, now) for m, _ in batch]
                 files = [file for m, f in batch for file in _files_of(m, f)]
-                await db.execute(_with_objects(_completion_upsert(rows, restore), files, now))
+                owner_of = {m.photo_id: m.owner for m, _ in batch}
+                upsert = _completion_upsert(rows, restore)
+                await db.execute(_with_objects(upsert, files, now, owner_of))
 
     @reconnecting
     async def failed(self, photo_id: str, error: str | None) -> None:

@@ -5,7 +5,8 @@ backup like every object) holding what its catalog row needs. Reindexing walks p
 manifests, then backup's for photos primary lacks, and indexes each one exactly as a
 callback does (`PhotoCatalog.completed_many`: idempotent, so running it twice changes
 nothing), except that the manifest's visibility wins over a row that exists (the last PATCH
-rewrote the manifest, so a photo made private never comes back public).
+rewrote the manifest, so a photo made private never comes back public); then makes each
+owner's stored-bytes counter again from the objects (`catalog.usage`).
 Each object's backup state is what backup holds now: `completed` where a copy of the same
 size exists, else `pending` (the audit then copies it again).
 """
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 
 from imagepipe import keys
 from imagepipe.catalog.photos import PhotoCatalog
+from imagepipe.catalog.usage import OwnerUsage
 from imagepipe.models import BackupState, PhotoManifest, StoredFile
 from imagepipe.storage import ObjectNotFound, Storage
 
@@ -68,6 +70,7 @@ class Reindexer:
         async for info in self.backup.list(keys.MANIFESTS):
             if info.key not in seen and await self.index(self.backup, info.key):
                 self.report.from_backup += 1
+        await OwnerUsage(self.catalog.engine).recount()  # whatever the counters said before
         return self.report
 
     async def index(self, store: Storage, key: str) -> bool:

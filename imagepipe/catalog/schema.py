@@ -3,6 +3,8 @@
 photos    one row per accepted upload: accepted -> completed | failed; its owner, visibility
 objects   one row per object on primary: its size, sha256 and backup state
 marks     named timestamps (the audit's watermark)
+owners    each owner's stored bytes (originals and derivatives), kept by the statements that
+          record objects (`catalog.usage`): a storage quota reads one row, never a SUM
 """
 
 from __future__ import annotations
@@ -86,4 +88,11 @@ marks = Table(
     metadata,
     Column("name", Text, primary_key=True),
     Column("at", DateTime(timezone=True), nullable=False),
+)
+
+owners = Table(
+    "owners",
+    metadata,
+    Column("owner", Text, primary_key=True),
+    Column("stored_bytes", BigInteger, nullable=False),  # originals and derivatives
 )

@@ -27,11 +27,12 @@ from imagepipe.api.bodies import (
     with_deadline,
 )
 from imagepipe.api.deps import ServicesDep
+from imagepipe.api.fairuse import Allowance
 from imagepipe.api.services import Services, retry_after_for
 from imagepipe.api.serving import Derivatives
 from imagepipe.api.views import cached_json, not_modified, ticket_json
 from imagepipe.api.visibility import MAX_CHANGE_BYTES, parse_change
-from imagepipe.errors import ImagepipeError, PayloadTooLarge
+from imagepipe.errors import ImagepipeError
 from imagepipe.grants import READ
 from imagepipe.models import Ticket, Visibility
 
@@ -56,22 +57,24 @@ UPLOAD_BODY = {
 }
 
 
-def _body(request: Request, services: Services, received: Received) -> AsyncIterator[bytes]:
+def _body(
+    request: Request, services: Services, received: Received, allowance: Allowance
+) -> AsyncIterator[bytes]:
     settings = services.settings
-    max_bytes = settings.max_upload_bytes + MULTIPART_SLACK
-    declared = declared_length(request.headers)
-    if declared is not None and declared > max_bytes:
-        raise PayloadTooLarge(f"the upload is larger than {settings.max_upload_bytes} bytes")
-    raw = request_body(request.receive, received, max_bytes)
-    body = with_deadline(raw, settings.upload_idle_timeout_s, settings.upload_deadline_s)
-    return file_stream(request.headers.get("content-type", ""), body)
+    raw = request_body(request.receive, received, allowance.max_bytes + MULTIPART_SLACK)
+    metered = allowance.metered(raw)  # the owner's bytes and storage quotas
+    body = with_deadline(metered, settings.upload_idle_timeout_s, settings.upload_deadline_s)
+    return allowance.capped(file_stream(request.headers.get("content-type", ""), body))
 
 
-async def _accepted(services: Services, ticket: Ticket, depth: int) -> JSONResponse:
+async def _accepted(
+    services: Services, ticket: Ticket, depth: int, allowance: Allowance
+) -> JSONResponse:
     body = await ticket_json(services.replication, ticket)
     headers = {
         "Location": f"/tickets/{ticket.id}",
         "Retry-After": str(retry_after_for(depth)),
+        **allowance.headers(),
     }
     return JSONResponse(body, status_code=202, headers=headers)
 
@@ -90,9 +93,11 @@ async def upload_photo(
     started, received = time.monotonic(), Received()
     upload = Upload(grant.owner, visibility or grant.visibility, idempotency_key)
     try:
-        body = _body(request, services, received)
-        ticket, depth = await accept_upload(services, body, upload)
-        response = await _accepted(services, ticket, depth)
+        # the owner's limits, on the headers alone: refused before the body is read
+        async with services.fair_use.upload(grant, declared_length(request.headers)) as allowance:
+            body = _body(request, services, received, allowance)
+            ticket, depth = await accept_upload(services, body, upload)
+            response = await _accepted(services, ticket, depth, allowance)
     except ImagepipeError as exc:
         metrics.UPLOADS.labels(str(exc.status)).inc()
         return refusal(request, exc, received, services.settings)
