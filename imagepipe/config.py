@@ -64,6 +64,14 @@ def grant_secret_weakness(secret: str) -> str | None:
     return _weakness("IMAGEPIPE_GRANT_SECRET", SecretStr(secret), MIN_CALLBACK_SECRET_CHARS)
 
 
+def _rotating(current: SecretStr, previous: SecretStr | None) -> list[str]:
+    """A secret and, during a rotation, the one before it: the values to accept, current first."""
+    values = [current.get_secret_value()]
+    if previous is not None:
+        values.append(previous.get_secret_value())
+    return values
+
+
 class SizeSpec(BaseModel, frozen=True):
     """One rung of the derivative ladder: long edge in pixels, or a centred square crop.
 
@@ -324,18 +332,12 @@ class Settings(BaseSettings):
     @property
     def callback_secrets(self) -> list[str]:
         """Secrets whose signatures the web tier accepts, current first."""
-        secrets = [self.callback_secret.get_secret_value()]
-        if self.callback_previous_secret is not None:
-            secrets.append(self.callback_previous_secret.get_secret_value())
-        return secrets
+        return _rotating(self.callback_secret, self.callback_previous_secret)
 
     @property
     def grant_secrets(self) -> list[str]:
         """Secrets whose grants the API accepts, current first."""
-        secrets = [self.grant_secret.get_secret_value()]
-        if self.grant_previous_secret is not None:
-            secrets.append(self.grant_previous_secret.get_secret_value())
-        return secrets
+        return _rotating(self.grant_secret, self.grant_previous_secret)
 
     def weak_secrets(self) -> list[str]:
         """What production refuses here: an empty, short or documented secret, each named."""
