@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection
+from sqlalchemy import Connection, event
+from sqlalchemy.engine.default import CACHE_HIT
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagepipe.catalog.engine import create_engine, driver_url
@@ -181,3 +183,23 @@ def test_cursors_round_trip_and_foreign_ones_are_refused() -> None:
     for junk in ("", "nan", "!!!", "bm90LWEtY3Vyc29y"):
         with pytest.raises(BadRequest):
             Cursor.decode(junk)
+
+
+async def test_an_accept_reuses_its_compiled_statement(engine: AsyncEngine) -> None:
+    # every upload runs this statement: compiling it again each time cost the API ~1.5 ms
+    catalog = PhotoCatalog(engine)
+    seen: list[bool] = []
+
+    def record(
+        conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool
+    ) -> None:
+        if statement.lstrip().upper().startswith("WITH"):
+            seen.append(context.cache_hit == CACHE_HIT)
+
+    event.listen(engine.sync_engine, "after_cursor_execute", record)
+    try:
+        await catalog.accepted(ticket("b" * 20, "U" * 24))
+        await catalog.accepted(ticket("c" * 20, "V" * 24).model_copy(update={"owner": "other"}))
+    finally:
+        event.remove(engine.sync_engine, "after_cursor_execute", record)
+    assert len(seen) == 2 and seen[1], seen  # the second upload found the first's compilation

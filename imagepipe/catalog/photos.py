@@ -137,7 +137,10 @@ def _with_objects(
     """One statement: the photo rows (a CTE), their objects (ones recorded stay), then the
     bytes of the objects it inserted onto their owners' counters (``owner_of``: photo -> owner)."""
     rows = [_object_row(photo_id, file, kind, now) for photo_id, file, kind in files]
-    recorded = insert(objects).values(rows).on_conflict_do_nothing()
+    # one row (every upload) as a dict: SQLAlchemy caches that statement's compiled form,
+    # where a list of rows is compiled again on every call
+    recorded = insert(objects).values(rows[0] if len(rows) == 1 else rows)
+    recorded = recorded.on_conflict_do_nothing()
     inserted = recorded.returning(objects.c.photo_id, objects.c.kind, objects.c.bytes)
     counted = usage.counting(inserted.cte("new_objects"), owner_of)
     return counted.add_cte(photo_statement.cte("photo_rows"))

@@ -23,6 +23,7 @@ from sqlalchemy import (
     column,
     delete,
     func,
+    literal,
     select,
     text,
     values,
@@ -39,11 +40,21 @@ COUNTED = ("original", "derivative")
 def counting(new_objects: CTE, owner_of: dict[str, str]) -> Insert:
     """Add to each owner's counter the bytes of ``new_objects`` (RETURNING photo_id, kind,
     bytes of the objects this statement inserted); ``owner_of``: photo id -> owner."""
-    owned = values(column("photo_id", Text), column("owner", Text), name="owned").data(
-        list(owner_of.items())
-    )
+    owned = _owned(owner_of)
     on = owned.c.photo_id == new_objects.c.photo_id
     return _into_counters(_per_owner(owned.c.owner, new_objects, owned, on), add=True)
+
+
+def _owned(owner_of: dict[str, str]) -> FromClause:
+    """(photo_id, owner) rows. One photo (every upload) as bound literals: a statement
+    SQLAlchemy caches, where a VALUES list is compiled again on every call."""
+    if len(owner_of) == 1:
+        ((photo_id, owner),) = owner_of.items()
+        one = select(literal(photo_id, Text).label("photo_id"), literal(owner, Text).label("owner"))
+        return one.subquery("owned")
+    return values(column("photo_id", Text), column("owner", Text), name="owned").data(
+        list(owner_of.items())
+    )
 
 
 def _per_owner(
