@@ -10,10 +10,11 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine.default import CACHE_HIT
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from imagepipe.catalog.engine import create_engine, driver_url
+from imagepipe.catalog.engine import create_engine, driver_url, unreachable
 from imagepipe.catalog.migrate import (
     SchemaOutdated,
     current_revision,
@@ -203,3 +204,21 @@ async def test_an_accept_reuses_its_compiled_statement(engine: AsyncEngine) -> N
     finally:
         event.remove(engine.sync_engine, "after_cursor_execute", record)
     assert len(seen) == 2 and seen[1], seen  # the second upload found the first's compilation
+
+
+def test_a_server_still_recovering_is_unreachable_and_a_query_s_own_error_is_not() -> None:
+    # asyncpg's CannotConnectNowError may reach SQLAlchemy as a bare DBAPIError: were it not
+    # called unreachable, a role would crash on it while PostgreSQL recovers from a crash
+    class Recovering(Exception):
+        sqlstate = "57P03"  # the database system is starting up
+
+    class Duplicate(Exception):
+        sqlstate = "23505"
+
+    wrapped = Exception("adapter")
+    wrapped.__cause__ = Recovering()
+    assert unreachable(sa_exc.DBAPIError("SELECT 1", None, wrapped))
+    assert not unreachable(sa_exc.DBAPIError("INSERT", None, Duplicate()))
+    assert unreachable(
+        sa_exc.DBAPIError("SELECT 1", None, Duplicate(), connection_invalidated=True)
+    )

@@ -20,6 +20,10 @@ from imagepipe.errors import CatalogUnavailable
 
 # what a down, restarting or overloaded PostgreSQL raises: transient, a 503 to clients
 UNREACHABLE = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, OSError)
+# SQLSTATE classes of the same: connection exceptions, and a server shutting down or still
+# recovering ("the database system is starting up"), which the driver may raise as a bare
+# DBAPIError
+UNREACHABLE_STATES = ("08", "57P")
 P = ParamSpec("P")
 T = TypeVar("T")
 POOL_OVERFLOW = 0  # the pool size is a bound, not a hint
@@ -67,8 +71,30 @@ async def session(engine: AsyncEngine, atomic: bool = False) -> AsyncIterator[As
     try:
         async with engine.begin() if atomic else _autocommit(engine) as db:
             yield db
+    except exc.DBAPIError as error:
+        if not unreachable(error):
+            raise
+        raise CatalogUnavailable(f"the catalog is unreachable ({type(error).__name__})") from error
     except UNREACHABLE as error:
         raise CatalogUnavailable(f"the catalog is unreachable ({type(error).__name__})") from error
+
+
+def unreachable(error: exc.DBAPIError) -> bool:
+    """Whether a driver error means the server is out of reach (not a query's own fault)."""
+    if isinstance(error, UNREACHABLE) or error.connection_invalidated:
+        return True
+    return _sqlstate(error).startswith(UNREACHABLE_STATES)
+
+
+def _sqlstate(error: exc.DBAPIError) -> str:
+    """The SQLSTATE behind SQLAlchemy's wrapper and asyncpg's adapter, or ""."""
+    found: BaseException | None = error.orig
+    while found is not None:
+        state = getattr(found, "sqlstate", None) or getattr(found, "pgcode", None)
+        if isinstance(state, str):
+            return state
+        found = found.__cause__
+    return ""
 
 
 def reconnecting(query: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
