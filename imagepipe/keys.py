@@ -85,6 +85,7 @@ def callback_job_id(webhook_id: str) -> str:
 ORIGINALS = "originals/"
 DERIVATIVES = "derivatives/"
 MANIFESTS = "manifests/"
+TOMBSTONES = "tombstones/"
 
 
 def original(photo_id: str, ext: str) -> str:
@@ -100,6 +101,15 @@ def derivative(photo_id: str, size: str, ext: str) -> str:
 def manifest(photo_id: str) -> str:
     """The photo's record, written by the web tier when the photo is indexed."""
     return f"{MANIFESTS}{photo_id}.json"
+
+
+def tombstone(photo_id: str) -> str:
+    """A deleted photo's tombstone: written first, replicated, never removed.
+
+    Its presence on primary or backup means the photo is deleted: a restore never brings
+    back a photo whose tombstone it finds, even when the catalog is lost too.
+    """
+    return f"{TOMBSTONES}{photo_id}.json"
 
 
 OBJECT_KINDS = {ORIGINALS: "original", DERIVATIVES: "derivative", MANIFESTS: "manifest"}
