@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagepipe.catalog.photos import PhotoCatalog
 from imagepipe.catalog.usage import OwnerUsage
-from imagepipe.models import Ticket
+from imagepipe.models import PhotoManifest, StoredFile, Ticket
 from tests.test_catalog import MANIFEST_FILE, engine_for, manifest_of, ticket
 
 SUMS = text(
@@ -64,3 +64,31 @@ async def test_recount_rebuilds_counters_that_went_wrong(engine: AsyncEngine) ->
         await db.execute(text("INSERT INTO owners VALUES ('ghost', 5)"))
     await usage.recount()
     assert await rows(engine, COUNTERS) == {"alice": 133} == await rows(engine, SUMS)
+
+
+def indexed(t: Ticket) -> tuple[PhotoManifest, StoredFile]:
+    """The photo's manifest and its manifest file (a key of its own)."""
+    return manifest_of(t), StoredFile(key=f"manifests/{t.photo_id}.json", bytes=5, sha256="2" * 64)
+
+
+async def test_a_bulk_load_records_and_counts_what_one_at_a_time_does(
+    engine: AsyncEngine,
+) -> None:
+    catalog = PhotoCatalog(engine)
+    one_by_one = [owned("dora", n) for n in range(3)]
+    in_bulk = [owned("emil", n) for n in range(3)] + [owned("fay", 0)]
+    for t in one_by_one:
+        await catalog.completed(*indexed(t))
+    await catalog.completed_many([indexed(t) for t in in_bulk])
+    await catalog.completed_many([indexed(t) for t in in_bulk])  # again: nothing counted twice
+    counters = await rows(engine, COUNTERS)
+    assert counters["dora"] == counters["emil"] == 3 * (123 + 10) and counters["fay"] == 133
+    assert counters == await rows(engine, SUMS)
+    shape = text(
+        "SELECT p.owner, p.state, count(o.key), sum(o.bytes) FROM photos p JOIN objects o "
+        "ON o.photo_id = p.id WHERE p.owner IN ('dora', 'emil') GROUP BY p.owner, p.state"
+    )
+    async with engine.connect() as db:
+        found = {owner: tuple(rest) for owner, *rest in await db.execute(shape)}
+    assert found["dora"] == ("completed", 9, 3 * (123 + 10 + 5))
+    assert found["emil"] == found["dora"]

@@ -112,8 +112,7 @@ def _files_of(manifest: PhotoManifest, manifest_file: StoredFile) -> list[Locate
     return found
 
 
-def _completion_upsert(rows: list[dict[str, Any]], restore: bool) -> Insert:
-    upsert = insert(photos).values(rows)
+def _completion_upsert(upsert: Insert, restore: bool) -> Insert:
     # a callback leaves the row's visibility (a PATCH may have changed it meanwhile); reindex
     # restores the manifest's (the manifest is the truth, the row may be an old backup's)
     columns = (*COMPLETION, "visibility") if restore else COMPLETION
@@ -123,12 +122,6 @@ def _completion_upsert(rows: list[dict[str, Any]], restore: bool) -> Insert:
     return upsert.on_conflict_do_update(
         index_elements=[photos.c.id], set_=refreshed, where=photos.c.state != FAILED
     )
-
-
-def _batches(rows: list[T], columns: int) -> list[list[T]]:
-    """Rows cut into statements of at most MAX_PARAMETERS bound values each."""
-    size = max(1, MAX_PARAMETERS // columns)
-    return [rows[start : start + size] for start in range(0, len(rows), size)]
 
 
 def _with_objects(
@@ -216,18 +209,42 @@ class PhotoCatalog:
     async def completed_many(
         self, indexed: list[tuple[PhotoManifest, StoredFile]], *, restore: bool = False
     ) -> None:
-        """`completed` for many photos (reindex, bulk loads): a statement per batch of photos,
-        each with its objects. ``restore``: the manifests' visibility wins over the rows'."""
+        """`completed` for many photos (reindex, bulk loads), each with its objects.
+        ``restore``: the manifests' visibility wins over the rows'.
+
+        One photo (every callback) is one statement whose compiled form SQLAlchemy caches;
+        many are `_completed_in_bulk`, since a statement listing many rows is compiled again
+        on every call (seconds for a few thousand photos)."""
         now = datetime.now(tz=UTC)
-        files_each = max(len(_files_of(*i)) for i in indexed)
-        per_photo = len(photos.c) + len(objects.c) * files_each + 2  # + (photo id, owner)
+        if len(indexed) > 1:
+            return await self._completed_in_bulk(indexed, restore, now)
+        ((manifest, manifest_file),) = indexed
+        upsert = _completion_upsert(insert(photos).values(_completed_row(manifest, now)), restore)
+        files = _files_of(manifest, manifest_file)
         async with session(self.engine) as db:
-            for batch in _batches(indexed, per_photo):
-                rows = [_completed_row(m, now) for m, _ in batch]
-                files = [file for m, f in batch for file in _files_of(m, f)]
-                owner_of = {m.photo_id: m.owner for m, _ in batch}
-                upsert = _completion_upsert(rows, restore)
-                await db.execute(_with_objects(upsert, files, now, owner_of))
+            await db.execute(_with_objects(upsert, files, now, {manifest.photo_id: manifest.owner}))
+
+    async def _completed_in_bulk(
+        self, indexed: list[tuple[PhotoManifest, StoredFile]], restore: bool, now: datetime
+    ) -> None:
+        """Many photos as three statements in one transaction, each sent with every row at
+        once (SQLAlchemy's "insertmanyvalues": compiled once, the rows batched into the wire
+        format): the photos, their objects, and the bytes of the objects inserted onto their
+        owners' counters."""
+        rows = [_completed_row(m, now) for m, _ in indexed]
+        files = [_object_row(*located, now) for m, f in indexed for located in _files_of(m, f)]
+        owner_of = {m.photo_id: m.owner for m, _ in indexed}
+        recorded = (
+            insert(objects)
+            .on_conflict_do_nothing()
+            .returning(objects.c.photo_id, objects.c.kind, objects.c.bytes)
+        )
+        async with session(self.engine, atomic=True) as db:
+            await db.execute(_completion_upsert(insert(photos), restore), rows)
+            inserted = (await db.execute(recorded, files)).all()
+            added = usage.bytes_per_owner(inserted, owner_of)
+            if added:
+                await db.execute(usage.adding(), added)
 
     @reconnecting
     async def failed(self, photo_id: str, error: str | None) -> None:

@@ -1,7 +1,8 @@
 """Each owner's stored bytes: a counter kept by the statements that record objects.
 
-    counting(new_objects, owners)   the last step of `PhotoCatalog.accepted` / `completed_many`:
+    counting(new_objects, owners)   the last step of `PhotoCatalog.accepted` / `completed`:
                                     adds the bytes of the objects that statement inserted
+    bytes_per_owner, adding         the same for a bulk load, in its transaction
     OwnerUsage.stored_bytes(owner)  one row read, never a SUM over a big owner's objects
     OwnerUsage.recount()            the counters made again from the objects (`reindex`)
 
@@ -12,6 +13,7 @@ Originals and derivatives count; manifests (a few hundred bytes, the catalog's o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -74,6 +76,28 @@ def _into_counters(per_owner: Select[str, Any], add: bool) -> Insert:
     upsert = insert(owners).from_select(["owner", "stored_bytes"], per_owner)
     found = upsert.excluded.stored_bytes
     counter = owners.c.stored_bytes + found if add else found
+    return upsert.on_conflict_do_update(
+        index_elements=[owners.c.owner], set_={"stored_bytes": counter}
+    )
+
+
+def bytes_per_owner(
+    inserted: Sequence[Sequence[Any]], owner_of: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Each owner's bytes among newly inserted objects (rows of photo_id, kind, bytes), as
+    the parameters of `adding`: the bulk path's `counting`."""
+    added: dict[str, int] = {}
+    for photo_id, kind, size in inserted:
+        if kind in COUNTED:
+            owner = owner_of[photo_id]
+            added[owner] = added.get(owner, 0) + size
+    return [{"owner": owner, "stored_bytes": size} for owner, size in added.items()]
+
+
+def adding() -> Insert:
+    """Add ``stored_bytes`` to ``owner``'s counter (made at that value if it is new)."""
+    upsert = insert(owners)
+    counter = owners.c.stored_bytes + upsert.excluded.stored_bytes
     return upsert.on_conflict_do_update(
         index_elements=[owners.c.owner], set_={"stored_bytes": counter}
     )
