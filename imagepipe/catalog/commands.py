@@ -60,6 +60,7 @@ def summary(report: ReindexReport) -> Table:
         ("objects already in backup", report.objects_in_backup),
         ("objects the audit will copy to backup", report.objects_to_copy),
         ("manifests that did not parse", len(report.unreadable)),
+        ("deleted photos (tombstoned) not indexed", len(report.deleted)),
     ]
     for what, count in rows:
         table.add_row(what, str(count))

@@ -6,7 +6,8 @@ manifests, then backup's for photos primary lacks, and indexes each one exactly 
 callback does (`PhotoCatalog.completed_many`: idempotent, so running it twice changes
 nothing), except that the manifest's visibility wins over a row that exists (the last PATCH
 rewrote the manifest, so a photo made private never comes back public); then makes each
-owner's stored-bytes counter again from the objects (`catalog.usage`).
+owner's stored-bytes counter again from the objects (`catalog.usage`). A photo whose
+tombstone primary or backup holds is deleted and never indexed, whatever manifest is left.
 Each object's backup state is what backup holds now: `completed` where a copy of the same
 size exists, else `pending` (the audit then copies it again).
 """
@@ -39,6 +40,7 @@ class ReindexReport:
     objects_in_backup: int = 0
     objects_to_copy: int = 0
     unreadable: list[str] = field(default_factory=list)  # manifests that did not parse
+    deleted: set[str] = field(default_factory=set)  # tombstoned photos a manifest was left of
 
     @property
     def photos(self) -> int:
@@ -59,9 +61,11 @@ class Reindexer:
         self.catalog, self.primary, self.backup = catalog, primary, backup
         self.progress = progress or (lambda done: None)
         self.report = ReindexReport()
+        self.tombstoned: set[str] = set()
 
     async def run(self) -> ReindexReport:
         """Index every manifest on primary, then those only backup holds."""
+        self.tombstoned = await tombstoned(self.primary, self.backup)
         seen: set[str] = set()
         async for info in self.primary.list(keys.MANIFESTS):
             if await self.index(self.primary, info.key):
@@ -74,7 +78,11 @@ class Reindexer:
         return self.report
 
     async def index(self, store: Storage, key: str) -> bool:
-        """Index the photo whose manifest is ``key`` in ``store``; False if it did not parse."""
+        """Index the photo whose manifest is ``key`` in ``store``; False if it did not parse
+        or the photo is deleted."""
+        if keys.photo_of(key) in self.tombstoned:
+            self.report.deleted.add(keys.photo_of(key))
+            return False
         try:
             raw = await store.read(key)
             manifest = PhotoManifest.model_validate_json(raw)
@@ -109,3 +117,10 @@ class Reindexer:
         except ObjectNotFound:
             return BackupState.PENDING
         return BackupState.COMPLETED if copy.size == size else BackupState.PENDING
+
+
+async def tombstoned(*stores: Storage) -> set[str]:
+    """Every photo whose tombstone any of the stores holds: deleted, whatever is left of it."""
+    return {
+        keys.photo_of(info.key) for store in stores async for info in store.list(keys.TOMBSTONES)
+    }
