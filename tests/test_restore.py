@@ -29,7 +29,9 @@ async def backed_up_photo(backup: MemoryStorage, photo_id: str | None = None) ->
         data = f"{name} of {photo_id}".encode()
         key = keys.derivative(photo_id, name, "jpg")
         await backup.put_bytes(key, data)
-        sizes[name] = Derivative(key=key, bytes=len(data), sha256=sha(data), width=edge, height=edge)
+        sizes[name] = Derivative(
+            key=key, bytes=len(data), sha256=sha(data), width=edge, height=edge
+        )
     manifest = PhotoManifest(
         photo_id=photo_id,
         original_key=keys.original(photo_id, "jpg"),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -25,7 +25,7 @@ from imagepipe import keys
 from imagepipe.catalog.photos import PhotoCatalog
 from imagepipe.catalog.usage import OwnerUsage
 from imagepipe.models import BackupState, PhotoManifest, StoredFile
-from imagepipe.storage import ObjectNotFound, Storage
+from imagepipe.storage import ObjectInfo, ObjectNotFound, Storage
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]  # photos reindexed so far
@@ -57,8 +57,10 @@ class Reindexer:
         primary: Storage,
         backup: Storage,
         progress: Progress | None = None,
+        only: Collection[str] = (),
     ) -> None:
         self.catalog, self.primary, self.backup = catalog, primary, backup
+        self.only = sorted(only)  # the photos named (a restore of some): none means every one
         self.progress = progress or (lambda done: None)
         self.report = ReindexReport()
         self.tombstoned: set[str] = set()
@@ -67,15 +69,24 @@ class Reindexer:
         """Index every manifest on primary, then those only backup holds."""
         self.tombstoned = await tombstoned(self.primary, self.backup)
         seen: set[str] = set()
-        async for info in self.primary.list(keys.MANIFESTS):
+        async for info in self.manifests(self.primary):
             if await self.index(self.primary, info.key):
                 seen.add(info.key)
                 self.report.from_primary += 1
-        async for info in self.backup.list(keys.MANIFESTS):
+        async for info in self.manifests(self.backup):
             if info.key not in seen and await self.index(self.backup, info.key):
                 self.report.from_backup += 1
         await OwnerUsage(self.catalog.engine).recount()  # whatever the counters said before
         return self.report
+
+    async def manifests(self, store: Storage) -> AsyncIterator[ObjectInfo]:
+        """The store's manifests: every one, or the named photos'."""
+        if not self.only:
+            async for info in store.list(keys.MANIFESTS):
+                yield info
+        for photo_id in self.only:
+            async for info in store.list(keys.manifest(photo_id)):
+                yield info
 
     async def index(self, store: Storage, key: str) -> bool:
         """Index the photo whose manifest is ``key`` in ``store``; False if it did not parse

@@ -43,7 +43,7 @@ async def restore_and_reindex(
     """The restore, then the catalog brought to this schema and rebuilt from the manifests."""
     restored = await restore(settings, only, progress)
     await migrate_catalog(settings)
-    return restored, await reindex(settings)
+    return restored, await reindex(settings, only=only)
 
 
 def summary(report: RestoreReport) -> Table:

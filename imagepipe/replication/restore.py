@@ -142,7 +142,7 @@ class Restorer:
             return
         expected = {manifest.original_key: manifest.sha256}
         expected |= {f.key: f.sha256 for d in manifest.sizes.values() for f in d.files}
-        copied = [await self.copy(key, sha256) for key, sha256 in expected.items()]
+        copied = await asyncio.gather(*(self.copy(key, sha) for key, sha in expected.items()))
         if all(copied) and await self.copy(manifest_key, await self.recorded_sha256(manifest_key)):
             self.report.photos += 1
 
