@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imagepipe import keys
+from imagepipe import ids, keys
 
 if TYPE_CHECKING:
     from imagepipe.config import Settings
@@ -63,6 +63,12 @@ def _reindex(settings: Settings, args: argparse.Namespace) -> int:
     from imagepipe.catalog.commands import run_reindex
 
     return run_reindex(settings)
+
+
+def _restore(settings: Settings, args: argparse.Namespace) -> int:
+    from imagepipe.replication.commands import run_restore
+
+    return run_restore(settings, only=args.photos)
 
 
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
@@ -123,6 +129,12 @@ def _add_client_commands(roles: argparse._SubParsersAction[argparse.ArgumentPars
     health.add_argument("--role", dest="for_role", choices=roles_checked, default="api")
 
 
+def _photo_id(text: str) -> str:
+    if not ids.is_photo_id(text):
+        raise argparse.ArgumentTypeError(f"not a photo id: {text!r}")
+    return text
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -154,6 +166,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     roles.add_parser("migrate", help="bring the catalog's schema up to this version")
     roles.add_parser("reindex", help="rebuild the catalog from the manifests in storage")
+    restore = roles.add_parser(
+        "restore", help="rebuild primary from backup (verified), then reindex the catalog"
+    )
+    restore.add_argument(
+        "photos", nargs="*", type=_photo_id, help="photo ids to restore (default: every photo)"
+    )
     _add_client_commands(roles)
     from imagepipe.stack.tokens import add_parser
 
@@ -169,6 +187,7 @@ SERVER_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "audit": _audit,
     "migrate": _migrate,
     "reindex": _reindex,
+    "restore": _restore,
     "health": _health,
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Collection
 
 from rich.console import Console
 from rich.progress import Progress
@@ -37,12 +38,14 @@ def run_migrate(settings: Settings) -> int:
     return 0
 
 
-async def reindex(settings: Settings, progress: Tick | None = None) -> ReindexReport:
-    """Rebuild the catalog from the manifests on primary and backup."""
+async def reindex(
+    settings: Settings, progress: Tick | None = None, only: Collection[str] = ()
+) -> ReindexReport:
+    """Rebuild the catalog from the manifests on primary and backup (of the photos named)."""
     engine = create_engine(settings)
     primary, backup = primary_storage(settings), backup_storage(settings)
     try:
-        return await Reindexer(PhotoCatalog(engine), primary, backup, progress).run()
+        return await Reindexer(PhotoCatalog(engine), primary, backup, progress, only).run()
     finally:
         await backup.close()
         await primary.close()
@@ -60,6 +63,7 @@ def summary(report: ReindexReport) -> Table:
         ("objects already in backup", report.objects_in_backup),
         ("objects the audit will copy to backup", report.objects_to_copy),
         ("manifests that did not parse", len(report.unreadable)),
+        ("deleted photos (tombstoned) not indexed", len(report.deleted)),
     ]
     for what, count in rows:
         table.add_row(what, str(count))
