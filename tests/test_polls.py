@@ -6,12 +6,15 @@ with it removed (the `GET /tickets/{id}` route answers), and compares the two.
 
 from __future__ import annotations
 
+import json
+
 import httpx
 from redis.asyncio import Redis
 
 from imagepipe import keys
-from imagepipe.api.polls import render_view
+from imagepipe.api.polls import _READ, render_view
 from imagepipe.config import Settings
+from imagepipe.ids import new_ticket_id
 from imagepipe.models import BackupState
 from imagepipe.tickets import TicketStore
 from tests import images
@@ -112,3 +115,53 @@ async def test_a_store_that_cannot_render_leaves_no_stale_view(redis: Redis) -> 
         await pipe.execute()
     await TicketStore(redis, retention_s=60).restore(ticket, 30)  # the audit's store
     assert not await redis.exists(keys.ticket_view(ticket.id))
+
+
+async def _poll_many(http: httpx.AsyncClient, ids: list[str]) -> Answer:
+    response = await http.get("/tickets", params={"ids": ",".join(ids)})
+    headers = {name: response.headers[name] for name in COMPARED if name in response.headers}
+    return response.status_code, headers, response.content
+
+
+async def test_many_tickets_poll_as_each_does_alone_fast_or_slow(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    done = await _upload(http)
+    await run_worker_burst(settings)
+    await replicate_all(settings, redis)
+    queued = await _upload(http)
+    unknown = new_ticket_id()
+    ids = [done, queued, unknown, "not a ticket id!", done]  # a repeat is answered once
+    evaluated = await _evalsha_calls(redis)
+    fast = await _poll_many(http, ids)
+    assert await _evalsha_calls(redis) == evaluated + 3  # one read per distinct valid id
+    alone = {t: (await http.get(f"/tickets/{t}")).json() for t in (done, queued)}
+    assert json.loads(fast[2]) == {
+        "tickets": {done: alone[done], queued: alone[queued], unknown: None, ids[3]: None}
+    }
+    assert alone[done]["backup"] == "completed" and alone[queued]["status"] == "queued"
+    assert "retry-after" in fast[1]  # one is still queued (and one unknown)
+    for ticket_id in (done, queued):
+        await redis.delete(keys.ticket_view(ticket_id))
+    assert await _poll_many(http, ids) == fast  # the slow path's bytes and ETag, exactly
+    finished = await _poll_many(http, [done])
+    assert finished[0] == 200 and "retry-after" not in finished[1]
+    again = await http.get(
+        "/tickets", params={"ids": done}, headers={"if-none-match": finished[1]["etag"]}
+    )
+    assert again.status_code == 304
+
+
+async def test_many_tickets_poll_through_a_valkey_that_lost_its_scripts(
+    http: httpx.AsyncClient, redis: Redis
+) -> None:
+    ticket_id = await _upload(http)
+    before = await _poll_many(http, [ticket_id])
+    await redis.script_flush()  # as after a restart: the pipeline's EVALSHA finds no script
+    assert await _poll_many(http, [ticket_id]) == before
+    assert await redis.script_exists(redis.register_script(_READ).sha) == [True]
+
+
+async def _evalsha_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))

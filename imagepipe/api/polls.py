@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imagepipe import keys
 from imagepipe.api.edges import with_defaults
-from imagepipe.api.views import json_bytes, ticket_view
+from imagepipe.api.views import json_bytes, ticket_json, ticket_view
 from imagepipe.ids import is_ticket_id
 from imagepipe.models import BackupState, Ticket
 
@@ -81,12 +81,62 @@ def matches(if_none_match: bytes, etag: bytes) -> bool:
     return header == b"*" or etag in [tag.strip() for tag in header.split(b",")]
 
 
+_SCRIPTS: dict[int, AsyncScript] = {}  # the read script, per Redis client (one per Services)
+
+
+def _script(redis: Redis) -> AsyncScript:
+    script = _SCRIPTS.get(id(redis))
+    if script is None:
+        script = _SCRIPTS[id(redis)] = redis.register_script(_READ)
+    return script
+
+
+async def read_views(redis: Redis, ticket_ids: list[str]) -> list[list[bytes] | None]:
+    """Many tickets' views in one round trip (a pipeline of the read script): each is
+    ``[etag, body, terminal]``, or None where the slow path must answer (no view, a malformed
+    id, Redis trouble)."""
+    valid = [t for t in ticket_ids if is_ticket_id(t)]
+    found = dict(zip(valid, await _evaluate_all(redis, valid), strict=True)) if valid else {}
+    return [found.get(t) for t in ticket_ids]
+
+
+async def _evaluate_all(redis: Redis, ticket_ids: list[str]) -> list[list[bytes] | None]:
+    script = _script(redis)
+    try:
+        for _ in range(2):  # a Valkey that lost its scripts (restarted) gets the script again
+            async with redis.pipeline(transaction=False) as pipe:
+                for t in ticket_ids:
+                    pipe.evalsha(script.sha, 2, keys.ticket_view(t), keys.ticket(t))
+                found = await pipe.execute(raise_on_error=False)
+            if not any(isinstance(f, NoScriptError) for f in found):
+                break
+            await redis.script_load(_READ)
+    except RedisError:
+        return [None] * len(ticket_ids)
+    return [None if not f or isinstance(f, Exception) else cast(list[bytes], f) for f in found]
+
+
+async def poll_many(services: Services, ticket_ids: list[str]) -> tuple[bytes, bool]:
+    """`GET /tickets?ids=`: the body (each ticket as its own poll's JSON, null if unknown)
+    and whether any is still waiting. Views are read in one round trip; only tickets
+    without one take the slow path."""
+    views = await read_views(services.redis, ticket_ids)
+    bodies = {t: v[1] for t, v in zip(ticket_ids, views, strict=True) if v is not None}
+    waiting = any(v is not None and v[2] != b"1" for v in views)
+    slow = [t for t in ticket_ids if t not in bodies]
+    for ticket_id, ticket in zip(slow, await services.tickets.get_many(slow), strict=True):
+        waiting = waiting or ticket is None or not ticket.status.terminal
+        found = await ticket_json(services.replication, ticket) if ticket else None
+        bodies[ticket_id] = json_bytes(found)
+    pairs = [json_bytes(t) + b":" + bodies[t] for t in ticket_ids]
+    return b'{"tickets":{' + b",".join(pairs) + b"}}", waiting
+
+
 class TicketPolls:
     """Answers `GET`/`HEAD /tickets/{id}` from the ticket's view; the rest passes on."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.scripts: dict[int, AsyncScript] = {}  # per Redis client (one per Services)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = _PATH.fullmatch(scope["path"]) if scope["type"] == "http" else None
@@ -103,11 +153,8 @@ class TicketPolls:
     async def _read(self, redis: Redis, ticket_id: str) -> list[bytes] | None:
         if not is_ticket_id(ticket_id):
             return None  # the route says 404
-        script = self.scripts.get(id(redis))
-        if script is None:
-            script = self.scripts[id(redis)] = redis.register_script(_READ)
         try:
-            found = await script(keys=[keys.ticket_view(ticket_id), keys.ticket(ticket_id)])
+            found = await _script(redis)(keys=[keys.ticket_view(ticket_id), keys.ticket(ticket_id)])
         except RedisError:
             return None  # the route answers, or says what is wrong
         return cast(list[bytes], found) if found else None

@@ -124,7 +124,13 @@ def cached_json(
     request: Request, body: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     """A JSON response with an ETag of its bytes, or 304 when the client's copy is current."""
-    content = json_bytes(body)
+    return cached_content(request, json_bytes(body), status, headers)
+
+
+def cached_content(
+    request: Request, content: bytes, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """JSON already in bytes, with an ETag of them, or 304 when the client's copy is current."""
     return _validated(request, etag_of(content), lambda: content, status, headers)
 
 

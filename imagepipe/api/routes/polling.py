@@ -12,8 +12,9 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from imagepipe.api.deps import ServicesDep
+from imagepipe.api.polls import poll_many
 from imagepipe.api.services import Services
-from imagepipe.api.views import cached_json, json_bytes, ticket_json, ticket_view, versioned_json
+from imagepipe.api.views import cached_content, json_bytes, ticket_json, ticket_view, versioned_json
 from imagepipe.errors import BadRequest
 
 router = APIRouter(tags=["tickets"])
@@ -38,17 +39,12 @@ async def get_tickets(
     request: Request, services: ServicesDep, ids: Annotated[str, Query(max_length=4000)]
 ) -> Response:
     """Many tickets at once (`?ids=a,b,c`); unknown ids come back as null."""
-    wanted = [i.strip() for i in ids.split(",") if i.strip()]
+    wanted = list(dict.fromkeys(i.strip() for i in ids.split(",") if i.strip()))
     if not 0 < len(wanted) <= MAX_BATCH:
         raise BadRequest(f"ids must name 1 to {MAX_BATCH} tickets")
-    found = await services.tickets.get_many(wanted)
-    bodies = {
-        i: (await ticket_json(services.replication, t) if t else None)
-        for i, t in zip(wanted, found, strict=True)
-    }
-    waiting = any(t is None or not t.status.terminal for t in found)
+    content, waiting = await poll_many(services, wanted)
     headers = {"Retry-After": str(await services.retry_after())} if waiting else {}
-    return cached_json(request, {"tickets": bodies}, headers=headers)
+    return cached_content(request, content, headers=headers)
 
 
 @router.get("/tickets/{ticket_id}/events")
