@@ -322,8 +322,10 @@ async def _library(
                 for store in (primary, backup):
                     await store.put_bytes(key, b"")
             ids.append(m.photo_id)
-    async with session(catalog.engine) as db:  # every copy confirmed already
-        await db.execute(update(objects).values(backup_state=BackupState.COMPLETED.value))
+        # every copy confirmed already; a batch at a time, within the statement timeout
+        confirmed = update(objects).where(objects.c.photo_id.in_([m.photo_id for m in batch]))
+        async with session(catalog.engine) as db:
+            await db.execute(confirmed.values(backup_state=BackupState.COMPLETED.value))
     return ids
 
 
