@@ -134,6 +134,15 @@ async def _tee(chunks: AsyncIterator[bytes], probe: HeaderProbe) -> AsyncIterato
     probe.finish()
 
 
+def sniffed(prefix: bytes, settings: Settings) -> str:
+    """The format the first bytes show (415 unless it is one the settings accept)."""
+    image_format = formats.sniff(prefix, settings.formats)
+    if image_format is None:
+        allowed = ", ".join(formats.labels(settings.formats))
+        raise UnsupportedMediaType(f"not an image in an accepted format ({allowed})")
+    return image_format
+
+
 async def _no_other_original(primary: Storage, settings: Settings, photo_id: str, key: str) -> None:
     """A reused photo id (a retry) must not gain a second original in another format."""
     others = {keys.original(photo_id, formats.extension(f)) for f in settings.formats} - {key}
@@ -170,10 +179,7 @@ async def store_original(
     prefix = await _read_prefix(chunks)
     if not prefix:
         raise BadRequest("the upload is empty")
-    image_format = formats.sniff(prefix, settings.formats)
-    if image_format is None:
-        allowed = ", ".join(formats.labels(settings.formats))
-        raise UnsupportedMediaType(f"not an image in an accepted format ({allowed})")
+    image_format = sniffed(prefix, settings)
     key = keys.original(photo_id, formats.extension(image_format))
     probe = HeaderProbe([image_format], settings.max_pixels)
     try:

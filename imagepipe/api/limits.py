@@ -39,8 +39,10 @@ def bounds(settings: Settings) -> list[Bound]:
     """The bounds the settings ask for."""
     uploads = re.compile(r"/photos/?")
     streams = re.compile(r"/tickets/[^/]+/events")
+    resumable = re.compile(r"/uploads/[^/]+")
     return [
         Bound("uploads", "POST", uploads, settings.max_concurrent_uploads),
+        Bound("resumable uploads", "PATCH", resumable, settings.max_concurrent_uploads),
         Bound("event streams", "GET", streams, settings.max_event_streams),
     ]
 
