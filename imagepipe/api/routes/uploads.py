@@ -24,6 +24,7 @@ from imagepipe.api import tus
 from imagepipe.api.access import Writer
 from imagepipe.api.bodies import Received, refusal, request_body, with_deadline
 from imagepipe.api.deps import ServicesDep
+from imagepipe.api.problems import render
 from imagepipe.api.resumable import Body, ResumableUploads
 from imagepipe.errors import BadRequest, ImagepipeError
 from imagepipe.grants import Grant
@@ -31,6 +32,7 @@ from imagepipe.models import VISIBILITIES, Visibility
 from imagepipe.resumable import ResumableUpload
 
 router = APIRouter(tags=["resumable uploads"])
+RESYNC = (404, 409, 423)
 
 
 def _headers(upload: ResumableUpload) -> dict[str, str]:
@@ -43,6 +45,17 @@ def _headers(upload: ResumableUpload) -> dict[str, str]:
     if upload.ticket_id:
         headers["Link"] = f'</tickets/{upload.ticket_id}>; rel="ticket"'
     return headers
+
+
+def _refused(request: Request, exc: ImagepipeError, received: Received) -> Response:
+    """A refusal; one that says where the upload stands (409 offset, 423 locked, 404) closes
+    at once instead of reading the body: its client asks HEAD next, not sends it all again."""
+    settings = request.app.state.services.settings
+    if exc.status in RESYNC and not received.complete:
+        response = render(exc)
+        response.headers["Connection"] = "close"
+        return response
+    return refusal(request, exc, received, settings)
 
 
 def _visibility(grant: Grant, pairs: dict[str, str]) -> Visibility:
@@ -124,7 +137,7 @@ async def append(
         body = _bodies(request, received)
         upload = await ResumableUploads(services).patch(grant, upload_id, offset, body, checksum)
     except ImagepipeError as exc:
-        return refusal(request, exc, received, services.settings)
+        return _refused(request, exc, received)
     return Response(status_code=204, headers=_headers(upload))
 
 
