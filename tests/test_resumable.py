@@ -7,24 +7,55 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import itertools
 import os
 import time
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 import pytest
+from PIL import Image
 from redis.asyncio import Redis
 
 from imagepipe import keys
 from imagepipe.config import Settings
 from imagepipe.replication.audit import audit_once
+from imagepipe.storage.partial import PART_BYTES
 from tests import images
 from tests.owners import bearer
 
 pytestmark = pytest.mark.resumable
 TUS = {"Tus-Resumable": "1.0.0"}
 PATCH = {**TUS, "Content-Type": "application/offset+octet-stream"}
+
+
+@pytest.fixture
+def settings(settings: Settings, request: pytest.FixtureRequest, s3_endpoint: str) -> Settings:
+    """The test's settings, changed where it asks (indirect param); ``primary="s3"``: a
+    primary bucket of its own on the S3 server."""
+    update = dict(getattr(request, "param", {}))
+    if update.pop("primary", None) == "s3":
+        bucket = f"primary-{next(_buckets)}"
+        s3_client(s3_endpoint).create_bucket(Bucket=bucket)
+        update |= {"primary_s3_bucket": bucket, "primary_s3_endpoint": s3_endpoint}
+    return settings.model_copy(update=update)
+
+
+_buckets = itertools.count()
+S3_PRIMARY = pytest.mark.parametrize("settings", [{"primary": "s3"}], indirect=True)
+
+
+def s3_client(endpoint: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
 
 
 def big_jpeg() -> bytes:
@@ -316,12 +347,6 @@ async def test_concurrent_final_patches_make_one_photo(
     assert ticket_of(await http.head(url, headers=TUS)) in tickets
 
 
-@pytest.fixture
-def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
-    """The test's settings, changed where it asks (indirect param)."""
-    return settings.model_copy(update=getattr(request, "param", {}))
-
-
 @pytest.mark.parametrize("settings", [{"owner_storage_bytes": 1_000_000}], indirect=True)
 async def test_unfinished_uploads_count_against_the_storage_quota(
     http: httpx.AsyncClient,
@@ -351,3 +376,73 @@ def test_partial_files_are_not_objects(settings: Settings) -> None:
     """The parts never look like a photo's object to the audit or the replicator."""
     assert keys.kind_of(keys.partial_upload("ab12")) is None
     assert not os.path.isabs(keys.partial_upload("ab12"))
+
+
+def noise_png(megabytes: int) -> bytes:
+    """A real PNG of about ``megabytes`` MB (noise does not compress)."""
+    width = 2000
+    height = megabytes * 1_000_000 // (3 * width)
+    out = BytesIO()
+    Image.frombytes("RGB", (width, height), os.urandom(width * height * 3)).save(
+        out, "PNG", compress_level=0
+    )
+    return out.getvalue()
+
+
+def bucket_keys(settings: Settings, prefix: str) -> dict[str, int]:
+    client = s3_client(str(settings.primary_s3_endpoint))
+    listed = client.list_objects_v2(Bucket=settings.primary_s3_bucket, Prefix=prefix)
+    return {item["Key"]: item["Size"] for item in listed.get("Contents", [])}
+
+
+def multipart_uploads(settings: Settings) -> list[Any]:
+    client = s3_client(str(settings.primary_s3_endpoint))
+    listed = client.list_multipart_uploads(Bucket=settings.primary_s3_bucket)
+    return list(listed.get("Uploads", []))
+
+
+@S3_PRIMARY
+async def test_on_s3_primary_small_patches_become_parts_and_one_photo(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    data = noise_png(20)
+    assert len(data) > 2 * PART_BYTES
+    url = await created(http, len(data))
+    offset, last = 0, None
+    while offset < len(data):
+        last = await patch(http, url, offset, data[offset : offset + 3_000_000])
+        assert last.status_code == 204, last.text
+        offset = int(last.headers["upload-offset"])
+        # acknowledged bytes are on S3 before the answer: parts, and the unfinished one's tail
+        if offset < len(data):
+            tails = [k for k in bucket_keys(settings, "uploads/") if ".tail-" in k]
+            assert tails, "the bytes of an unfinished part are kept durably"
+    assert last is not None
+    ticket_id = ticket_of(last)
+    ticket = (await http.get(f"/tickets/{ticket_id}")).json()
+    [(key, size)] = bucket_keys(settings, keys.ORIGINALS).items()
+    assert key.startswith(f"{keys.ORIGINALS}{ticket['photo_id']}.") and size == len(data)
+    assert bucket_keys(settings, keys.PARTIAL_UPLOADS) == {}
+    assert multipart_uploads(settings) == []
+
+
+@S3_PRIMARY
+async def test_on_s3_primary_a_bomb_termination_and_expiry_leave_nothing(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    bomb = images.pixel_flood_png() + b"\0" * 300_000
+    refused = await patch(http, await created(http, 10 * len(bomb)), 0, bomb)
+    assert refused.status_code == 413
+    data = big_jpeg()
+    terminated = await created(http, len(data))
+    assert (await patch(http, terminated, 0, data[:5000])).status_code == 204
+    assert (await http.delete(terminated, headers=TUS)).status_code == 204
+    expired = await created(http, len(data))
+    assert (await patch(http, expired, 0, data[:5000])).status_code == 204
+    upload_id = expired.rsplit("/", 1)[1]
+    assert len(multipart_uploads(settings)) == 1
+    await redis.hset(keys.resumable(upload_id), "expires_at", str(time.time() - 1))
+    report = await audit_once(settings)
+    assert report.counts().get("expired_uploads_removed") == 1
+    assert bucket_keys(settings, keys.PARTIAL_UPLOADS) == {}
+    assert multipart_uploads(settings) == []

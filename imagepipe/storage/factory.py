@@ -5,7 +5,7 @@ from __future__ import annotations
 from imagepipe.config import Settings
 from imagepipe.storage.base import Storage
 from imagepipe.storage.filesystem import FilesystemStorage
-from imagepipe.storage.partial import FilesystemPartials, PartialUploads
+from imagepipe.storage.partial import FilesystemPartials, PartialUploads, S3Partials
 from imagepipe.storage.s3 import S3Storage
 
 
@@ -24,6 +24,8 @@ def primary_storage(settings: Settings) -> Storage:
 
 def partial_uploads(settings: Settings, primary: Storage) -> PartialUploads:
     """Where resumable uploads gather their bytes: beside the primary store's objects."""
+    if isinstance(primary, S3Storage):
+        return S3Partials(primary)
     return FilesystemPartials(settings.primary_root)
 
 

@@ -5,10 +5,12 @@ Any API process can take an upload's next PATCH, so the bytes live where primary
     filesystem  ``uploads/{id}`` under the primary root: one append-only file. A writer
                 truncates it to the acknowledged offset (bytes a dead writer left past it
                 were never acknowledged), appends, and fsyncs before the offset moves.
-    S3          one multipart upload at ``uploads/{id}``: parts of exactly PART_BYTES (S3
-                refuses parts under 5 MiB but the last), the bytes of an unfinished part
-                kept durably in ``uploads/{id}.tail-{start}``; assembled into
-                ``uploads/{id}`` at the end and read from there.
+    S3          one multipart upload at ``uploads/{id}``: part n holds bytes
+                [(n-1) * PART_BYTES, n * PART_BYTES) (S3 refuses parts under 5 MiB but the
+                last); the bytes of the unfinished part are kept durably, before they are
+                acknowledged, in the object ``uploads/{id}.tail-{start}``, rewritten longer
+                at each sync (a dead writer's longer tail holds the acknowledged bytes as its
+                prefix); assembled into ``uploads/{id}`` at the end and read from there.
 
 The caller keeps the acknowledged offset (in Valkey) and passes it in; a writer's `sync`
 makes everything written durable and returns the new end, which the caller then records.
@@ -28,10 +30,12 @@ from typing import ParamSpec, TypeVar
 from imagepipe import keys
 from imagepipe.storage.base import CHUNK_SIZE, ObjectNotFound, StorageError
 from imagepipe.storage.filesystem import _fsync_dir, _make_dirs, _translate
+from imagepipe.storage.s3 import S3Storage
 
 P = ParamSpec("P")
 T = TypeVar("T")
 _WRITE_BATCH = 256 * 1024  # small chunks are batched to this size per thread hop
+PART_BYTES = 8 * 1024 * 1024  # every S3 part but the last (S3's least is 5 MiB)
 
 
 class PartialWriter(ABC):
@@ -195,3 +199,100 @@ def _names(folder: Path) -> list[str]:
         return sorted(entry.name for entry in os.scandir(folder) if entry.is_file())
     except FileNotFoundError:
         return []
+
+
+class S3Partials(PartialUploads):
+    """Multipart uploads (and their tails) in the primary bucket."""
+
+    def __init__(self, store: S3Storage) -> None:
+        self.store = store
+
+    async def create(self, upload_id: str) -> str:
+        """A multipart upload; its id is the handle."""
+        return await self.store.start_multipart(keys.partial_upload(upload_id))
+
+    async def writer(self, upload_id: str, handle: str, offset: int) -> PartialWriter:
+        """Parts from the one ``offset`` falls in; its acknowledged bytes from its tail."""
+        start = offset - offset % PART_BYTES
+        held = await self.store.read_start(_tail(upload_id, start), offset - start)
+        return _PartWriter(self.store, upload_id, handle, start, held)
+
+    async def head(self, upload_id: str, handle: str, offset: int, limit: int) -> bytes | None:
+        """The first bytes while they are all in the first part's tail."""
+        if offset > PART_BYTES:
+            return None
+        return await self.store.read_start(_tail(upload_id, 0), min(offset, limit))
+
+    async def assemble(self, upload_id: str, handle: str, length: int) -> None:
+        """The full parts, and the tail as the last one, joined into ``uploads/{id}``."""
+        key = keys.partial_upload(upload_id)
+        with contextlib.suppress(ObjectNotFound):
+            if (await self.store.head(key)).size == length:
+                return  # assembled before (an API died before it was read)
+        parts, rest = divmod(length, PART_BYTES)
+        if rest:
+            tail = await self.store.read_start(_tail(upload_id, length - rest), rest)
+            await self.store.put_part(key, handle, parts + 1, tail)
+        await self.store.finish_multipart(key, handle, parts + (rest > 0))
+
+    async def read(self, upload_id: str, handle: str, length: int) -> AsyncIterator[bytes]:
+        """The assembled object."""
+        async for chunk in self.store.open(keys.partial_upload(upload_id)):
+            yield chunk
+
+    async def discard(self, upload_id: str, handle: str) -> None:
+        """Abort the multipart upload; delete the assembled object and the tails."""
+        key = keys.partial_upload(upload_id)
+        if handle:
+            await self.store.abort_multipart(key, handle)
+        leftovers = [info.key async for info in self.store.list(key)]
+        for leftover in leftovers:
+            if leftover == key or leftover.startswith(f"{key}.tail-"):
+                await self.store.delete(leftover)
+
+    async def present(self) -> list[tuple[str, str]]:
+        """Multipart uploads under ``uploads/``, and objects left there without one."""
+        prefix = keys.PARTIAL_UPLOADS
+        found = {
+            key.removeprefix(prefix): handle
+            for key, handle in await self.store.multipart_uploads(prefix)
+        }
+        async for info in self.store.list(prefix):
+            found.setdefault(info.key.removeprefix(prefix).split(".", 1)[0], "")
+        return sorted(found.items())
+
+
+def _tail(upload_id: str, start: int) -> str:
+    return f"{keys.partial_upload(upload_id)}.tail-{start}"
+
+
+class _PartWriter(PartialWriter):
+    """Full parts go to S3 as they fill; `sync` puts the rest as the tail object."""
+
+    def __init__(
+        self, store: S3Storage, upload_id: str, handle: str, start: int, held: bytes
+    ) -> None:
+        super().__init__(start + len(held))
+        self.store, self.upload_id, self.handle = store, upload_id, handle
+        self.start, self.buffer = start, bytearray(held)  # the unfinished part's bytes
+
+    async def write(self, data: bytes) -> None:
+        self.buffer += data
+        self.written += len(data)
+        while len(self.buffer) >= PART_BYTES:
+            number = self.start // PART_BYTES + 1
+            part = bytes(self.buffer[:PART_BYTES])
+            await self.store.put_part(
+                keys.partial_upload(self.upload_id), self.handle, number, part
+            )
+            self.start += PART_BYTES
+            del self.buffer[:PART_BYTES]
+
+    async def sync(self) -> int:
+        if self.buffer:
+            await self.store.put_bytes(_tail(self.upload_id, self.start), bytes(self.buffer))
+        self.end = self.written
+        return self.end
+
+    async def close(self) -> None:
+        self.buffer = bytearray()
