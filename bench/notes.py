@@ -242,4 +242,17 @@ being received waits in the single event loop. Hashing no longer runs on the eve
 `IMAGEPIPE_LOOP_STALL_MS` are logged, so a long tail can be traced to its cause. **Still
 open:** one API process per usable core (the many-process API is not built yet).
 """,
+    17: """
+**How.** The API alone with default settings, filesystem primary. Rounds alternate one
+`POST /photos` of a large PNG and a tus upload of the same bytes through `/uploads/`
+(creation, then PATCHes of a fixed chunk size, the last one accepting the photo), on one
+keep-alive connection; the headline is the ratio of their medians.
+
+**Reading.** A tus upload moves each byte twice on the server: into the partial upload's
+file (fsynced before each PATCH's answer), then, at the last byte, through the accept path
+into the original (sniffed, hashed, fsynced), the same path a POST takes once. Each PATCH also
+costs a round trip, a lock and an offset in Valkey. **Still open:** on a filesystem the
+finished partial file could be linked into place instead of copied, once the accept path
+takes a file it did not stream itself.
+""",
 }
