@@ -246,13 +246,15 @@ open:** one API process per usable core (the many-process API is not built yet).
 **How.** The API alone with default settings, filesystem primary. Rounds alternate one
 `POST /photos` of a large PNG and a tus upload of the same bytes through `/uploads/`
 (creation, then PATCHes of a fixed chunk size, the last one accepting the photo), on one
-keep-alive connection; the headline is the ratio of their medians.
+keep-alive connection; the headline is the median of the rounds' ratios (each pair ran
+seconds apart on the shared machine).
 
-**Reading.** A tus upload moves each byte twice on the server: into the partial upload's
-file (fsynced before each PATCH's answer), then, at the last byte, through the accept path
-into the original (sniffed, hashed, fsynced), the same path a POST takes once. Each PATCH also
-costs a round trip, a lock and an offset in Valkey. **Still open:** on a filesystem the
-finished partial file could be linked into place instead of copied, once the accept path
-takes a file it did not stream itself.
+**Reading.** A tus upload writes each byte once, as a POST does: into the partial upload's
+file, fsynced before each PATCH's answer; at the last byte the accept path reads the file
+back through its checks (sniffed, probed, hashed) and links it into place as the original
+instead of copying it. What remains is a round trip, a lock and an offset in Valkey per
+PATCH, an fsync per chunk instead of one per file, and the read-back. **Still open:**
+hashing each PATCH's bytes as they arrive (a hash state that any API process could resume),
+so the read-back goes too.
 """,
 }

@@ -3,7 +3,7 @@
 The same bytes, the same API process with default settings, in the same run: rounds
 alternate a plain upload of the whole file and a tus upload of it (creation, then PATCHes of
 8 MB, each made durable before its 204, the last one accepting the photo). The headline is
-the tus MB/s over the POST MB/s, medians of the rounds; goal ≥ 0.8.
+the tus MB/s over the POST MB/s, the median of the rounds' ratios; goal ≥ 0.8.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def row(stack: Stack, megabytes: int, rounds: int) -> Row:
         stack.stop("api")
     rates = {k: [len(data) / 1e6 / s for s in v] for k, v in seconds.items()}
     post, tus = (statistics.median(v) for v in rates.values())
-    ratio = tus / post
+    # paired round by round: each ratio's two sides ran seconds apart
+    ratio = statistics.median(t / p for p, t in zip(*rates.values(), strict=True))
     details = table(
         ["upload", "MB/s per round", "median"],
         [
@@ -108,7 +109,7 @@ def row(stack: Stack, megabytes: int, rounds: int) -> Row:
         "`POST /photos` of the same bytes",
         "≥ 0.8 of POST /photos",
         ratio,
-        f"{ratio:.2f} of POST /photos ({tus:.0f} vs {post:.0f} MB/s)",
+        f"{ratio:.2f} of POST /photos ({tus:.0f} vs {post:.0f} MB/s, medians)",
         ratio >= 0.8,
         details=details,
         data={"mb_per_s": rates, "bytes": len(data)},

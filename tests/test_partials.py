@@ -12,6 +12,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from imagepipe.storage import ObjectExists, StorageError
 from imagepipe.storage.filesystem import FilesystemStorage
 from imagepipe.storage.partial import (
     PART_BYTES,
@@ -105,3 +106,31 @@ async def test_s3_parts_are_at_least_5_mib_but_the_last(s3_endpoint: str, s3_buc
     assert left == []
     assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
     await store.close()
+
+
+async def _chunks(data: bytes, fail: bool = False) -> AsyncIterator[bytes]:
+    yield data[: len(data) // 2]
+    if fail:
+        raise ValueError("refused mid-stream")
+    yield data[len(data) // 2 :]
+
+
+async def test_a_finished_file_is_linked_into_place_not_copied(tmp_path: Path) -> None:
+    store = FilesystemStorage(tmp_path / "primary")
+    partials = FilesystemPartials(store.root)
+    await partials.create("abc123")
+    await append(partials, "", 0, DATA)
+    source = partials.local_file("abc123")
+    assert source is not None
+    with pytest.raises(ValueError, match="refused"):
+        await store.put_linked("originals/x.png", _chunks(DATA, fail=True), source)
+    assert not await store.exists("originals/x.png")  # refused in the stream: nothing made
+    with pytest.raises(StorageError):  # the chunks were not the file's bytes
+        await store.put_linked("originals/x.png", _chunks(DATA[:-1]), source)
+    info = await store.put_linked("originals/x.png", _chunks(DATA), source)
+    assert info.size == len(DATA) and info.sha256 == hashlib.sha256(DATA).hexdigest()
+    assert store.path("originals/x.png").stat().st_ino == source.stat().st_ino
+    with pytest.raises(ObjectExists):  # create-only, as every original
+        await store.put_linked("originals/x.png", _chunks(DATA), source)
+    await partials.discard("abc123", "")
+    assert await store.read("originals/x.png") == DATA

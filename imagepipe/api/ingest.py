@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from imagepipe import formats, keys
 from imagepipe.config import Settings
@@ -151,9 +152,17 @@ async def _no_other_original(primary: Storage, settings: Settings, photo_id: str
             raise PhotoIdTaken("another upload holds this photo id; nothing was changed")
 
 
-async def _put_once(primary: Storage, key: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
-    """Create the original; if the key holds the very same bytes already, converge on them."""
+async def _put_once(
+    primary: Storage, key: str, chunks: AsyncIterator[bytes], source: Path | None
+) -> ObjectInfo:
+    """Create the original; if the key holds the very same bytes already, converge on them.
+
+    A ``source`` file (a finished resumable upload) is linked into place where the store
+    can (a filesystem), after its bytes passed every check; else they are written."""
+    linked = getattr(primary, "put_linked", None) if source is not None else None
     try:
+        if linked is not None:
+            return await linked(key, chunks, source)  # type: ignore[no-any-return]
         return await primary.put(key, chunks, create_only=True)
     except ObjectExists as taken:
         # a retry after the API died between fsync and response finds its own original
@@ -169,11 +178,13 @@ async def store_original(
     photo_id: str,
     *,
     retry: bool = False,
+    source: Path | None = None,
 ) -> StoredOriginal:
     """Stream one upload into ``originals/{photo_id}.{ext}``; raise a 4xx/507 error if refused.
 
     The original is created, never rewritten: a key that holds other bytes (or, for a
     ``retry`` of an earlier attempt's photo id, an original in another format) is PhotoIdTaken.
+    ``source``: the body's bytes as an fsynced file on primary's filesystem (`_put_once`).
     """
     chunks = limit_bytes(body, settings.max_upload_bytes)
     prefix = await _read_prefix(chunks)
@@ -185,7 +196,7 @@ async def store_original(
     try:
         if retry:
             await _no_other_original(primary, settings, photo_id, key)
-        info = await _put_once(primary, key, _tee(_replay(prefix, chunks), probe))
+        info = await _put_once(primary, key, _tee(_replay(prefix, chunks), probe), source)
     except StorageFull:
         raise InsufficientStorage("primary storage is full", retry_after=60) from None
     except StorageError as exc:

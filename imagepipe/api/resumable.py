@@ -299,9 +299,10 @@ class ResumableUploads:
         await self._storage(self.partials.assemble(upload.id, upload.handle, upload.length))
         body = self.partials.read(upload.id, upload.handle, upload.length)
         key = keys.resumable_idempotency(upload.id)
+        source = self.partials.local_file(upload.id)  # linked, not copied, where it can be
         try:
             ticket, _ = await accept_upload(
-                self.services, body, Upload(upload.owner, upload.visibility, key)
+                self.services, body, Upload(upload.owner, upload.visibility, key, source)
             )
         except ImagepipeError as refused:
             if refused.status in (413, 415):  # the final checks: nothing to resume

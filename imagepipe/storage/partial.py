@@ -81,6 +81,10 @@ class PartialUploads(ABC):
     async def assemble(self, upload_id: str, handle: str, length: int) -> None:  # noqa: B027
         """Make the ``length`` bytes readable as one (nothing to do on a filesystem)."""
 
+    def local_file(self, upload_id: str) -> Path | None:
+        """The upload's bytes as one fsynced file on primary's filesystem, where they are."""
+        return None
+
     @abstractmethod
     async def discard(self, upload_id: str, handle: str) -> None:
         """Remove everything the upload left (missing parts are fine)."""
@@ -101,6 +105,10 @@ class FilesystemPartials(PartialUploads):
         if not upload_id.isalnum():
             raise ValueError(f"bad upload id {upload_id!r}")
         return self.folder / upload_id
+
+    def local_file(self, upload_id: str) -> Path | None:
+        """The upload's file: an original can be linked from it."""
+        return self.path(upload_id)
 
     async def create(self, upload_id: str) -> str:
         """An empty file, its folder entry fsynced."""
