@@ -9,7 +9,6 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import boto3
 import pytest
 
 from imagepipe.storage import ObjectExists, StorageError
@@ -21,6 +20,7 @@ from imagepipe.storage.partial import (
     S3Partials,
 )
 from imagepipe.storage.s3 import S3Storage
+from tests.test_flow import s3_client
 
 pytestmark = pytest.mark.resumable
 DATA = os.urandom(2 * PART_BYTES + 12345)
@@ -91,13 +91,7 @@ async def test_s3_parts_are_at_least_5_mib_but_the_last(s3_endpoint: str, s3_buc
     end = 0
     for start in range(0, len(DATA), 700_000):  # small PATCHes, each acknowledged
         end = await append(partials, handle, end, DATA[start : start + 700_000])
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    client = s3_client(s3_endpoint)
     parts = client.list_parts(Bucket=s3_bucket, Key="uploads/abc123", UploadId=handle)["Parts"]
     assert [part["Size"] for part in parts] == [PART_BYTES, PART_BYTES]
     assert await whole(partials, handle, len(DATA)) == DATA

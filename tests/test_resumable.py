@@ -8,24 +8,23 @@ import asyncio
 import base64
 import hashlib
 import itertools
-import os
 import time
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
-from PIL import Image
 from redis.asyncio import Redis
 
+from bench.resumable import noise_png
 from imagepipe import keys
 from imagepipe.config import Settings
 from imagepipe.replication.audit import audit_once
+from imagepipe.replication.listing import TREES
 from imagepipe.storage.partial import PART_BYTES
 from tests import images
 from tests.owners import bearer
+from tests.test_flow import s3_client
 
 pytestmark = pytest.mark.resumable
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -46,16 +45,6 @@ def settings(settings: Settings, request: pytest.FixtureRequest, s3_endpoint: st
 
 _buckets = itertools.count()
 S3_PRIMARY = pytest.mark.parametrize("settings", [{"primary": "s3"}], indirect=True)
-
-
-def s3_client(endpoint: str) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
 
 
 def big_jpeg() -> bytes:
@@ -372,21 +361,25 @@ async def test_unfinished_uploads_per_owner_are_bounded(http: httpx.AsyncClient)
     assert (await create(http, 1000)).status_code == 201
 
 
-def test_partial_files_are_not_objects(settings: Settings) -> None:
-    """The parts never look like a photo's object to the audit or the replicator."""
-    assert keys.kind_of(keys.partial_upload("ab12")) is None
-    assert not os.path.isabs(keys.partial_upload("ab12"))
+def test_partial_files_are_not_objects() -> None:
+    """The parts never look like a photo's object to the audit's listings or the replicator."""
+    key = keys.partial_upload("ab12")
+    assert keys.kind_of(key) is None
+    assert not key.startswith(TREES)
 
 
-def noise_png(megabytes: int) -> bytes:
-    """A real PNG of about ``megabytes`` MB (noise does not compress)."""
-    width = 2000
-    height = megabytes * 1_000_000 // (3 * width)
-    out = BytesIO()
-    Image.frombytes("RGB", (width, height), os.urandom(width * height * 3)).save(
-        out, "PNG", compress_level=0
-    )
-    return out.getvalue()
+async def test_creation_is_charged_to_the_owners_rates(http: httpx.AsyncClient) -> None:
+    """As a POST: one upload and its declared bytes, refused before any byte is sent."""
+    rate = bearer(uploads_per_minute=1)
+    first = await create(http, 1000, **rate)
+    assert first.status_code == 201
+    assert '"uploads";r=0' in first.headers["ratelimit"]
+    refused = await create(http, 1000, **rate)
+    assert refused.status_code == 429 and "retry-after" in refused.headers
+    assert refused.headers["tus-resumable"] == "1.0.0"
+    too_big = await create(http, 5000, **bearer("byte-counter", bytes_per_day=4000))
+    assert too_big.status_code == 413
+    assert too_big.json()["violated-policies"] == ["bytes"]
 
 
 def bucket_keys(settings: Settings, prefix: str) -> dict[str, int]:

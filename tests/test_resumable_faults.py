@@ -8,19 +8,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import random
 import signal
 from collections.abc import AsyncIterator, Iterator
-from io import BytesIO
 from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 from redis.asyncio import Redis
 from sqlalchemy import text
 
+from bench.resumable import noise_png
 from imagepipe import keys
 from imagepipe.catalog.engine import create_engine
 from imagepipe.config import Settings
@@ -39,14 +37,9 @@ FAST = {"IMAGEPIPE_UPLOAD_IDLE_TIMEOUT_S": "2"}
 
 
 @pytest.fixture(scope="module")
-def big_png(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+def big_png() -> bytes:
     """A real 40 MB image (noise does not compress), within the pixel limit."""
-    width = 4000
-    height = SIZE // (3 * width) + 1
-    im = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
-    out = BytesIO()
-    im.save(out, "PNG", compress_level=0)
-    data = out.getvalue()
+    data = noise_png(SIZE // 1_000_000 + 1)
     assert len(data) >= SIZE
     return data
 
