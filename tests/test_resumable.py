@@ -18,12 +18,13 @@ from redis.asyncio import Redis
 
 from bench.resumable import noise_png
 from imagepipe import keys
+from imagepipe.api.idempotency import IdempotencyKeys
 from imagepipe.config import Settings
 from imagepipe.replication.audit import audit_once
 from imagepipe.replication.listing import TREES
 from imagepipe.storage.partial import PART_BYTES
 from tests import images
-from tests.owners import bearer
+from tests.owners import OWNER, bearer
 from tests.test_flow import s3_client
 
 pytestmark = pytest.mark.resumable
@@ -334,6 +335,30 @@ async def test_concurrent_final_patches_make_one_photo(
     assert len(tickets) == 1
     assert len(originals(settings)) == 1
     assert ticket_of(await http.head(url, headers=TUS)) in tickets
+
+
+async def test_an_acceptance_a_dead_api_left_in_flight_converges_on_one_photo(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    """An API that died accepting the last byte holds the upload's key until its lease
+    ends: the retry is told to come back (423), then makes the one photo, under the ids the
+    key was given."""
+    data = big_jpeg()
+    url = await created(http, len(data))
+    cut = len(data) - 1000
+    assert (await patch(http, url, 0, data[:cut])).status_code == 204
+    held = IdempotencyKeys(redis, 3600, lease_s=60)
+    upload_id = url.rsplit("/", 1)[1]
+    dead = await held.reserve(keys.resumable_idempotency(upload_id), OWNER)
+    busy = await patch(http, url, cut, data[cut:])
+    assert busy.status_code == 423 and busy.headers["retry-after"] == "1"
+    head = await http.head(url, headers=TUS)  # the bytes are all there; no ticket yet
+    assert head.headers["upload-offset"] == str(len(data)) and "link" not in head.headers
+    await held.release(dead)  # as its lease running out would
+    done = await http.head(url, headers=TUS)  # a HEAD finishes what the dead API began
+    assert ticket_of(done) == dead.ticket_id
+    [original] = originals(settings)
+    assert original.name.startswith(dead.photo_id + ".")
 
 
 @pytest.mark.parametrize("settings", [{"owner_storage_bytes": 1_000_000}], indirect=True)

@@ -21,6 +21,7 @@ One request writes an upload at a time (`resumable.ResumableStore.lock`, 423 oth
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,12 +38,14 @@ from imagepipe.config import Settings
 from imagepipe.errors import (
     BadRequest,
     ChecksumMismatch,
+    Conflict,
     ImagepipeError,
     InsufficientStorage,
     Locked,
     NotFound,
     OffsetMismatch,
     PayloadTooLarge,
+    ServiceOverloaded,
     ServiceUnavailable,
     TooManyRequests,
 )
@@ -155,8 +158,10 @@ class ResumableUploads:
         upload = await self.find(grant, upload_id)
         if upload.complete and not upload.ticket_id:
             token = await self.store.lock(upload.id, self.lease_ms)
-            if token is not None:
-                upload = await self._locked(upload.id, token, self._finish)
+            # not now (in flight elsewhere, overloaded, full): HEAD still says where it stands
+            with contextlib.suppress(Locked, ServiceOverloaded, InsufficientStorage):
+                if token is not None:
+                    upload = await self._locked(upload.id, token, self._finish)
         return upload
 
     async def patch(
@@ -307,6 +312,8 @@ class ResumableUploads:
         except ImagepipeError as refused:
             if refused.status in (413, 415):  # the final checks: nothing to resume
                 await self._drop(upload)
+            if type(refused) is Conflict:  # an API that died accepting it held the key
+                raise Locked("the upload is being accepted; retry", retry_after=1) from None
             raise
         await self.store.finished(upload, ticket.id)
         upload.ticket_id = ticket.id
