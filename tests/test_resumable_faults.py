@@ -28,7 +28,7 @@ from tests.conftest import free_port
 from tests.owners import OWNER, bearer
 from tests.test_e2e import stop_all
 
-pytestmark = pytest.mark.resumable
+pytestmark = [pytest.mark.resumable, pytest.mark.faults]  # real processes: not in test-fast
 TUS = {"Tus-Resumable": "1.0.0"}
 PATCH = {**TUS, "Content-Type": "application/offset+octet-stream"}
 SIZE = 40_000_000
