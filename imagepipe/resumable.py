@@ -16,6 +16,7 @@ Scripts are fixed text: clients reach them only as key names and numbers.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Awaitable
@@ -26,6 +27,8 @@ from redis.asyncio import Redis
 
 from imagepipe import keys
 from imagepipe.models import Visibility
+
+UPLOAD_ID = re.compile(r"[0-9a-f]{32}")  # what `new_upload_id` makes
 
 # KEYS: state, lock. ARGV: token, old offset, new offset. 1 if moved, 0 if not the holder or
 # the offset moved meanwhile.
@@ -41,6 +44,11 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if ARGV[2] == '0' then return redis.call('DEL', KEYS[1]) end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
+
+
+def new_upload_id() -> str:
+    """A random upload id (128 bits, hex): the upload's URL is its only name."""
+    return secrets.token_hex(16)
 
 
 @dataclass

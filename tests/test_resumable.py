@@ -231,6 +231,52 @@ async def test_another_tus_version_is_412(http: httpx.AsyncClient) -> None:
     assert unversioned.status_code == 412
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Upload-Length": "abc"},
+        {"Upload-Length": "-1"},
+        {"Upload-Length": "\u00b2"},  # latin-1's superscript two: a digit, but int() refuses it
+        {"Upload-Length": "10", "Upload-Metadata": "filename not*base64"},
+        {"Upload-Length": "10", "Upload-Metadata": "bad,key x"},
+        {"Upload-Length": "10", "Upload-Metadata": metadata(visibility="everyone")},
+        {"Upload-Length": "10", "Upload-Defer-Length": "1"},
+    ],
+    ids=[
+        "no-length",
+        "text",
+        "negative",
+        "arabic-digits",
+        "bad-base64",
+        "bad-key",
+        "visibility",
+        "deferred",
+    ],
+)
+async def test_a_malformed_creation_is_400(
+    http: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    if headers.get("Upload-Defer-Length"):
+        del headers["Upload-Length"]
+    encoded = {k: v.encode("latin-1") for k, v in headers.items()}
+    response = await http.post("/uploads/", headers={**TUS, **encoded})
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_malformed_patch_is_refused(http: httpx.AsyncClient) -> None:
+    url = await created(http, 1000)
+    wrong_type = await http.patch(
+        url, content=b"x", headers={**TUS, "Upload-Offset": "0", "Content-Type": "image/jpeg"}
+    )
+    assert wrong_type.status_code == 415
+    no_offset = await http.patch(url, content=b"x", headers=PATCH)
+    assert no_offset.status_code == 400
+    for bad_id in ("not-hex", "A" * 32, "0" * 31):
+        assert (await patch(http, f"/uploads/{bad_id}", 0, b"x")).status_code == 404
+
+
 async def test_over_tus_max_size_is_413(http: httpx.AsyncClient, settings: Settings) -> None:
     response = await create(http, settings.max_upload_bytes + 1)
     assert response.status_code == 413

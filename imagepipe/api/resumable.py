@@ -22,7 +22,6 @@ One request writes an upload at a time (`resumable.ResumableStore.lock`, 423 oth
 from __future__ import annotations
 
 import contextlib
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from imagepipe.errors import (
 )
 from imagepipe.grants import Grant
 from imagepipe.models import Visibility
-from imagepipe.resumable import ResumableUpload
+from imagepipe.resumable import UPLOAD_ID, ResumableUpload, new_upload_id
 from imagepipe.storage import StorageError, StorageFull
 from imagepipe.storage.partial import PartialWriter
 
@@ -133,7 +132,7 @@ class ResumableUploads:
         standings = await self.services.fair_use.admit(grant, length)
         expires_at = time.time() + self.settings.resumable_ttl_s
         upload = ResumableUpload(
-            secrets.token_hex(16), grant.owner, length, expires_at, visibility, metadata=metadata
+            new_upload_id(), grant.owner, length, expires_at, visibility, metadata=metadata
         )
         await self.store.create(upload)  # first: the audit removes bytes with no upload
         try:
@@ -147,7 +146,7 @@ class ResumableUploads:
 
     async def find(self, grant: Grant, upload_id: str) -> ResumableUpload:
         """The caller's upload; 404 for an unknown, expired or someone else's one."""
-        upload = await self.store.get(upload_id) if upload_id.isalnum() else None
+        upload = await self.store.get(upload_id) if UPLOAD_ID.fullmatch(upload_id) else None
         if upload is None or upload.owner != grant.owner:
             raise NotFound("no such upload (or it expired)")
         return upload

@@ -64,7 +64,7 @@ def offset_of(headers: Headers) -> int:
 
 def _number(headers: Headers, name: str) -> int:
     value = headers.get(name)
-    if value is None or not value.isdigit() or len(value) > 18:
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 18:
         raise BadRequest(f"{name} must be a non-negative integer")
     return int(value)
 

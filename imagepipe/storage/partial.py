@@ -102,7 +102,7 @@ class FilesystemPartials(PartialUploads):
 
     def path(self, upload_id: str) -> Path:
         """The upload's file (ids are made by the server: hex only)."""
-        if not upload_id.isalnum():
+        if not (upload_id.isascii() and upload_id.isalnum()):
             raise ValueError(f"bad upload id {upload_id!r}")
         return self.folder / upload_id
 
