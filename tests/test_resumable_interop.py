@@ -1,7 +1,8 @@
 """Interop: `tuspy`, an independent tus 1.0 client, against a real uvicorn serving the API.
 
 It creates, uploads in chunks with sha1 checksums, stops part way, resumes from a new
-uploader that finds the offset with HEAD, and ends with the last PATCH's ticket link.
+uploader that finds the offset with HEAD, and ends with the last PATCH's ticket link; the
+photo is then processed like any other.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from imagepipe import keys
 from imagepipe.config import Settings
 from tests import images
 from tests.owners import bearer
+from tests.stack import run_worker_burst
 
 pytestmark = pytest.mark.resumable
 
@@ -54,3 +56,9 @@ async def test_tuspy_uploads_interrupted_and_resumed(api_url: str, settings: Set
     [original] = (settings.primary_root / keys.ORIGINALS).iterdir()
     assert original.name.startswith(ticket["photo_id"])
     assert hashlib.sha256(original.read_bytes()).digest() == hashlib.sha256(data).digest()
+    await run_worker_burst(settings)  # the photo is processed like any other
+    async with httpx.AsyncClient(base_url=api_url, headers=bearer()) as http:
+        done = (await http.get(f"/tickets/{ticket_id}")).json()
+        assert done["status"] == "completed", done
+        photo = (await http.get(f"/photos/{ticket['photo_id']}")).json()
+    assert (photo["width"], photo["height"]) == (1600, 1200)
