@@ -14,6 +14,7 @@ every answer and refuses other tus versions (412).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from email.utils import formatdate
 
@@ -31,6 +32,7 @@ from imagepipe.grants import Grant
 from imagepipe.models import VISIBILITIES, Visibility
 from imagepipe.resumable import ResumableUpload
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["resumable uploads"])
 RESYNC = (404, 409, 423)
 
@@ -52,6 +54,8 @@ def _refused(request: Request, exc: ImagepipeError, received: Received) -> Respo
     at once instead of reading the body: its client asks HEAD next, not sends it all again."""
     settings = request.app.state.services.settings
     if exc.status in RESYNC and not received.complete:
+        context = {"status": exc.status, "reason": exc.detail}
+        log.info("%s %s refused: %s", request.method, request.url.path, exc.title, extra=context)
         response = render(exc)
         response.headers["Connection"] = "close"
         return response
