@@ -16,6 +16,7 @@ Scripts are fixed text: clients reach them only as key names and numbers.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -29,6 +30,7 @@ from imagepipe import keys
 from imagepipe.models import Visibility
 
 UPLOAD_ID = re.compile(r"[0-9a-f]{32}")  # what `new_upload_id` makes
+SETTLE_POLL_S = 0.02
 
 # KEYS: state, lock. ARGV: token, old offset, new offset. 1 if moved, 0 if not the holder or
 # the offset moved meanwhile.
@@ -129,6 +131,20 @@ class ResumableStore:
         token = secrets.token_hex(16)
         taken = await self.redis.set(keys.resumable_lock(upload_id), token, nx=True, px=lease_ms)
         return token if taken else None
+
+    async def locked(self, upload_id: str) -> bool:
+        """Whether a request holds the upload's lock now."""
+        return bool(await self.redis.exists(keys.resumable_lock(upload_id)))
+
+    async def settled(self, upload_id: str, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until no request holds the upload's lock; whether
+        none does."""
+        deadline = time.monotonic() + timeout_s
+        while await self.locked(upload_id):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(SETTLE_POLL_S)
+        return True
 
     async def renew(self, upload_id: str, token: str, lease_ms: int) -> bool:
         """Extend the lease (0: release it); False if the lock is no longer this token's."""

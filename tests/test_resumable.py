@@ -22,6 +22,7 @@ from imagepipe.api.idempotency import IdempotencyKeys
 from imagepipe.config import Settings
 from imagepipe.replication.audit import audit_once
 from imagepipe.replication.listing import TREES
+from imagepipe.resumable import ResumableStore
 from imagepipe.storage.partial import PART_BYTES
 from tests import images
 from tests.owners import OWNER, bearer
@@ -405,6 +406,36 @@ async def test_an_acceptance_a_dead_api_left_in_flight_converges_on_one_photo(
     assert ticket_of(done) == dead.ticket_id
     [original] = originals(settings)
     assert original.name.startswith(dead.photo_id + ".")
+
+
+async def exists_calls(redis: Redis) -> int:
+    """How many EXISTS commands Valkey has run (the lock is looked up with EXISTS)."""
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_exists", {}).get("calls", 0))
+
+
+async def test_head_waits_for_a_patch_in_progress_to_settle(
+    http: httpx.AsyncClient, redis: Redis
+) -> None:
+    """A client asks HEAD after its PATCH failed; that PATCH, its client gone, may still be
+    making its bytes durable: HEAD tells the offset it then acknowledges, not the one before."""
+    data = big_jpeg()
+    url = await created(http, len(data))
+    upload_id = url.rsplit("/", 1)[1]
+    store = ResumableStore(redis)
+    token = await store.lock(upload_id, 10_000)  # as the PATCH in progress holds it
+    assert token is not None
+    before = await exists_calls(redis)
+    head = asyncio.create_task(http.head(url, headers=TUS))
+    while await exists_calls(redis) < before + 2:  # noqa: ASYNC110 (HEAD found the lock, waits)
+        await asyncio.sleep(0.01)
+    assert not head.done()
+    assert await store.advance(upload_id, token, 0, 5000)  # the bytes made durable
+    await store.renew(upload_id, token, 0)  # and the PATCH ends
+    assert (await head).headers["upload-offset"] == "5000"
+    held = await store.lock(upload_id, 60_000)  # a PATCH that does not end: HEAD still answers
+    assert held is not None
+    assert (await http.head(url, headers=TUS)).headers["upload-offset"] == "5000"
 
 
 @pytest.mark.parametrize("settings", [{"owner_storage_bytes": 1_000_000}], indirect=True)

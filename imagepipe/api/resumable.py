@@ -54,6 +54,7 @@ from imagepipe.resumable import UPLOAD_ID, ResumableUpload, new_upload_id
 from imagepipe.storage import StorageError, StorageFull
 from imagepipe.storage.partial import PartialWriter
 
+HEAD_WAIT_S = 2.0  # how long HEAD waits for a PATCH in progress to settle
 PREFIX_BYTES = PROBE_STEPS[-1]  # the header probe's last try; past it the final check decides
 T = TypeVar("T")
 Body = Callable[[int], AsyncIterator[bytes]]
@@ -153,8 +154,15 @@ class ResumableUploads:
 
     async def status(self, grant: Grant, upload_id: str) -> ResumableUpload:
         """HEAD: the upload as it stands; a complete one whose acceptance was lost (the API
-        died after the last byte) is accepted now, if no request is writing it."""
+        died after the last byte) is accepted now, if no request is writing it.
+
+        A PATCH in progress is given HEAD_WAIT_S to settle first: a client asks HEAD when its
+        last request failed, and that request, its client gone, may still be making the
+        bytes it received durable; the offset it is about to acknowledge is the one to tell."""
         upload = await self.find(grant, upload_id)
+        if await self.store.locked(upload.id):
+            await self.store.settled(upload.id, HEAD_WAIT_S)
+            upload = await self.find(grant, upload_id)
         if upload.complete and not upload.ticket_id:
             token = await self.store.lock(upload.id, self.lease_ms)
             # not now (in flight elsewhere, overloaded, full): HEAD still says where it stands
