@@ -242,4 +242,19 @@ being received waits in the single event loop. Hashing no longer runs on the eve
 `IMAGEPIPE_LOOP_STALL_MS` are logged, so a long tail can be traced to its cause. **Still
 open:** one API process per usable core (the many-process API is not built yet).
 """,
+    17: """
+**How.** The API alone with default settings, filesystem primary. Rounds alternate one
+`POST /photos` of a large PNG and a tus upload of the same bytes through `/uploads/`
+(creation, then PATCHes of a fixed chunk size, the last one accepting the photo), on one
+keep-alive connection; the headline is the median of the rounds' ratios (each pair ran
+seconds apart on the shared machine).
+
+**Reading.** A tus upload writes each byte once, as a POST does: into the partial upload's
+file, fsynced before each PATCH's answer; at the last byte the accept path reads the file
+back through its checks (sniffed, probed, hashed) and links it into place as the original
+instead of copying it. What remains is a round trip, a lock and an offset in Valkey per
+PATCH, an fsync per chunk instead of one per file, and the read-back. **Still open:**
+hashing each PATCH's bytes as they arrive (a hash state that any API process could resume),
+so the read-back goes too.
+""",
 }

@@ -189,6 +189,12 @@ class Settings(BaseSettings):
     idempotency_retention_s: int = Field(default=24 * 3600, gt=0)
     idempotency_lease_s: int = Field(default=120, gt=0)  # an in-flight key frees itself after
 
+    # -- resumable uploads (tus, `api.resumable`) ------------------------------------------
+    resumable_ttl_s: int = Field(default=24 * 3600, gt=0)  # an unfinished upload expires after
+    resumable_max_per_owner: int = Field(default=16, gt=0)  # unfinished uploads an owner may hold
+    # a PATCH's bytes are made durable and acknowledged (offset) at least this often
+    resumable_checkpoint_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
+
     # -- processing ----------------------------------------------------------------
     sizes: Annotated[tuple[SizeSpec, ...], NoDecode] = parse_sizes(DEFAULT_SIZES)
     # the formats of every size that names none; a size names its own as `l:1024:jpeg+avif`

@@ -10,7 +10,9 @@
     ├── NotAcceptable                   406  no format of a size that the Accept header takes
     ├── RequestTimeout                  408  body arrived too slowly
     ├── Conflict                        409  idempotency key in flight / backwards transition
-    │   └── PhotoIdTaken                409  an original already holds this id (never rewritten)
+    │   ├── PhotoIdTaken                409  an original already holds this id (never rewritten)
+    │   └── OffsetMismatch              409  a resumable PATCH not at the upload's offset
+    ├── PreconditionFailed              412  a tus version this server does not speak
     ├── PayloadTooLarge                 413  too many bytes
     │   ├── TooManyPixels               413  width × height × frames over the limit
     │   └── QuotaExceeded               413  more than an owner's quota could ever take
@@ -18,7 +20,9 @@
     ├── UnsupportedMediaType            415  not an image of an allowed format
     │   └── UnsupportedContentType      415  a body (a PATCH) that is not JSON
     ├── IdempotencyMismatch             422  same key, different content
+    ├── Locked                          423  another request is writing this resumable upload
     ├── TooManyRequests                 429  an owner's upload rate or daily bytes (Retry-After)
+    ├── ChecksumMismatch                460  a resumable PATCH's bytes differ from its checksum
     ├── ServiceOverloaded               503  queue too deep: shed load (with Retry-After)
     │   └── ServiceUnavailable          503  Redis, the catalog or primary storage unreachable
     │       └── CatalogUnavailable      503  PostgreSQL unreachable or too slow
@@ -100,6 +104,14 @@ class PhotoIdTaken(Conflict):
     title = "Photo id already taken"
 
 
+class OffsetMismatch(Conflict):
+    title = "Upload-Offset mismatch"
+
+
+class PreconditionFailed(ImagepipeError):
+    status, title = 412, "Precondition failed"
+
+
 class PayloadTooLarge(ImagepipeError):
     status, title = 413, "Upload too large"
 
@@ -126,6 +138,14 @@ class UnsupportedContentType(UnsupportedMediaType):
 
 class IdempotencyMismatch(ImagepipeError):
     status, title = 422, "Idempotency key reused with different content"
+
+
+class Locked(ImagepipeError):
+    status, title = 423, "Upload locked"
+
+
+class ChecksumMismatch(ImagepipeError):
+    status, title = 460, "Checksum mismatch"  # tus 1.0's checksum extension
 
 
 class TooManyRequests(ImagepipeError):

@@ -66,6 +66,30 @@ def owner_limit(policy: str, owner: str) -> str:
     return f"{PREFIX}limit:{{{digest}}}:{policy}"
 
 
+def resumable(upload_id: str) -> str:
+    """Hash: one resumable upload's state (owner, length, offset, metadata, expiry, ticket),
+    expiring with the upload (`imagepipe.resumable`)."""
+    return f"{PREFIX}resumable:{upload_id}"
+
+
+def resumable_lock(upload_id: str) -> str:
+    """Held by the one request writing a resumable upload (a PATCH, a termination)."""
+    return f"{PREFIX}resumable:{upload_id}:lock"
+
+
+def owner_resumables(owner: str) -> str:
+    """Zset: an owner's unfinished resumable uploads -> when each expires (by digest, as
+    `owner_limit`); their lengths count against the owner's storage quota."""
+    digest = hashlib.sha256(owner.encode()).hexdigest()[:32]
+    return f"{PREFIX}resumables:{{{digest}}}"
+
+
+def resumable_idempotency(upload_id: str) -> str:
+    """The Idempotency-Key a resumable upload's last byte is accepted under: a retried or
+    concurrent completion converges on one photo and one ticket."""
+    return f"resumable:{upload_id}"
+
+
 def webhook_seen(webhook_id: str) -> str:
     """Marks a callback's webhook-id as applied, so a replay is acknowledged, not reapplied."""
     return f"{PREFIX}webhook-seen:{webhook_id}"
@@ -86,6 +110,7 @@ ORIGINALS = "originals/"
 DERIVATIVES = "derivatives/"
 MANIFESTS = "manifests/"
 TOMBSTONES = "tombstones/"
+PARTIAL_UPLOADS = "uploads/"  # resumable uploads' bytes until their last one arrives
 
 
 def original(photo_id: str, ext: str) -> str:
@@ -110,6 +135,11 @@ def tombstone(photo_id: str) -> str:
     back a photo whose tombstone it finds, even when the catalog is lost too.
     """
     return f"{TOMBSTONES}{photo_id}.json"
+
+
+def partial_upload(upload_id: str) -> str:
+    """Where a resumable upload's bytes gather (a file, or an S3 multipart upload's parts)."""
+    return f"{PARTIAL_UPLOADS}{upload_id}"
 
 
 OBJECT_KINDS = {ORIGINALS: "original", DERIVATIVES: "derivative", MANIFESTS: "manifest"}

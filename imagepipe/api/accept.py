@@ -15,6 +15,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from arq.connections import ArqRedis
 
@@ -39,6 +40,7 @@ class Upload:
     owner: str
     visibility: Visibility = "private"
     idempotency_key: str | None = None
+    source: Path | None = None  # the body as an fsynced file on primary (a resumable upload)
 
 
 async def accept_upload(
@@ -58,7 +60,7 @@ async def accept_upload(
         else (new_photo_id(), new_ticket_id())
     )
     try:
-        stored = await _ingest(services, body, photo_id, reservation)
+        stored = await _ingest(services, body, photo_id, reservation, upload.source)
         original = stored.original(upload.owner, upload.visibility)
         ticket = await _accept_stored(services, stored, original, ticket_id, reservation)
     except BaseException:
@@ -95,13 +97,17 @@ async def _accept_stored(
 
 
 async def _ingest(
-    services: Services, body: AsyncIterator[bytes], photo_id: str, reservation: Reservation | None
+    services: Services,
+    body: AsyncIterator[bytes],
+    photo_id: str,
+    reservation: Reservation | None,
+    source: Path | None,
 ) -> StoredOriginal:
     """(1) The original, written once; a retry whose photo id holds other bytes is a 422."""
     retry = reservation is not None and reservation.retry
     try:
-        settings = services.settings
-        return await store_original(body, services.primary, settings, photo_id, retry=retry)
+        settings, primary = services.settings, services.primary
+        return await store_original(body, primary, settings, photo_id, retry=retry, source=source)
     except PhotoIdTaken:
         if not retry:
             raise  # a fresh random id that is taken: 409, and nothing was changed

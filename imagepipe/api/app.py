@@ -23,12 +23,13 @@ from imagepipe.api import problems
 from imagepipe.api.edges import HeadAsGet, ResponseDefaults
 from imagepipe.api.limits import ConcurrencyLimit
 from imagepipe.api.polls import TicketPolls
-from imagepipe.api.routes import callbacks, docs, limits, page, photos, polling, probes
+from imagepipe.api.routes import callbacks, docs, limits, page, photos, polling, probes, uploads
 from imagepipe.api.services import Services
+from imagepipe.api.tus import TusEdge
 from imagepipe.config import Settings
 
-PUBLIC_ROUTES = (photos, polling, probes, page, limits)
-ROUTES = (photos, polling, callbacks, probes, page, limits)
+PUBLIC_ROUTES = (photos, uploads, polling, probes, page, limits)
+ROUTES = (photos, uploads, polling, callbacks, probes, page, limits)
 
 
 class SharedServices:
@@ -93,6 +94,7 @@ def create_app(settings: Settings, shared: SharedServices | None = None) -> Fast
     if settings.environment != "production":  # the docs load Swagger UI and ReDoc from a CDN
         routes = (*routes, docs)
     _with_routes(app, routes, settings)
+    app.add_middleware(TusEdge)  # Tus-Resumable on every answer under /uploads/, errors too
     app.add_middleware(TicketPolls)  # outermost: a poll skips everything it does not need
     return app
 

@@ -3,6 +3,7 @@
     uploads   uploads per minute (GCRA in Valkey, `api.ratelimit`)        429 + Retry-After
     bytes     request bytes per rolling day, the same way                 429 + Retry-After
     storage   bytes of originals and derivatives (`catalog.usage`)        413, names the quota
+              and of unfinished resumable uploads while they exist
     max_bytes one upload's size: the grant's claim, below the setting     413
 
 Each comes from Settings (``IMAGEPIPE_OWNER_*``; 0 = unlimited), overridden by the grant's
@@ -17,7 +18,7 @@ back at the end. Answers carry the IETF RateLimit-Policy and RateLimit fields
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,8 +155,15 @@ def storage_full(limits: OwnerLimits, stored: int, adding: int) -> StorageQuotaF
 class FairUse:
     """Admits uploads within their owner's limits and tells owners where they stand."""
 
-    def __init__(self, limiter: RateLimiter, usage: OwnerUsage, settings: Settings) -> None:
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        usage: OwnerUsage,
+        settings: Settings,
+        unfinished: Callable[[str], Awaitable[int]] | None = None,
+    ) -> None:
         self.limiter, self.usage, self.settings = limiter, usage, settings
+        self.unfinished = unfinished  # an owner's unfinished resumable uploads' bytes
 
     async def standing(self, grant: Grant) -> Standings:
         """Where the grant's owner stands now (charges nothing)."""
@@ -172,6 +180,10 @@ class FairUse:
             yield allowance
         finally:
             await allowance.settle()
+
+    async def admit(self, grant: Grant, declared: int) -> Standings:
+        """Admit an upload whose bytes come later (a resumable one), charged in full now."""
+        return (await self._admit(OwnerLimits.of(self.settings, grant), declared)).standings
 
     async def _admit(self, limits: OwnerLimits, declared: int | None) -> Allowance:
         _check_size(limits, declared)
@@ -191,6 +203,8 @@ class FairUse:
         if not quota:
             return None  # no read at all: the default costs an upload nothing
         stored = await self.usage.stored_bytes(limits.owner)
+        if self.unfinished is not None:  # they count while they exist
+            stored += await self.unfinished(limits.owner)
         if stored + adding > quota or stored >= quota:
             raise storage_full(limits, stored, adding)
         return stored

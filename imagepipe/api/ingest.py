@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from imagepipe import formats, keys
 from imagepipe.config import Settings
@@ -134,6 +135,15 @@ async def _tee(chunks: AsyncIterator[bytes], probe: HeaderProbe) -> AsyncIterato
     probe.finish()
 
 
+def sniffed(prefix: bytes, settings: Settings) -> str:
+    """The format the first bytes show (415 unless it is one the settings accept)."""
+    image_format = formats.sniff(prefix, settings.formats)
+    if image_format is None:
+        allowed = ", ".join(formats.labels(settings.formats))
+        raise UnsupportedMediaType(f"not an image in an accepted format ({allowed})")
+    return image_format
+
+
 async def _no_other_original(primary: Storage, settings: Settings, photo_id: str, key: str) -> None:
     """A reused photo id (a retry) must not gain a second original in another format."""
     others = {keys.original(photo_id, formats.extension(f)) for f in settings.formats} - {key}
@@ -142,9 +152,17 @@ async def _no_other_original(primary: Storage, settings: Settings, photo_id: str
             raise PhotoIdTaken("another upload holds this photo id; nothing was changed")
 
 
-async def _put_once(primary: Storage, key: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:
-    """Create the original; if the key holds the very same bytes already, converge on them."""
+async def _put_once(
+    primary: Storage, key: str, chunks: AsyncIterator[bytes], source: Path | None
+) -> ObjectInfo:
+    """Create the original; if the key holds the very same bytes already, converge on them.
+
+    A ``source`` file (a finished resumable upload) is linked into place where the store
+    can (a filesystem), after its bytes passed every check; else they are written."""
+    linked = getattr(primary, "put_linked", None) if source is not None else None
     try:
+        if linked is not None:
+            return await linked(key, chunks, source)  # type: ignore[no-any-return]
         return await primary.put(key, chunks, create_only=True)
     except ObjectExists as taken:
         # a retry after the API died between fsync and response finds its own original
@@ -160,26 +178,25 @@ async def store_original(
     photo_id: str,
     *,
     retry: bool = False,
+    source: Path | None = None,
 ) -> StoredOriginal:
     """Stream one upload into ``originals/{photo_id}.{ext}``; raise a 4xx/507 error if refused.
 
     The original is created, never rewritten: a key that holds other bytes (or, for a
     ``retry`` of an earlier attempt's photo id, an original in another format) is PhotoIdTaken.
+    ``source``: the body's bytes as an fsynced file on primary's filesystem (`_put_once`).
     """
     chunks = limit_bytes(body, settings.max_upload_bytes)
     prefix = await _read_prefix(chunks)
     if not prefix:
         raise BadRequest("the upload is empty")
-    image_format = formats.sniff(prefix, settings.formats)
-    if image_format is None:
-        allowed = ", ".join(formats.labels(settings.formats))
-        raise UnsupportedMediaType(f"not an image in an accepted format ({allowed})")
+    image_format = sniffed(prefix, settings)
     key = keys.original(photo_id, formats.extension(image_format))
     probe = HeaderProbe([image_format], settings.max_pixels)
     try:
         if retry:
             await _no_other_original(primary, settings, photo_id, key)
-        info = await _put_once(primary, key, _tee(_replay(prefix, chunks), probe))
+        info = await _put_once(primary, key, _tee(_replay(prefix, chunks), probe), source)
     except StorageFull:
         raise InsufficientStorage("primary storage is full", retry_after=60) from None
     except StorageError as exc:

@@ -39,8 +39,12 @@ def bounds(settings: Settings) -> list[Bound]:
     """The bounds the settings ask for."""
     uploads = re.compile(r"/photos/?")
     streams = re.compile(r"/tickets/[^/]+/events")
+    creations, resumable = re.compile(r"/uploads/?"), re.compile(r"/uploads/[^/]+")
     return [
         Bound("uploads", "POST", uploads, settings.max_concurrent_uploads),
+        Bound("resumable uploads", "PATCH", resumable, settings.max_concurrent_uploads),
+        # a creation may carry an upload's first bytes too
+        Bound("resumable creations", "POST", creations, settings.max_concurrent_uploads),
         Bound("event streams", "GET", streams, settings.max_event_streams),
     ]
 

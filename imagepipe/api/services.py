@@ -29,8 +29,10 @@ from imagepipe.config import Settings
 from imagepipe.connections import check_redis_policy, connect
 from imagepipe.errors import ServiceOverloaded
 from imagepipe.replication.log import ReplicationLog
+from imagepipe.resumable import ResumableStore
 from imagepipe.storage import Storage
-from imagepipe.storage.factory import primary_storage
+from imagepipe.storage.factory import partial_uploads, primary_storage
+from imagepipe.storage.partial import PartialUploads
 from imagepipe.tickets import TicketStore
 
 RETRY_AFTER_DEPTH_S = 0.1
@@ -53,6 +55,8 @@ class Services:
     visibilities: Visibilities
     reads: PhotoReads
     fair_use: FairUse
+    resumables: ResumableStore
+    partials: PartialUploads
     # (read at, depth): pollers' Retry-After may be this old; it only paces their next poll
     _polled_depth: tuple[float, int] = field(default=(-math.inf, 0), repr=False)
 
@@ -75,6 +79,7 @@ class Services:
         access = VisibilityCatalog(engine)
         visibilities = Visibilities(redis, primary, tickets, access)
         index = PhotoIndex(redis, primary, tickets, catalog, visibilities)
+        resumables = ResumableStore(redis)
         return cls(
             settings=settings,
             redis=redis,
@@ -96,7 +101,11 @@ class Services:
                 [size.name for size in settings.sizes],
             ),
             events=events,
-            fair_use=FairUse(RateLimiter(redis), OwnerUsage(engine), settings),
+            fair_use=FairUse(
+                RateLimiter(redis), OwnerUsage(engine), settings, resumables.unfinished_bytes
+            ),
+            resumables=resumables,
+            partials=partial_uploads(settings, primary),
         )
 
     async def stop(self) -> None:

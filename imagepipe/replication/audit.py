@@ -6,6 +6,7 @@ flight. A periodic pass costs what changed, not what the library holds:
     changed    photos whose catalog row changed since the last pass (the watermark)
     stuck      photos accepted long ago and still unprocessed
     backup     objects whose backup copy is not confirmed yet (pending, failed)
+    uploads    resumable uploads' bytes whose upload expired or was accepted: removed
     slices     a rolling few of the library's 4096 id-prefix slices, checked three ways
                (catalog, primary, backup listings): every photo is re-verified within
                `IMAGEPIPE_AUDIT_VERIFY_PERIOD_S`, at a bounded cost per pass
@@ -35,7 +36,9 @@ from imagepipe.catalog.scans import CatalogScans
 from imagepipe.config import Settings
 from imagepipe.replication.checks import PhotoChecks, derivative_keys, epoch
 from imagepipe.replication.listing import SliceListing
+from imagepipe.resumable import ResumableStore
 from imagepipe.storage import ObjectInfo, ObjectNotFound, Storage
+from imagepipe.storage.factory import partial_uploads
 
 Progress = Callable[[int, int], None]  # (done, total)
 SLICE_DIGITS = 3
@@ -117,6 +120,7 @@ class Auditor:
         self.report = AuditReport()
         self.checks = PhotoChecks(settings, redis, catalog, primary, backup, self.report.add)
         self.seen: set[str] = set()  # photos checked in this pass
+        self.partials = partial_uploads(settings, primary)
 
     async def run(self, full: bool = False) -> AuditReport:
         """One pass (every slice with ``full``); repairs are enqueued, not awaited."""
@@ -127,6 +131,7 @@ class Auditor:
             ("changed", lambda: self.changed(since - WATERMARK_OVERLAP)),
             ("stuck", lambda: self.stuck(started)),
             ("unconfirmed", lambda: self.unconfirmed(started)),
+            ("uploads", self.expired_uploads),
             ("slices", lambda: self.slices(all_slices() if full else self._rolling(), full)),
         ]
         if full:
@@ -225,6 +230,19 @@ class Auditor:
         self.report.photos += 1
         self.report.objects += objects
 
+    async def expired_uploads(self) -> None:
+        """Resumable uploads' bytes with no live upload (expired, terminated while a PATCH
+        wrote, or accepted by an API that died before it removed them): removed, counted.
+
+        An upload's state is recorded before its bytes are created, so a new one is never
+        taken for a dead one."""
+        store = ResumableStore(self.redis)
+        for upload_id, handle in await self.partials.present():
+            upload = await store.get(upload_id)
+            if upload is None or upload.ticket_id:
+                await self.partials.discard(upload_id, handle)
+                self.report.add("expired_uploads_removed", upload_id)
+
     async def find_temp_files(self) -> None:
         """Temp files left by a crash mid-write (reported; they hold no acknowledged data).
 
@@ -265,6 +283,7 @@ FINDING_KINDS = (
     "replication_failed_retried",
     "orphan_temp_files",
     "orphan_temp_files_removed",
+    "expired_uploads_removed",
     "orphan_objects",
     "orphans_in_backup",
     "unprocessable_originals",

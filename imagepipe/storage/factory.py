@@ -5,6 +5,7 @@ from __future__ import annotations
 from imagepipe.config import Settings
 from imagepipe.storage.base import Storage
 from imagepipe.storage.filesystem import FilesystemStorage
+from imagepipe.storage.partial import FilesystemPartials, PartialUploads, S3Partials
 from imagepipe.storage.s3 import S3Storage
 
 
@@ -19,6 +20,13 @@ def primary_storage(settings: Settings) -> Storage:
             settings.primary_s3_region,
         )
     return FilesystemStorage(settings.primary_root)
+
+
+def partial_uploads(settings: Settings, primary: Storage) -> PartialUploads:
+    """Where resumable uploads gather their bytes: beside the primary store's objects."""
+    if isinstance(primary, S3Storage):
+        return S3Partials(primary)
+    return FilesystemPartials(settings.primary_root)
 
 
 def backup_storage(settings: Settings) -> S3Storage:

@@ -81,6 +81,25 @@ class FilesystemStorage(Storage):
             raise
         return ObjectInfo(key=key, size=size, sha256=digest.hexdigest(), modified=modified)
 
+    async def put_linked(self, key: str, chunks: AsyncIterable[bytes], source: Path) -> ObjectInfo:
+        """Create ``key`` from ``source``, a file already fsynced on this filesystem whose
+        bytes ``chunks`` are (read through the caller's checks): linked into place, not
+        copied. Create-only, as `put` with ``create_only``: ObjectExists when the key is
+        taken; if the chunks raise, nothing is made."""
+        digest, size, pending = hashlib.sha256(), 0, bytearray()
+        async for chunk in chunks:
+            size += len(chunk)
+            pending += chunk
+            if len(pending) >= _WRITE_BATCH:
+                await _io(key, digest.update, bytes(pending))  # hashed off the event loop
+                pending.clear()
+        await _io(key, digest.update, bytes(pending))
+        offered = ObjectInfo(key=key, size=size, sha256=digest.hexdigest())
+        modified = await _io(key, _link_into_place, source, self.path(key), size)
+        if modified is None:
+            raise ObjectExists(offered)
+        return ObjectInfo(key=key, size=size, sha256=offered.sha256, modified=modified)
+
     async def open(self, key: str) -> AsyncIterator[bytes]:
         """Stream the file in CHUNK_SIZE pieces; ObjectNotFound if it is absent."""
         file = await _read(key, _open_for_read, self.path(key))
@@ -231,6 +250,19 @@ def _commit(
         # The rename is atomic: readers see the old object or the whole new one, never a part.
         os.replace(tmp, final)
     # fsync the folder so the new entry itself survives a power cut.
+    _fsync_dir(final.parent)
+    return final.stat().st_mtime
+
+
+def _link_into_place(source: Path, final: Path, size: int) -> float | None:
+    """Link the (fsynced) source to the final name; its mtime, or None if the name is taken."""
+    if source.stat().st_size != size:
+        raise OSError(errno.EIO, f"{source.name} holds other bytes than were read")
+    _make_dirs(final.parent)
+    try:
+        os.link(source, final)  # atomic, and fails if the name exists
+    except FileExistsError:
+        return None
     _fsync_dir(final.parent)
     return final.stat().st_mtime
 
