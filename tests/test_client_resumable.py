@@ -5,6 +5,7 @@ link cut mid-chunk resumes within the run, and refusals say why and forget the u
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -23,8 +24,9 @@ from redis.asyncio import Redis
 from imagepipe import keys
 from imagepipe.client import upload as client
 from imagepipe.client.resumable import UploadState
-from imagepipe.client.upload import EXIT_FAILED, EXIT_OK
+from imagepipe.client.upload import EXIT_FAILED, EXIT_OK, EXIT_UNFINISHED
 from imagepipe.config import Settings
+from imagepipe.grants import READ
 from tests import images
 from tests.owners import bearer, grant
 from tests.test_client import options
@@ -51,45 +53,18 @@ def resumably(server: str, state: Path | None = None, **changes: Any) -> client.
     return options(server, **{**tus, **changes})
 
 
-class Valve:
-    """A TCP proxy that counts the bytes clients send, and can hold the link still once
-    ``stall_at`` of them have passed (then, released, it drops that connection)."""
+class Valve(CuttingProxy):
+    """A proxy that counts the bytes clients send (as `CuttingProxy`), and holds the link
+    still once ``stall_at`` of them have passed; released, it drops that connection."""
 
-    def __init__(self, upstream: str, stall_at: int | None = None) -> None:
-        self.port = int(upstream.rsplit(":", 1)[1])
-        self.stall_at = stall_at
-        self.sent = 0
+    def __init__(self, upstream: str, stall_at: int) -> None:
+        super().__init__([int(upstream.rsplit(":", 1)[1])], [])
+        self.stall_at: int | None = stall_at
         self.stalled, self.released = asyncio.Event(), asyncio.Event()
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
     async def stop(self) -> None:
         self.released.set()
-        self.server.close()
-        for writer in self.writers:
-            writer.transport.abort()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.tasks.add(task)
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
-        self.writers |= {writer, up_writer}
-        pipes = [
-            asyncio.create_task(self._up(reader, up_writer)),
-            asyncio.create_task(_pipe(up_reader, writer)),
-        ]
-        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
-        writer.transport.abort()
-        up_writer.transport.abort()  # the API sees the body end short
-        await asyncio.gather(*pipes, return_exceptions=True)
-        self.writers -= {writer, up_writer}
-        self.tasks.discard(task)
+        await super().stop()
 
     async def _up(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while data := await reader.read(1 << 16):
@@ -105,14 +80,8 @@ class Valve:
             await writer.drain()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while data := await reader.read(1 << 16):
-        writer.write(data)
-        await writer.drain()
-
-
 @contextlib.asynccontextmanager
-async def proxied(proxy: Valve | CuttingProxy) -> Any:
+async def proxied(proxy: CuttingProxy) -> Any:
     try:
         yield await proxy.start()
     finally:
@@ -238,13 +207,22 @@ async def test_a_refused_resumable_file_says_why_and_is_forgotten(
     assert await redis.keys(keys.ticket("*")) == []
 
 
-async def test_a_refused_grant_stops_a_resumable_upload(api_url: str, tmp_path: Path) -> None:
-    photo = tmp_path / "big.png"
-    photo.write_bytes(noise_png(2 * MIB))
-    code, document = await client.upload([photo], resumably(api_url, token="not-a-grant"))
+@pytest.mark.parametrize(
+    ("token", "says"),
+    [("not-a-grant", "401 "), (grant(scopes=(READ,)), "403 ")],
+    ids=["401-forged", "403-no-write-scope"],
+)
+async def test_a_refused_grant_stops_a_resumable_upload(
+    api_url: str, tmp_path: Path, token: str, says: str
+) -> None:
+    for name in ("big.png", "bigger.png"):
+        (tmp_path / name).write_bytes(noise_png(2 * MIB))
+    code, document = await client.upload([tmp_path], resumably(api_url, token=token, concurrency=1))
     assert code == EXIT_FAILED
-    assert document["files"][0]["error"].startswith("401 ")
-    assert "IMAGEPIPE_TOKEN" in document["error"]
+    first, second = document["files"]
+    assert first["error"].startswith(says) and first["upload_url"] is None
+    assert second["error"] == "not sent: the server refused the grant"
+    assert "grant" in document["error"]
 
 
 def test_the_state_file_survives_damage_and_drops_what_expired(tmp_path: Path) -> None:
@@ -262,3 +240,58 @@ def test_the_state_file_survives_damage_and_drops_what_expired(tmp_path: Path) -
     assert again.get(UploadState.key("http://s", photo)) is None
     state.write_text("{not json")
     assert UploadState(state).entries == {}  # damaged: an empty state, not a crash
+
+
+class Meddling(httpx.AsyncBaseTransport):
+    """Passes requests on, spoiling the second PATCH: its checksum, or its offset."""
+
+    def __init__(self, spoil: str) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.spoil, self.patches = spoil, 0
+        self.statuses: list[int] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PATCH":
+            self.patches += 1
+            if self.patches == 2 and self.spoil == "checksum":
+                other = base64.b64encode(hashlib.sha256(b"other bytes").digest()).decode()
+                request.headers["Upload-Checksum"] = f"sha256 {other}"
+            elif self.patches == 2:
+                request.headers["Upload-Offset"] = "0"
+        response = await self.inner.handle_async_request(request)
+        self.statuses.append(response.status_code)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("spoil", ["checksum", "offset"])
+async def test_a_damaged_chunk_or_a_wrong_offset_is_sent_again_from_head(
+    api_url: str, settings: Settings, tmp_path: Path, spoil: str
+) -> None:
+    data = noise_png(3 * MIB)
+    photo = tmp_path / "quay.png"
+    photo.write_bytes(data)
+    meddling = Meddling(spoil)
+    code, document = await client.upload([photo], resumably(api_url), meddling)
+    assert code == EXIT_OK, document
+    assert document["files"][0]["tries"] == 2  # one failure, then on from HEAD's offset
+    if spoil == "checksum":
+        assert 460 in meddling.statuses  # the server refused the chunk; it went again
+    assert sha256(the_original(settings)) == sha256(data)
+
+
+async def test_a_chunk_that_keeps_arriving_damaged_gives_up_saying_so(
+    api_url: str, tmp_path: Path
+) -> None:
+    photo = tmp_path / "quay.png"
+    photo.write_bytes(noise_png(3 * MIB))
+    code, document = await client.upload(
+        [photo], resumably(api_url, retries=0), Meddling("checksum")
+    )
+    assert code == EXIT_UNFINISHED
+    error = document["files"][0]["error"]
+    assert error == (
+        "gave up after 1 failure in a row: HTTP 460 the chunk arrived damaged (checksum mismatch)"
+    )

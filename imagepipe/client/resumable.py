@@ -179,7 +179,8 @@ class Resumable:
             except _Again as again:
                 failures = 1 if transfer.offset > before else failures + 1
                 if failures > self.options.retries:
-                    item.end("error", f"gave up after {failures} failures in a row: {again}")
+                    times = "1 failure" if failures == 1 else f"{failures} failures"
+                    item.end("error", f"gave up after {times} in a row: {again}")
                     return
                 wait = again.wait if again.wait is not None else backoff.delay(failures, cap_s=10)
                 await asyncio.sleep(wait)
