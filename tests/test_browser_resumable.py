@@ -201,3 +201,21 @@ async def test_a_reload_mid_upload_resumes_from_the_server_offset(
     assert sha256(newest_original(stack, before)) == sha256(data)
     assert await page.evaluate("Object.keys(localStorage).filter(k => k.startsWith('tus::'))") == []
     assert only_dropped_links(tab.errors) == []
+
+
+async def test_a_refused_large_file_says_why_and_leaves_nothing_to_resume(
+    tab: Tab, stack: Stack, tmp_path: Path
+) -> None:
+    fake = tmp_path / "scan.png"  # a photo's name, not a photo's bytes: the server judges
+    fake.write_bytes(b"not an image at all\n" * (MIB // 10))
+    before = originals(stack)
+    await tab.page.goto("/")
+    await tab.page.set_input_files("#file-input", [fake])
+    card = tab.page.locator("#uploads .card")
+    await expect(card).to_have_attribute("data-state", "refused", timeout=ACCEPTED_MS)
+    await expect(card).to_contain_text("Not an image in an accepted format")
+    assert tab.sent("POST", r"/uploads/$") and not tab.sent("POST", r"/photos$")  # through tus
+    stored = "Object.keys(localStorage).filter(k => k.startsWith('tus::'))"
+    assert await tab.page.evaluate(stored) == []  # nothing left to resume
+    await expect(tab.page.locator("#resume-hint")).to_be_hidden()
+    assert originals(stack) == before

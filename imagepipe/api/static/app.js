@@ -539,13 +539,31 @@ function tusOptions(card, limits, resolve) {
     },
     onProgress: (sent, total) => card.progress(sent / total),
     onSuccess: ({ lastResponse }) => linkedTicket(lastResponse).then(resolve),
-    onError: (error) => resolve(tusAnswer(error)),
+    onError: (error) => {
+      const answer = tusAnswer(error);
+      // refused for its bytes, or gone: nothing to resume (a grant's 401/403 is not the file's)
+      const final = answer.status === 404 || (REFUSED.has(answer.status) && answer.status !== 403);
+      (final ? forgetUpload(card.file, limits) : Promise.resolve()).finally(() => resolve(answer));
+    },
   };
+}
+
+// Drop a file's stored upload URLs (tus-js-client drops them itself only on success).
+async function forgetUpload(file, limits) {
+  const { urlStorage, fingerprint } = window.tus.defaultOptions;
+  try {
+    const options = tusOptions({ file }, limits, () => {});
+    for (const previous of await urlStorage.findUploadsByFingerprint(await fingerprint(file, options))) {
+      await urlStorage.removeUpload(previous.urlStorageKey);
+    }
+  } catch {
+    // storage unavailable: a stale URL only costs a HEAD answered 404 later
+  }
 }
 
 async function sendResumably(card, limits) {
   card.resumable = true;
-  return new Promise((resolve) => {
+  const answer = await new Promise((resolve) => {
     const upload = new window.tus.Upload(card.file, tusOptions(card, limits, resolve));
     upload
       .findPreviousUploads()
@@ -556,17 +574,20 @@ async function sendResumably(card, limits) {
         upload.start();
       });
   });
+  showUnfinished(); // what is left to resume, now that this one ended
+  return answer;
 }
 
 // After a reload: name the files whose uploads can go on (choosing them again resumes them).
 async function showUnfinished() {
   if (!window.tus?.canStoreURLs) return;
   const previous = await window.tus.defaultOptions.urlStorage.findAllUploads().catch(() => []);
-  const names = [...new Set(previous.map((p) => p.metadata?.filename).filter(Boolean))];
-  if (!names.length) return;
+  const busy = [...document.querySelectorAll('#uploads .card:is([data-state="waiting"], [data-state="uploading"])')];
+  const sending = new Set(busy.map((card) => $(".card-name", card).textContent));
+  const names = [...new Set(previous.map((p) => p.metadata?.filename))].filter((n) => n && !sending.has(n));
   const hint = $("#resume-hint");
   hint.textContent = `Unfinished: ${names.join(", ")}. Choose the same file again to go on where it stopped.`;
-  hint.hidden = false;
+  hint.hidden = !names.length;
 }
 
 async function upload(card) {
