@@ -47,6 +47,13 @@ def noise_png(size: int) -> bytes:
     return out.getvalue()
 
 
+def a_photo(folder: Path, name: str, size: int) -> tuple[Path, bytes]:
+    """A noise PNG of about ``size`` bytes written to ``folder / name``: its path and bytes."""
+    data = noise_png(size)
+    (folder / name).write_bytes(data)
+    return folder / name, data
+
+
 def resumably(server: str, state: Path | None = None, **changes: Any) -> client.Options:
     """Test options that send anything over 1 MiB through tus, 1 MiB a PATCH."""
     tus = {"wait": False, "resumable_above": MIB, "chunk_bytes": MIB, "state_file": state}
@@ -117,9 +124,7 @@ def the_upload_url(state: Path) -> str:
 async def test_a_run_killed_mid_upload_resumes_from_the_server_offset_when_run_again(
     api_url: str, settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:
-    data = noise_png(6 * MIB)
-    photo, state = tmp_path / "train.png", tmp_path / "state" / "uploads.json"
-    photo.write_bytes(data)
+    (photo, data), state = a_photo(tmp_path, "train.png", 6 * MIB), tmp_path / "state" / "u.json"
     valve = Valve(api_url, stall_at=3 * MIB + MIB // 2)  # a half of the fourth chunk gets out
     async with proxied(valve) as via:
         argv = [sys.executable, "-m", "imagepipe", "upload", "--json", "--no-wait", "--quiet"]
@@ -150,9 +155,7 @@ async def test_a_run_killed_mid_upload_resumes_from_the_server_offset_when_run_a
 async def test_links_cut_mid_chunk_resume_within_the_run(
     api_url: str, settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:
-    data = noise_png(8 * MIB)
-    photo = tmp_path / "ferry.png"
-    photo.write_bytes(data)
+    photo, data = a_photo(tmp_path, "ferry.png", 8 * MIB)
     port = int(api_url.rsplit(":", 1)[1])
     cuts = [int(len(data) * share) for share in (0.2, 0.45, 0.8)]
     proxy = CuttingProxy([port], cuts)
@@ -170,9 +173,7 @@ async def test_links_cut_mid_chunk_resume_within_the_run(
 async def test_an_upload_the_server_no_longer_knows_starts_again(
     api_url: str, settings: Settings, tmp_path: Path
 ) -> None:
-    data = noise_png(2 * MIB)
-    photo, state = tmp_path / "pier.png", tmp_path / "uploads.json"
-    photo.write_bytes(data)
+    (photo, data), state = a_photo(tmp_path, "pier.png", 2 * MIB), tmp_path / "uploads.json"
     kept = UploadState(state)
     kept.put(UploadState.key(api_url, photo), f"{api_url}/uploads/{'0' * 32}", 4e9)
     code, document = await client.upload([photo], resumably(api_url, state))
@@ -270,9 +271,7 @@ class Meddling(httpx.AsyncBaseTransport):
 async def test_a_damaged_chunk_or_a_wrong_offset_is_sent_again_from_head(
     api_url: str, settings: Settings, tmp_path: Path, spoil: str
 ) -> None:
-    data = noise_png(3 * MIB)
-    photo = tmp_path / "quay.png"
-    photo.write_bytes(data)
+    photo, data = a_photo(tmp_path, "quay.png", 3 * MIB)
     meddling = Meddling(spoil)
     code, document = await client.upload([photo], resumably(api_url), meddling)
     assert code == EXIT_OK, document
@@ -285,8 +284,7 @@ async def test_a_damaged_chunk_or_a_wrong_offset_is_sent_again_from_head(
 async def test_a_chunk_that_keeps_arriving_damaged_gives_up_saying_so(
     api_url: str, tmp_path: Path
 ) -> None:
-    photo = tmp_path / "quay.png"
-    photo.write_bytes(noise_png(3 * MIB))
+    photo, _ = a_photo(tmp_path, "quay.png", 3 * MIB)
     code, document = await client.upload(
         [photo], resumably(api_url, retries=0), Meddling("checksum")
     )
