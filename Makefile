@@ -8,9 +8,9 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 CHAOS_ARGS ?= --uploads 200 --seconds 60
 
-.PHONY: install chromium run up down test test-fast chaos bench bench-quick lint format clean
+.PHONY: install tus-js-client vendor chromium run up down test test-fast chaos bench bench-quick lint format clean
 
-install: $(STAMP)
+install: $(STAMP) tus-js-client
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,30 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench,heif]'
 	touch $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) tus-js-client
 	$(BIN)/imagepipe dev
+
+# The page's resumable uploads use tus-js-client from the npm registry, pinned (version, the
+# tarball's integrity, the file's sha256) in its .pin file. The file is committed, so a fresh
+# machine needs no npm: `make install` checks it is the pinned release byte for byte and,
+# when it is not, `make vendor` fetches that release again (npm pack, integrity checked).
+STATIC  := imagepipe/api/static
+TUS_PIN := $(STATIC)/tus-js-client.pin
+pin = $(shell awk '$$1 == "$(1)" {print $$2}' $(TUS_PIN))
+
+tus-js-client:
+	@echo "$(call pin,sha256)  $(STATIC)/tus.min.js" | sha256sum -c --quiet - 2>/dev/null \
+		|| $(MAKE) vendor
+
+vendor:
+	rm -rf $(VENV)/vendor && mkdir -p $(VENV)/vendor
+	cd $(VENV)/vendor && npm pack --silent $(call pin,package)@$(call pin,version)
+	test "sha512-$$(openssl dgst -sha512 -binary $(VENV)/vendor/*.tgz | base64 -w0)" \
+		= "$(call pin,integrity)"
+	tar -xzf $(VENV)/vendor/*.tgz -C $(VENV)/vendor package/$(call pin,file) package/LICENSE
+	echo "$(call pin,sha256)  $(VENV)/vendor/package/$(call pin,file)" | sha256sum -c --quiet -
+	cp $(VENV)/vendor/package/$(call pin,file) $(STATIC)/tus.min.js
+	cp $(VENV)/vendor/package/LICENSE $(STATIC)/tus-js-client.LICENSE
 
 # the same stack in Docker (Valkey, MinIO, api, worker, replicator); needs only Docker
 up:
@@ -37,7 +59,7 @@ chromium:
 			|| echo "make: chromium did not install: the browser tests cannot run"; \
 	fi
 
-test: $(STAMP) chromium
+test: $(STAMP) tus-js-client chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

@@ -91,6 +91,9 @@ def _upload(args: argparse.Namespace) -> int:
         as_json=args.json,
         timeout_s=args.timeout,
         retries=args.retries,
+        resumable_above=_given(args.resumable_above, client.resumable_above_bytes),
+        chunk_bytes=_given(args.chunk_size, client.chunk_bytes),
+        state_file=args.state_file or client.upload_state,
         # bars only for a person at a terminal: never in a log file or a --json pipe
         progress=not (args.json or args.quiet) and sys.stderr.isatty(),
     )
@@ -124,6 +127,23 @@ def _add_client_commands(roles: argparse._SubParsersAction[argparse.ArgumentPars
     upload.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for tickets")
     upload.add_argument("--retries", type=int, default=5, help="retries per file on errors")
     upload.add_argument("--quiet", action="store_true", help="no progress bars")
+    upload.add_argument(
+        "--resumable-above",
+        type=_bytes,
+        help="files larger than this many bytes upload resumably, through tus "
+        "(IMAGEPIPE_RESUMABLE_ABOVE_BYTES; default 8 MiB)",
+    )
+    upload.add_argument(
+        "--chunk-size",
+        type=_chunk,
+        help="bytes per resumable PATCH (IMAGEPIPE_CHUNK_BYTES; default 8 MiB)",
+    )
+    upload.add_argument(
+        "--state-file",
+        type=Path,
+        help="where resumable uploads' URLs are kept between runs (IMAGEPIPE_UPLOAD_STATE; "
+        "default ~/.local/state/imagepipe/uploads.json)",
+    )
     health = roles.add_parser("health", help="exit 0 when this role can work (healthchecks)")
     roles_checked = ("api", "worker", "replicator")
     health.add_argument("--role", dest="for_role", choices=roles_checked, default="api")
@@ -133,6 +153,24 @@ def _photo_id(text: str) -> str:
     if not ids.is_photo_id(text):
         raise argparse.ArgumentTypeError(f"not a photo id: {text!r}")
     return text
+
+
+def _given(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def _bytes(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _chunk(text: str) -> int:
+    value = int(text)
+    if value < 64 * 1024:
+        raise argparse.ArgumentTypeError("must be at least 65536 bytes")
+    return value
 
 
 def _positive(text: str) -> int:

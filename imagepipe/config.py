@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 only where a scraper on another host needs it
     # web tiers whose pages may frame the upload page and hand it a grant (postMessage)
     page_embed_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    # the page sends files larger than this resumably (tus, /uploads/), in PATCHes this large
+    page_resumable_above_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
+    page_chunk_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
     loop_stall_ms: int = Field(default=10, ge=0)  # log event-loop stalls past this; 0 = off
 
     # -- Redis / Valkey ------------------------------------------------------------

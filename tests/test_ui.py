@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from importlib import resources
 
@@ -33,6 +34,7 @@ async def test_the_page_is_served_with_a_strict_policy(http: httpx.AsyncClient) 
         ("app.js", "text/javascript; charset=utf-8"),
         ("app.css", "text/css; charset=utf-8"),
         ("icon.svg", "image/svg+xml"),
+        ("tus.min.js", "text/javascript; charset=utf-8"),
     ],
 )
 async def test_assets_have_their_type_nosniff_and_an_etag(
@@ -63,10 +65,22 @@ async def test_only_the_shipped_files_are_served(http: httpx.AsyncClient, name: 
 def test_every_file_the_page_names_is_shipped_and_nothing_is_fetched_from_elsewhere() -> None:
     page = (STATIC / "index.html").read_text()
     named = set(re.findall(r'(?:src|href)="/static/([^"]+)"', page))
-    assert named == {"app.js", "app.css", "icon.svg"} and named <= set(assets())
+    assert named == {"tus.min.js", "app.js", "app.css", "icon.svg"} and named <= set(assets())
     for name in ("index.html", "app.js", "app.css"):
         text = (STATIC / name).read_text()
         assert not re.search(r"https?://", text), f"{name} reaches outside the API (works offline)"
+
+
+def test_the_vendored_tus_js_client_is_the_pinned_release() -> None:
+    """`make vendor` fetched it (npm, integrity checked); nobody edited it since."""
+    pin = dict(
+        line.split(" ", 1)
+        for line in (STATIC / "tus-js-client.pin").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert (pin["package"], pin["version"]) == ("tus-js-client", "4.3.1")
+    assert hashlib.sha256((STATIC / "tus.min.js").read_bytes()).hexdigest() == pin["sha256"]
+    assert "MIT" in (STATIC / "tus-js-client.LICENSE").read_text()
 
 
 def test_form_controls_have_labels_and_status_changes_are_announced() -> None:
@@ -95,6 +109,7 @@ def test_the_limits_follow_the_settings(settings: Settings) -> None:
     assert (view["max_upload_bytes"], view["max_pixels"]) == (1234, 99)
     assert view["formats"] == ["PNG", "HEIF"]
     assert view["format_labels"] == ["PNG", "HEIC"]
+    assert view["resumable_above_bytes"] == settings.page_resumable_above_bytes == 8 * 1024 * 1024
     assert "image/png" in view["media_types"] and "image/heic" in view["media_types"]
     assert "image/jpeg" not in view["media_types"]
     assert {".png", ".heic"} <= set(view["extensions"])

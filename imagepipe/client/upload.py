@@ -8,6 +8,9 @@
 
 A network error, 408, 409, 429 or 5xx retries the file with the same Idempotency-Key: when
 only the response was lost, the retry gets the ticket the first try made, not a second photo.
+A file larger than ``--resumable-above`` goes through tus instead (`client.resumable`): a
+chunk at a time, resumed from the server's offset after a failure, and after an interrupted
+run when it is run again (its upload URL is kept in the state file).
 A 401 or 403 is about the grant (``IMAGEPIPE_TOKEN``), not the file: no further file is sent,
 and the run ends saying why (the problem's detail) and what to do.
 
@@ -33,6 +36,8 @@ import httpx
 from httpx_sse import SSEError, aconnect_sse
 
 from imagepipe import backoff, formats
+from imagepipe.client.answers import problem, retry_after
+from imagepipe.client.resumable import Resumable, UploadState
 from imagepipe.client.view import Bars, Waiting, report, show
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNFINISHED = 0, 1, 2, 3
@@ -40,7 +45,6 @@ CHUNK_SIZE = 256 * 1024
 MAX_BATCH = 100  # ids per GET /tickets (the server's limit)
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
 DENIED = {401, 403}  # the grant, not the file: every other file would be refused alike
-RETRY_AFTER_CAP_S = 30.0
 # connect fast, but give a slow server time to take a large body
 HTTP_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 TERMINAL = {"completed", "failed", "refused", "error"}
@@ -60,6 +64,9 @@ class Options:
     retries: int = 5
     progress: bool = True
     token: str | None = field(default=None, repr=False)  # the grant, sent as a Bearer
+    resumable_above: int = 8 * 1024 * 1024  # larger files go through tus (/uploads/)
+    chunk_bytes: int = 8 * 1024 * 1024  # a PATCH's bytes
+    state_file: Path | None = None  # resumable uploads' URLs between runs (None: none kept)
 
     def headers(self) -> dict[str, str]:
         """What every request carries: the grant, when there is one."""
@@ -80,6 +87,8 @@ class Upload:
     sizes: dict[str, Any] = field(default_factory=dict)
     tries: int = 0
     denied: bool = False  # refused for the grant (401/403), not for its bytes
+    upload_url: str | None = None  # a resumable upload's (tus) URL
+    resumed_from: int | None = None  # where this run found the server's offset (resumed)
     started: float = 0.0
     finished: float = 0.0
 
@@ -149,7 +158,7 @@ async def upload(
         headers=options.headers(),
     ) as http:
         with Bars(items, options.progress) as bars:
-            await _upload_all(http, items, bars, options)
+            await _upload_all(http, items, bars, options, UploadState(options.state_file))
         if options.wait:
             await wait_for_tickets(http, items, options)
     code = exit_code(items, options.wait)
@@ -184,9 +193,14 @@ def exit_code(items: Sequence[Upload], waited: bool) -> int:
 
 
 async def _upload_all(
-    http: httpx.AsyncClient, items: Sequence[Upload], bars: Bars, options: Options
+    http: httpx.AsyncClient,
+    items: Sequence[Upload],
+    bars: Bars,
+    options: Options,
+    state: UploadState,
 ) -> None:
     gate = asyncio.Semaphore(options.concurrency)
+    resumable = Resumable(http, bars, options, state)
 
     async def one(item: Upload) -> None:
         async with gate:
@@ -194,7 +208,10 @@ async def _upload_all(
                 item.end("refused", "not sent: the server refused the grant")
                 return
             with bars.file(item):
-                await send(http, item, bars, options.retries)
+                if item.size > options.resumable_above:
+                    await resumable.send(item)
+                else:
+                    await send(http, item, bars, options.retries)
 
     async with asyncio.TaskGroup() as group:
         for item in items:
@@ -247,28 +264,8 @@ def _answered(item: Upload, response: httpx.Response) -> None:
     if response.is_success:  # 202, the ticket (a replayed key answers the same)
         item.apply(response.json())
         return
-    item.end("refused", f"{response.status_code} {_problem(response)}")
+    item.end("refused", f"{response.status_code} {problem(response)}")
     item.denied = response.status_code in DENIED
-
-
-def _problem(response: httpx.Response) -> str:
-    """The problem+json detail (or title), else the start of the body."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200]
-    if not isinstance(body, dict):
-        return str(body)[:200]
-    return str(body.get("detail") or body.get("title") or body)[:200]
-
-
-def retry_after(response: httpx.Response) -> float | None:
-    """Retry-After in seconds (capped), when the server sent a number of them."""
-    value = response.headers.get("retry-after", "")
-    try:
-        return min(max(float(value), 0.0), RETRY_AFTER_CAP_S)
-    except ValueError:
-        return None
 
 
 async def wait_for_tickets(

@@ -75,10 +75,12 @@ class Bars(_Live):
         self.progress.advance(self.overall, count)
         self.sent_so_far[item.path] = self.sent_so_far.get(item.path, 0) + count
 
-    def restart(self, item: Upload) -> None:
-        """A new try sends the file from its first byte again."""
-        self.progress.advance(self.overall, -self.sent_so_far.pop(item.path, 0))
-        self.progress.reset(self.tasks[item.path], total=item.size)
+    def restart(self, item: Upload, at: int = 0) -> None:
+        """A new try sends the file again from byte ``at``: its first, or where the server
+        has it to (a resumed upload's bar starts there)."""
+        self.progress.advance(self.overall, at - self.sent_so_far.pop(item.path, 0))
+        self.progress.reset(self.tasks[item.path], total=item.size, completed=at)
+        self.sent_so_far[item.path] = at
 
 
 class Waiting(_Live):
@@ -124,6 +126,8 @@ def _file(item: Upload) -> dict[str, Any]:
         "sizes": item.sizes,
         "idempotency_key": item.key,
         "tries": item.tries,
+        "upload_url": item.upload_url,
+        "resumed_from": item.resumed_from,
         "seconds": round(item.seconds, 3),
     }
 

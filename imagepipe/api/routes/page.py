@@ -2,7 +2,8 @@
 
 The page is plain HTML, CSS and JavaScript shipped inside the package (no build step, no
 CDN), so it works offline and is served by every API process. `GET /ui/config` tells it the
-server's limits so it can refuse a file before sending it; the server stays the judge.
+server's limits so it can refuse a file before sending it (the server stays the judge), and
+which files go resumably, through tus-js-client (vendored: `tus.min.js`, see its `.pin`).
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ def config_view(settings: Settings) -> dict[str, Any]:
         "extensions": [e for f in known for e in f.file_names],
         "sizes": [s.model_dump(mode="json") for s in settings.sizes],  # largest first
         "embed_origins": list(settings.page_embed_origins),  # who may hand the page a grant
+        # larger files go through tus (tus-js-client), resumable after a drop or a reload
+        "resumable_above_bytes": settings.page_resumable_above_bytes,
+        "chunk_bytes": settings.page_chunk_bytes,
     }
 
 

@@ -1,6 +1,8 @@
 // imagepipe's upload page. Each file is sent with XMLHttpRequest (for real upload progress)
 // under its own Idempotency-Key; its ticket is then followed live (Server-Sent Events, or
 // polling that honours Retry-After and ETag) until the photo is processed and backed up.
+// Files above the server's resumable_above_bytes go through tus instead (tus-js-client, see
+// "resumable uploads" below): a dropped link or a reload goes on from the server's offset.
 // Uploads, the gallery and photo details carry the page's grant (see "the grant" below);
 // ticket polls and event streams need none: a ticket's URL is its capability.
 
@@ -26,6 +28,8 @@ const FALLBACK_CONFIG = {
   format_labels: [],
   sizes: [],
   embed_origins: [],
+  resumable_above_bytes: Infinity, // without the server's word, every file is one POST
+  chunk_bytes: 8 * 1024 * 1024,
 };
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -276,6 +280,15 @@ class Card {
     this.show("uploading", "Uploading", "");
   }
 
+  // A resumable upload found the server's offset (HEAD): the bar starts there, not at 0.
+  resumedAt(offset) {
+    if (!Number.isFinite(offset)) return;
+    this.el.dataset.resumedFrom = String(offset);
+    this.progress(offset / this.file.size);
+    const where = `${formatBytes(offset)} of ${formatBytes(this.file.size)}`;
+    this.show("uploading", "Uploading", offset ? `Resuming: the server has ${where}.` : "");
+  }
+
   refuse(reason) {
     this.show("refused", "Refused", reason);
     this.part(".card-progress").hidden = true;
@@ -464,10 +477,124 @@ function send(card) {
   });
 }
 
+// -- resumable uploads: tus-js-client (vendored: /static/tus.min.js, see its .pin) ----------
+// A file larger than resumable_above_bytes goes to /uploads/ in PATCHes of chunk_bytes. Its
+// upload URL is kept in localStorage under the file's fingerprint (name, type, size, last
+// modified, endpoint): after a dropped link (retried here) or a reload (the same file chosen
+// again) tus-js-client asks HEAD where the server stands and goes on from that offset. The
+// last PATCH's answer links the ticket (Link: </tickets/{id}>; rel="ticket"); so does HEAD
+// on a finished upload, so a reload after the last byte still finds its one photo.
+
+const RESUME_DELAYS_MS = [0, 1000, 3000, 5000, 10000];
+const TICKET_LINK = /<[^>]*\/tickets\/([^/>]+)>\s*;\s*rel="?ticket"?/;
+
+function goesResumably(file, limits) {
+  return Boolean(window.tus?.isSupported) && file.size > limits.resumable_above_bytes;
+}
+
+function tusAnswer(error) {
+  const response = error?.originalResponse;
+  if (!response) return { status: 0 };
+  let body = null;
+  try {
+    body = JSON.parse(response.getBody());
+  } catch {
+    // not problem+json: the status says enough
+  }
+  return { status: response.getStatus(), body, retryAfter: response.getHeader("Retry-After") };
+}
+
+// The ticket the upload's last answer links to, as POST /photos would have answered it.
+async function linkedTicket(response) {
+  const id = TICKET_LINK.exec(response.getHeader("Link") ?? "")?.[1];
+  if (!id) return { status: 502, body: { detail: "the upload finished without a ticket" } };
+  try {
+    const answer = await fetch(`/tickets/${id}`, { headers: JSON_HEADERS, cache: "no-store" });
+    if (answer.ok) return { status: 202, body: await answer.json() };
+  } catch {
+    // offline for a moment: the poller asks again
+  }
+  return { status: 202, body: { id, status: "queued", version: -1, photo_id: null } };
+}
+
+function tusOptions(card, limits, resolve) {
+  return {
+    endpoint: new URL("/uploads/", window.location.href).href,
+    chunkSize: limits.chunk_bytes,
+    retryDelays: RESUME_DELAYS_MS,
+    metadata: { filename: card.file.name, filetype: card.file.type || "application/octet-stream" },
+    removeFingerprintOnSuccess: true,
+    // the grant as it is now (it may have been renewed since the upload started)
+    onBeforeRequest: (request) => {
+      for (const [name, value] of Object.entries(grant.headers())) request.setHeader(name, value);
+    },
+    onAfterResponse: (request, response) => {
+      const offset = Number(response.getHeader("Upload-Offset"));
+      if (request.getMethod() === "HEAD" && response.getStatus() === 200) card.resumedAt(offset);
+    },
+    onShouldRetry: (error, attempt, options) => {
+      const again = window.tus.defaultOptions.onShouldRetry(error, attempt, options);
+      if (again) card.show("uploading", "Uploading", "The connection dropped; resuming…");
+      return again;
+    },
+    onProgress: (sent, total) => card.progress(sent / total),
+    onSuccess: ({ lastResponse }) => linkedTicket(lastResponse).then(resolve),
+    onError: (error) => {
+      const answer = tusAnswer(error);
+      // refused for its bytes, or gone: nothing to resume (a grant's 401/403 is not the file's)
+      const final = answer.status === 404 || (REFUSED.has(answer.status) && answer.status !== 403);
+      (final ? forgetUpload(card.file, limits) : Promise.resolve()).finally(() => resolve(answer));
+    },
+  };
+}
+
+// Drop a file's stored upload URLs (tus-js-client drops them itself only on success).
+async function forgetUpload(file, limits) {
+  const { urlStorage, fingerprint } = window.tus.defaultOptions;
+  try {
+    const options = tusOptions({ file }, limits, () => {});
+    for (const previous of await urlStorage.findUploadsByFingerprint(await fingerprint(file, options))) {
+      await urlStorage.removeUpload(previous.urlStorageKey);
+    }
+  } catch {
+    // storage unavailable: a stale URL only costs a HEAD answered 404 later
+  }
+}
+
+async function sendResumably(card, limits) {
+  card.resumable = true;
+  const answer = await new Promise((resolve) => {
+    const upload = new window.tus.Upload(card.file, tusOptions(card, limits, resolve));
+    upload
+      .findPreviousUploads()
+      .catch(() => [])
+      .then((previous) => {
+        const newest = previous.sort((a, b) => Date.parse(b.creationTime) - Date.parse(a.creationTime))[0];
+        if (newest) upload.resumeFromPreviousUpload(newest);
+        upload.start();
+      });
+  });
+  showUnfinished(); // what is left to resume, now that this one ended
+  return answer;
+}
+
+// After a reload: name the files whose uploads can go on (choosing them again resumes them).
+async function showUnfinished() {
+  if (!window.tus?.canStoreURLs) return;
+  const previous = await window.tus.defaultOptions.urlStorage.findAllUploads().catch(() => []);
+  const busy = [...document.querySelectorAll('#uploads .card:is([data-state="waiting"], [data-state="uploading"])')];
+  const sending = new Set(busy.map((card) => $(".card-name", card).textContent));
+  const names = [...new Set(previous.map((p) => p.metadata?.filename))].filter((n) => n && !sending.has(n));
+  const hint = $("#resume-hint");
+  hint.textContent = `Unfinished: ${names.join(", ")}. Choose the same file again to go on where it stopped.`;
+  hint.hidden = !names.length;
+}
+
 async function upload(card) {
   card.uploading();
   await grant.ready();
-  const result = await send(card);
+  const limits = await config;
+  const result = goesResumably(card.file, limits) ? await sendResumably(card, limits) : await send(card);
   if (result.status === 401 && card.renewals++ < 1 && (await grant.refused(problemText(result)))) {
     uploads.add(card); // a fresh grant came: the same key again, so still one photo
   } else if (result.status === 401) {
@@ -483,6 +610,8 @@ async function upload(card) {
     setTimeout(() => uploads.add(card), (retryAfterSeconds(result.retryAfter) || 1) * 1000);
   } else if (REFUSED.has(result.status)) {
     card.refuse(problemText(result));
+  } else if (result.status === 0 && card.resumable) {
+    card.fail("The connection dropped; Retry goes on from where it stopped.");
   } else if (result.status === 0) {
     card.fail("The connection dropped before the upload finished.");
   } else {
@@ -776,5 +905,6 @@ async function showLimits() {
 setUpPickers();
 setUpDropping();
 showLimits();
+showUnfinished();
 gallery.load();
 $("#gallery-more").addEventListener("click", () => gallery.load(true));
