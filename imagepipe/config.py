@@ -91,7 +91,7 @@ class SizeSpec(BaseModel, frozen=True):
         edge, *options = rest.split(":")
         crop = bool(options) and options[0] == "crop"
         formats = options[1:] if crop else options
-        if not edge.isdigit() or len(formats) > 1:
+        if not (edge.isascii() and edge.isdigit()) or len(formats) > 1:
             raise ValueError(f"size {text!r} is not name:edge[:crop][:format+format]")
         if not _SIZE_NAME.match(name):
             raise ValueError(f"size name {name!r} must be 1-8 lowercase letters or digits")

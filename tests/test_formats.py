@@ -68,6 +68,7 @@ def test_sizes_name_their_formats_and_the_rest_take_the_default() -> None:
         ("m:500:png", "'PNG' is not one of JPEG, WEBP, AVIF"),
         ("m:500:jpeg:webp", "is not name:edge[:crop][:format+format]"),
         ("m:big", "is not name:edge"),
+        ("m:\u00b2", "is not name:edge"),  # isdigit() alone takes a superscript two
     ],
 )
 def test_a_ladder_with_an_unknown_format_is_refused(sizes: str, complaint: str) -> None:

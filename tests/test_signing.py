@@ -76,6 +76,7 @@ GOOD = "the signed URL's own"
         ("GET", "-1", GOOD),
         ("GET", "1e12", GOOD),
         ("GET", "9" * 13, GOOD),
+        ("GET", "\u00b2", GOOD),  # a superscript two: isdigit() says yes, int() says no
         ("GET", GOOD, ""),
         ("GET", GOOD, "é" * 43),  # not ASCII: refused, not a crash
     ],

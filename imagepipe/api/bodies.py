@@ -134,7 +134,7 @@ class LingeringResponse(Response):
 def declared_length(headers: Headers) -> int | None:
     """The Content-Length a request declares, if any."""
     declared = headers.get("content-length", "")
-    return int(declared) if declared.isdigit() else None
+    return int(declared) if declared.isascii() and declared.isdigit() else None
 
 
 def refusal(

@@ -69,7 +69,7 @@ class UrlSigner:
 
     def check(self, method: str, path: str, exp: str, sig: str, now: float | None = None) -> int:
         """The URL's expiry if it is ours, unchanged and not past it; else 403 saying why."""
-        if not exp.isdigit() or len(exp) > MAX_EXP_DIGITS:
+        if not (exp.isascii() and exp.isdigit()) or len(exp) > MAX_EXP_DIGITS:
             raise Forbidden("the signed URL's exp is not a Unix time")
         expires = int(exp)
         # the MAC first: whether it is expired is only worth saying of a URL we made

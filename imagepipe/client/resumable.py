@@ -295,7 +295,7 @@ def _metadata(item: Upload) -> str:
 
 def _offset(response: httpx.Response) -> int:
     value = response.headers.get("upload-offset", "0")
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise _Again(f"HTTP {response.status_code} with a bad Upload-Offset {value[:40]!r}")
     return int(value)
 
