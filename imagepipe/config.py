@@ -145,6 +145,7 @@ class Settings(BaseSettings):
     page_resumable_above_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
     page_chunk_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
     loop_stall_ms: int = Field(default=10, ge=0)  # log event-loop stalls past this; 0 = off
+    stop_grace_s: float = Field(default=10.0, gt=0)  # a stopping role exits after this anyway
 
     # -- Redis / Valkey ------------------------------------------------------------
     redis_url: str | None = None  # unset: `imagepipe dev` starts the embedded Valkey

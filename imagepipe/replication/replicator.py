@@ -22,7 +22,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from imagepipe import backoff, keys, loopwatch, metrics
+from imagepipe import backoff, keys, loopwatch, metrics, shutdown
 from imagepipe.catalog.engine import create_engine
 from imagepipe.catalog.migrate import require_current_schema
 from imagepipe.catalog.photos import PhotoCatalog
@@ -228,9 +228,14 @@ async def _main(settings: Settings) -> None:
         asyncio.create_task(loopwatch.watch(settings.loop_stall_ms, "replicator")),
     ]
     runner = asyncio.create_task(replicator.run())
+
+    def stop() -> None:
+        runner.cancel()
+        shutdown.exit_after(settings.stop_grace_s, "replicator")
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runner.cancel)
+        loop.add_signal_handler(sig, stop)
     log.info("replicator started", extra={"event": replicator.consumer})
     try:
         await runner
