@@ -13,9 +13,7 @@ import asyncio
 import time
 from typing import Any
 
-import boto3
 import httpx
-from botocore.config import Config
 from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bench.inputs import Photo
 from bench.loadgen import open_loop
 from bench.model import Row, table
-from bench.stack import ACCESS_KEY, BUCKET, SECRET_KEY, Stack, upload
+from bench.stack import BUCKET, Stack, upload
 from bench.stats import percentile
 from imagepipe import keys
 from imagepipe.catalog.engine import create_engine
@@ -106,15 +104,7 @@ async def measure(stack: Stack, photo: Photo, steady_s: float, outage_s: float) 
 
 def put_rate(stack: Stack, object_keys: list[str], max_s: float) -> float:
     """Objects per second PUT one after another to the backup server (plain boto3)."""
-    assert stack.s3 is not None
-    client = boto3.client(
-        "s3",
-        endpoint_url=stack.s3.url,
-        region_name="us-east-1",
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        config=Config(s3={"addressing_style": "path"}),
-    )
+    client = stack.backup_client()
     bodies = [(stack.root / "primary" / key).read_bytes() for key in object_keys]
     client.put_object(Bucket=BUCKET, Key="put-anchor/warm", Body=bodies[0])
     sent, started = 0, time.perf_counter()

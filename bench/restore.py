@@ -16,12 +16,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import boto3
-from botocore.config import Config
-
 from bench.inputs import Photo
 from bench.model import Row, table
-from bench.stack import ACCESS_KEY, BUCKET, SECRET_KEY, Stack, upload, wait_tickets
+from bench.stack import BUCKET, Stack, upload, wait_tickets
 from imagepipe.replication.commands import restore
 from imagepipe.stack.roles import role_argv
 
@@ -55,15 +52,7 @@ def _objects(primary: Path, photo_ids: list[str]) -> dict[str, int]:
 
 def get_seconds(stack: Stack, object_keys: list[str]) -> float:
     """Seconds to GET (and read) these objects one after another (plain boto3)."""
-    assert stack.s3 is not None
-    client = boto3.client(
-        "s3",
-        endpoint_url=stack.s3.url,
-        region_name="us-east-1",
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        config=Config(s3={"addressing_style": "path"}),
-    )
+    client = stack.backup_client()
     client.get_object(Bucket=BUCKET, Key=object_keys[0])["Body"].read()  # warm the connection
     started = time.perf_counter()
     for key in object_keys:

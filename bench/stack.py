@@ -21,8 +21,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import boto3
 import httpx
 import redis
+from botocore.config import Config
 from sqlalchemy import text
 
 from imagepipe.catalog.engine import create_engine
@@ -76,6 +78,18 @@ class Stack:
         not a user: its grant lifts fair use's rate and daily bytes (0 = unlimited)."""
         unlimited = {"uploads_per_minute": 0, "bytes_per_day": 0}
         return f"Bearer {mint(GRANT_SECRET, 'bench', SCOPES, 3600, **unlimited)}"
+
+    def backup_client(self) -> Any:
+        """Plain boto3 on the backup S3 server: what the anchors measure against."""
+        assert self.s3 is not None
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3.url,
+            region_name="us-east-1",
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            config=Config(s3={"addressing_style": "path"}),
+        )
 
     def client(self, timeout: float, **options: Any) -> httpx.AsyncClient:
         """A client of this stack's API, sending a grant."""

@@ -198,6 +198,13 @@ def settings(
 
 
 @pytest.fixture
+async def droppable(settings: Settings, database_url: str) -> AsyncIterator[Settings]:
+    """The test's settings on a migrated database of its own, which the test may drop whole."""
+    async with _own_database(database_url, migrated=True) as url:
+        yield settings.model_copy(update={"database_url": url})
+
+
+@pytest.fixture
 def api_url(settings: Settings, redis: Redis) -> Iterator[str]:
     """A real uvicorn server running create_app(settings), on a flushed Valkey."""
     from tests.stack import api_server

@@ -12,7 +12,6 @@ from sqlalchemy import text
 
 from imagepipe import keys
 from imagepipe.catalog.engine import create_engine
-from imagepipe.catalog.migrate import migrate
 from imagepipe.config import Settings
 from imagepipe.stack.roles import role_argv, role_env
 from tests import images
@@ -57,12 +56,9 @@ async def photos_seen(url: str, ids: list[str]) -> tuple[list[dict[str, Any]], l
 
 
 async def test_a_dropped_catalog_comes_back_whole_with_reindex(
-    settings: Settings, redis: Redis, fresh_database: str
+    droppable: Settings, redis: Redis
 ) -> None:
-    settings = settings.model_copy(update={"database_url": fresh_database})
-    engine = create_engine(settings)
-    await migrate(engine)
-    await engine.dispose()
+    settings = droppable
     with api_server(settings) as url:
         async with httpx.AsyncClient(headers=bearer(), base_url=url, timeout=30) as http:
             sent = [

@@ -15,8 +15,6 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from imagepipe.catalog.engine import create_engine
-from imagepipe.catalog.migrate import migrate
 from imagepipe.config import Settings
 from tests import images
 from tests.owners import bearer
@@ -60,12 +58,9 @@ async def upload_and_back_up(settings: Settings, redis: Redis, url: str, count: 
 
 
 async def test_wiping_primary_valkey_and_the_catalog_then_restore_brings_back_every_photo(
-    settings: Settings, redis: Redis, fresh_database: str
+    droppable: Settings, redis: Redis
 ) -> None:
-    settings = settings.model_copy(update={"database_url": fresh_database})
-    engine = create_engine(settings)
-    await migrate(engine)
-    await engine.dispose()
+    settings = droppable
     with api_server(settings) as url:
         tickets = await upload_and_back_up(settings, redis, url, 3)
         ids = [t["photo_id"] for t in tickets]
@@ -93,12 +88,9 @@ async def test_wiping_primary_valkey_and_the_catalog_then_restore_brings_back_ev
 
 
 async def test_a_restore_that_cannot_verify_an_object_exits_non_zero(
-    settings: Settings, redis: Redis, fresh_database: str
+    droppable: Settings, redis: Redis
 ) -> None:
-    settings = settings.model_copy(update={"database_url": fresh_database})
-    engine = create_engine(settings)
-    await migrate(engine)
-    await engine.dispose()
+    settings = droppable
     with api_server(settings) as url:
         (ticket,) = await upload_and_back_up(settings, redis, url, 1)
     original = next(settings.primary_root.joinpath("originals").iterdir())
