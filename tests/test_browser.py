@@ -42,6 +42,7 @@ from imagepipe.stack.roles import role_argv, role_env
 from tests import images
 from tests.conftest import CALLBACK_SECRET, free_port, unavailable
 from tests.owners import GRANT_SECRET, grant
+from tests.proxies import Proxy
 from tests.stack import api_server, serving
 from tests.test_e2e import stop_all
 
@@ -406,7 +407,7 @@ LAX_CONFIG = {
 }
 
 
-class FlakyLink:
+class FlakyLink(Proxy):
     """A TCP proxy in front of the API that breaks the answer to the first upload.
 
     The server receives the whole upload and answers it; the browser sees the connection die
@@ -414,26 +415,11 @@ class FlakyLink:
     """
 
     def __init__(self, upstream: str) -> None:
+        super().__init__()
         self.upstream_port = int(upstream.rsplit(":", 1)[1])
         self.armed = True
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.tasks: set[asyncio.Task[None]] = set()  # strong references, awaited on stop
 
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def stop(self) -> None:
-        """Close the listener and every connection still open; wait for their tasks."""
-        self.server.close()
-        for writer in self.writers:
-            writer.transport.abort()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.tasks.add(task)
+    async def relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         self.writers |= {writer, up_writer}
         uploading = asyncio.Event()
@@ -447,7 +433,6 @@ class FlakyLink:
             each.transport.abort()
         await asyncio.gather(*pipes, return_exceptions=True)
         self.writers -= {writer, up_writer}
-        self.tasks.discard(task)
 
     async def _up(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, uploading: asyncio.Event

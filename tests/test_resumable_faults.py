@@ -26,6 +26,7 @@ from imagepipe.stack.processes import RoleProcess, wait_ready
 from imagepipe.stack.roles import role_argv, role_env
 from tests.conftest import free_port
 from tests.owners import OWNER, bearer
+from tests.proxies import Proxy
 from tests.test_e2e import stop_all
 
 pytestmark = [pytest.mark.resumable, pytest.mark.faults]  # real processes: not in test-fast
@@ -70,33 +71,17 @@ def port_of(proc: RoleProcess) -> int:
     return int(proc.argv[proc.argv.index("--port") + 1])
 
 
-class CuttingProxy:
+class CuttingProxy(Proxy):
     """A TCP proxy that hands each new connection to the next API in turn, and cuts the
     connection it is on when the bytes clients sent pass each of ``cuts``."""
 
     def __init__(self, upstreams: list[int], cuts: list[int]) -> None:
+        super().__init__()
         self.upstreams, self.cuts = upstreams, sorted(cuts)
         self.sent = 0  # every byte clients sent, those the cuts lost included
         self.connections = [0] * len(upstreams)
-        self.tasks: set[asyncio.Task[None]] = set()  # strong references, awaited on stop
-        self.writers: set[asyncio.StreamWriter] = set()
 
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def stop(self) -> None:
-        """Close the listener and every connection still open; wait for their tasks."""
-        self.server.close()
-        for writer in self.writers:
-            writer.transport.abort()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.tasks.add(task)
+    async def relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         turn = sum(self.connections) % len(self.upstreams)
         self.connections[turn] += 1
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstreams[turn])
@@ -112,7 +97,6 @@ class CuttingProxy:
         with contextlib.suppress(OSError):
             await up_writer.wait_closed()
         self.writers -= {writer, up_writer}
-        self.tasks.discard(task)
 
     async def _up(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while data := await reader.read(1 << 16):

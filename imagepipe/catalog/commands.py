@@ -52,11 +52,18 @@ async def reindex(
         await engine.dispose()
 
 
-def summary(report: ReindexReport) -> Table:
-    """What reindex did, as a table."""
-    table = Table(title=f"reindex: {report.photos} photos")
+def counts_table(title: str, rows: list[tuple[str, int]]) -> Table:
+    """An operator command's summary: what, and how many (zeros included: a clean run says so)."""
+    table = Table(title=title)
     table.add_column("what")
     table.add_column("count", justify="right")
+    for what, count in rows:
+        table.add_row(what, str(count))
+    return table
+
+
+def summary(report: ReindexReport) -> Table:
+    """What reindex did, as a table."""
     rows = [
         ("photos from primary's manifests", report.from_primary),
         ("photos from backup's manifests (primary lacks them)", report.from_backup),
@@ -65,9 +72,7 @@ def summary(report: ReindexReport) -> Table:
         ("manifests that did not parse", len(report.unreadable)),
         ("deleted photos (tombstoned) not indexed", len(report.deleted)),
     ]
-    for what, count in rows:
-        table.add_row(what, str(count))
-    return table
+    return counts_table(f"reindex: {report.photos} photos", rows)
 
 
 def run_reindex(settings: Settings) -> int:

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from imagepipe.catalog.commands import migrate_catalog, reindex
+from imagepipe.catalog.commands import counts_table, migrate_catalog, reindex
 from imagepipe.catalog.commands import summary as reindex_summary
 from imagepipe.catalog.reindex import ReindexReport
 from imagepipe.config import Settings
@@ -47,10 +47,7 @@ async def restore_and_reindex(
 
 
 def summary(report: RestoreReport) -> Table:
-    """What restore did, as a table (zeros included: a clean run says so)."""
-    table = Table(title=f"restore: {report.photos} photos whole on primary")
-    table.add_column("what")
-    table.add_column("count", justify="right")
+    """What restore did, as a table."""
     rows = [
         ("photos restored whole (original, sizes, manifest)", report.photos),
         (
@@ -66,9 +63,7 @@ def summary(report: RestoreReport) -> Table:
         ("objects whose bytes did not match", len(report.mismatched)),
         ("objects that failed (storage errors)", len(report.failed)),
     ]
-    for what, count in rows:
-        table.add_row(what, str(count))
-    return table
+    return counts_table(f"restore: {report.photos} photos whole on primary", rows)
 
 
 def run_restore(settings: Settings, only: Collection[str] = ()) -> int:
