@@ -16,6 +16,10 @@ REPLICATION_GROUP = "replicators"
 REPLICATION_PENDING = PREFIX + "replication:pending"  # zset: storage key -> first enqueued at
 REPLICATION_PENDING_BYTES = PREFIX + "replication:pending-bytes"  # hash: storage key -> size
 
+# -- deletion (removals travel on the replication log, op "delete") --------------------------
+DELETION_PENDING = PREFIX + "deletion:pending"  # zset: storage key -> deletion started at
+DELETION_SWEEP = PREFIX + "deletion:sweep"  # one trash/account sweep at a time
+
 # -- the audit -------------------------------------------------------------------------------
 AUDIT_LAST = PREFIX + "audit:last"  # hash: finding kind -> count, finished_at -> timestamp
 AUDIT_LOCK = PREFIX + "audit:lock"  # one periodic audit at a time across replicators
@@ -112,16 +116,22 @@ def tombstone(photo_id: str) -> str:
     return f"{TOMBSTONES}{photo_id}.json"
 
 
-OBJECT_KINDS = {ORIGINALS: "original", DERIVATIVES: "derivative", MANIFESTS: "manifest"}
+OBJECT_KINDS = {
+    ORIGINALS: "original",
+    DERIVATIVES: "derivative",
+    MANIFESTS: "manifest",
+    TOMBSTONES: "tombstone",
+}
 
 
 def kind_of(key: str) -> str | None:
-    """``original``, ``derivative`` or ``manifest``; None for a key imagepipe never makes."""
+    """``original``, ``derivative``, ``manifest`` or ``tombstone``; None for a key imagepipe
+    never makes."""
     return next((kind for prefix, kind in OBJECT_KINDS.items() if key.startswith(prefix)), None)
 
 
 def photo_of(key: str) -> str:
-    """The photo id in an original's, derivative's or manifest's key."""
+    """The photo id in an original's, derivative's, manifest's or tombstone's key."""
     return key.split("/", 2)[1].split(".", 1)[0]
 
 

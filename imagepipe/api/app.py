@@ -23,12 +23,21 @@ from imagepipe.api import problems
 from imagepipe.api.edges import HeadAsGet, ResponseDefaults
 from imagepipe.api.limits import ConcurrencyLimit
 from imagepipe.api.polls import TicketPolls
-from imagepipe.api.routes import callbacks, docs, limits, page, photos, polling, probes
+from imagepipe.api.routes import (
+    callbacks,
+    deletions,
+    docs,
+    limits,
+    page,
+    photos,
+    polling,
+    probes,
+)
 from imagepipe.api.services import Services
 from imagepipe.config import Settings
 
-PUBLIC_ROUTES = (photos, polling, probes, page, limits)
-ROUTES = (photos, polling, callbacks, probes, page, limits)
+PUBLIC_ROUTES = (photos, deletions, polling, probes, page, limits)
+ROUTES = (photos, deletions, polling, callbacks, probes, page, limits)
 
 
 class SharedServices:

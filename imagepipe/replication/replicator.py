@@ -6,6 +6,11 @@ permanent one (credentials refused, original gone) becomes `failed(reason)` for 
 retry. An entry is acknowledged only after the copy is verified (the server's checksum of
 what it stored, else a read-back sha256), so nothing half-written ever counts as done;
 entries held by a dead replicator are reclaimed.
+
+A deleted photo's objects travel the same way (entries with op ``delete``): each is removed
+from primary, then from backup, each copy's state recorded, retried like a copy. A copy never
+resurrects a deleted object: after its verified write it looks for the photo's tombstone
+(written before any removal starts) and takes back what it wrote if the tombstone is there.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from imagepipe import backoff, keys, loopwatch, metrics
+from imagepipe.catalog.closures import ClosureCatalog
+from imagepipe.catalog.deletions import COMPLETED, FAILED, PENDING, DeletionCatalog
 from imagepipe.catalog.engine import create_engine
 from imagepipe.catalog.migrate import require_current_schema
 from imagepipe.catalog.photos import PhotoCatalog
@@ -31,8 +38,9 @@ from imagepipe.connections import check_redis_policy, connect
 from imagepipe.errors import CatalogUnavailable
 from imagepipe.models import BackupState
 from imagepipe.replication.audit import Auditor
+from imagepipe.replication.deletion import Deletions, Sweeper
 from imagepipe.replication.gauges import refresh_system_gauges
-from imagepipe.replication.log import Entry, ReplicationLog
+from imagepipe.replication.log import DELETE, Entry, ReplicationLog
 from imagepipe.storage import ObjectNotFound, Storage, StorageError, StoragePermissionDenied
 from imagepipe.storage.factory import backup_storage, primary_storage
 
@@ -81,6 +89,7 @@ class Replicator:
         self.settings = settings
         self.log = ReplicationLog(redis, settings.ticket_retention_s)
         self.catalog = catalog
+        self.removals = DeletionCatalog(catalog.engine)
         self.primary, self.backup = primary, backup
         self.consumer = consumer or consumer_name()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -130,17 +139,18 @@ class Replicator:
             task.add_done_callback(self.tasks.discard)
 
     async def replicate(self, entry: Entry) -> None:
-        """Copy one entry until it is verified, or fails permanently."""
+        """Copy one entry until it is verified, or fails permanently (or remove it, for a
+        deletion's entry)."""
+        if entry.op == DELETE:
+            await self.remove(entry)
+            return
         attempt = 0
         while True:
             attempt += 1
             try:
-                copied = await copy_verified(self.primary, self.backup, entry.key)
-                # the catalog first: an entry is acked only once its durable state says so
-                await self.catalog.backup_changed(entry.key, BackupState.COMPLETED, None)
-                await self.log.complete(entry)
+                copied = await self._copy(entry)
             except ObjectNotFound:
-                await self._fail(entry, "source_missing: the object is not on primary")
+                await self._source_missing(entry)
                 return
             except StoragePermissionDenied as exc:
                 await self._fail(entry, f"access_denied: {exc}")
@@ -152,10 +162,81 @@ class Replicator:
             metrics.REPLICATION_COPIES.labels("completed").inc()
             metrics.REPLICATION_BYTES.inc(copied)
             log.info("replicated", extra={"key": entry.key, "attempt": attempt})
-            if attempt > 1:
-                self.recovered.set()
-                self.recovered = asyncio.Event()
+            self._recovered(attempt)
             return
+
+    async def _copy(self, entry: Entry) -> int:
+        """Copy, verify, record; a copy of a deleted photo's object is taken back."""
+        copied = await copy_verified(self.primary, self.backup, entry.key)
+        if await self._tombstoned(entry.key):
+            await self.backup.delete(entry.key)  # the deletion may have passed backup already
+            await self.log.complete(entry)
+            return 0
+        # the catalog first: an entry is acked only once its durable state says so
+        await self.catalog.backup_changed(entry.key, BackupState.COMPLETED, None)
+        await self.log.complete(entry)
+        if keys.kind_of(entry.key) == "tombstone":  # the last thing a deletion waits for
+            await self.removals.finish_if_removed(keys.photo_of(entry.key))
+        return copied
+
+    async def _tombstoned(self, key: str) -> bool:
+        """Whether ``key`` is an object (not the tombstone) of a photo whose deletion began."""
+        if keys.kind_of(key) == "tombstone":
+            return False
+        return await self.primary.exists(keys.tombstone(keys.photo_of(key)))
+
+    async def _source_missing(self, entry: Entry) -> None:
+        """Not on primary: removed by a deletion (done), or lost (failed, for the audit)."""
+        try:
+            if await self._tombstoned(entry.key):
+                await self.log.complete(entry)
+                return
+        except (StorageError, RedisError) as exc:
+            log.warning("could not look for a tombstone (%s)", exc, extra={"key": entry.key})
+            return  # left claimed: reclaimed and tried again
+        await self._fail(entry, "source_missing: the object is not on primary")
+
+    def _recovered(self, attempt: int) -> None:
+        if attempt > 1:
+            self.recovered.set()
+            self.recovered = asyncio.Event()
+
+    async def remove(self, entry: Entry) -> None:
+        """Remove one object of a deleted photo from primary, then backup, until both are
+        gone, or one copy fails permanently (`failed(reason)`, for the audit to retry)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                for copy, store in (("primary", self.primary), ("backup", self.backup)):
+                    await self._remove_from(copy, store, entry.key)
+                await self.log.finish_removal(entry)
+                await self.removals.finish_if_removed(keys.photo_of(entry.key))
+            except StoragePermissionDenied:
+                metrics.DELETION_REMOVALS.labels("failed").inc()
+                with suppress(RedisError):  # else left claimed: reclaimed and tried again
+                    await self.log.finish_removal(entry)
+                return
+            except (StorageError, RedisError, CatalogUnavailable) as exc:
+                metrics.DELETION_REMOVALS.labels("retry").inc()
+                await self._wait_and_retry(entry, attempt, f"{type(exc).__name__}: {exc}")
+                continue
+            metrics.DELETION_REMOVALS.labels("completed").inc()
+            log.info("removed", extra={"key": entry.key, "attempt": attempt})
+            self._recovered(attempt)
+            return
+
+    async def _remove_from(self, copy: str, store: Storage, key: str) -> None:
+        """One copy of one object removed, and its state recorded (failed for good on a
+        refusal of our credentials)."""
+        try:
+            await store.delete(key)
+        except StoragePermissionDenied as exc:
+            log.error("removal failed: %s", exc, extra={"key": key, "event": copy})
+            with suppress(CatalogUnavailable):
+                await self.removals.removal_changed(key, copy, FAILED, f"access_denied: {exc}")
+            raise
+        await self.removals.removal_changed(key, copy, COMPLETED)
 
     async def _fail(self, entry: Entry, reason: str) -> None:
         metrics.REPLICATION_COPIES.labels("failed").inc()
@@ -178,7 +259,10 @@ class Replicator:
         with suppress(RedisError, CatalogUnavailable):
             await self.log.keep_alive(self.consumer, entry)  # still ours: don't reclaim it
             # for operators: attempts and the last reason, on the object's catalog row
-            await self.catalog.backup_changed(entry.key, BackupState.PENDING, reason)
+            if entry.op == DELETE:
+                await self.removals.removal_changed(entry.key, "backup", PENDING, reason)
+            else:
+                await self.catalog.backup_changed(entry.key, BackupState.PENDING, reason)
         with suppress(TimeoutError):
             await asyncio.wait_for(self.recovered.wait(), wait)
 
@@ -198,6 +282,29 @@ async def audit_periodically(
             log.warning(
                 "audit pass failed (%s); next one in %.0f s", exc, settings.audit_interval_s
             )
+
+
+async def sweep_periodically(settings: Settings, redis: ArqRedis, sweeper: Sweeper) -> None:
+    """Empty the trash that is due and advance account closures, on one replicator at a time."""
+    while True:
+        await asyncio.sleep(settings.deletion_sweep_s)
+        try:
+            lease = max(1, int(settings.deletion_sweep_s * 10))  # freed when the round ends
+            if await redis.set(keys.DELETION_SWEEP, consumer_name(), nx=True, ex=lease):
+                try:
+                    await sweeper.sweep()
+                finally:
+                    await redis.delete(keys.DELETION_SWEEP)
+        except (StorageError, RedisError, CatalogUnavailable) as exc:
+            log.warning("deletion sweep failed (%s); next one soon", exc)
+
+
+def sweeper_for(
+    settings: Settings, redis: Redis, primary: Storage, catalog: PhotoCatalog
+) -> Sweeper:
+    """The sweeper of a replicator (or a test)."""
+    deletions = Deletions(settings, redis, primary, DeletionCatalog(catalog.engine))
+    return Sweeper(deletions, ClosureCatalog(catalog.engine))
 
 
 async def refresh_gauges_periodically(redis: ArqRedis) -> None:
@@ -225,6 +332,9 @@ async def _main(settings: Settings) -> None:
     helpers = [
         asyncio.create_task(audit_periodically(settings, redis, catalog, primary, backup)),
         asyncio.create_task(refresh_gauges_periodically(redis)),
+        asyncio.create_task(
+            sweep_periodically(settings, redis, sweeper_for(settings, redis, primary, catalog))
+        ),
         asyncio.create_task(loopwatch.watch(settings.loop_stall_ms, "replicator")),
     ]
     runner = asyncio.create_task(replicator.run())
