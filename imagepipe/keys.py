@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
+
+from imagepipe import formats
 
 PREFIX = "imagepipe:"
 
@@ -100,6 +103,13 @@ def original(photo_id: str, ext: str) -> str:
 def derivative(photo_id: str, size: str, ext: str) -> str:
     """One resized copy of a photo, in the format its extension names."""
     return f"{DERIVATIVES}{photo_id}/{size}.{ext}"
+
+
+def every_derivative(photo_id: str, ladder: Iterable[tuple[str, Iterable[str]]]) -> set[str]:
+    """Every derivative a ladder of (size name, its formats) makes of a photo."""
+    return {
+        derivative(photo_id, name, formats.extension(fmt)) for name, fmts in ladder for fmt in fmts
+    }
 
 
 def manifest(photo_id: str) -> str:

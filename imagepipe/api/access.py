@@ -22,7 +22,17 @@ from fastapi import Depends, Request
 from imagepipe.api.deps import ServicesDep
 from imagepipe.config import Settings
 from imagepipe.errors import Forbidden, InvalidGrant
-from imagepipe.grants import ADMIN, DELETE, READ, SCOPES, WRITE, Grant, GrantRefused, verify
+from imagepipe.grants import (
+    ADMIN,
+    DELETE,
+    KNOWN_SCOPES,
+    READ,
+    SCOPES,
+    WRITE,
+    Grant,
+    GrantRefused,
+    verify,
+)
 
 DEV_OWNER = "local"
 DEV_GRANT = Grant(owner=DEV_OWNER, scopes=frozenset(SCOPES))
@@ -70,4 +80,4 @@ Writer = Annotated[Grant, Depends(needs(WRITE))]
 Reader = Annotated[Grant, Depends(needs(READ))]
 Deleter = Annotated[Grant, Depends(needs(DELETE))]
 Admin = Annotated[Grant, Depends(needs(ADMIN))]
-Granted = Annotated[Grant, Depends(needs(*SCOPES))]  # any scope: e.g. to ask about its limits
+Granted = Annotated[Grant, Depends(needs(*KNOWN_SCOPES))]  # any scope: e.g. to ask its limits

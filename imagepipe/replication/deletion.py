@@ -35,7 +35,6 @@ from imagepipe.errors import Conflict, NotFound, ServiceUnavailable
 from imagepipe.ids import is_photo_id, new_ticket_id
 from imagepipe.models import StoredFile
 from imagepipe.replication import log as replication
-from imagepipe.replication.checks import derivative_keys
 from imagepipe.storage import ObjectExists, Storage
 
 log = logging.getLogger(__name__)
@@ -105,7 +104,8 @@ class Deletions:
     def _possible_keys(self, photo_id: str) -> set[str]:
         """Keys the photo may have that the catalog may not know: every size the ladder makes
         (a worker may have written some before the delete), and its manifest."""
-        return derivative_keys(photo_id, self.settings) | {keys.manifest(photo_id)}
+        ladder = ((size.name, size.encodings) for size in self.settings.sizes)
+        return keys.every_derivative(photo_id, ladder) | {keys.manifest(photo_id)}
 
     async def write_tombstone(self, deletion: Deletion, object_keys: list[str]) -> StoredFile:
         """The tombstone on primary, create-only: one written before (a retry) is kept."""
