@@ -61,9 +61,7 @@ async def test_a_rolling_pass_lists_only_its_slices() -> None:
         keys.derivative(IDS[3], "t", "jpg"),
         keys.manifest(IDS[3]),
     }
-    assert store.lists == [
-        tree + "7ff" for tree in TREES
-    ]
+    assert store.lists == [tree + "7ff" for tree in TREES]
 
 
 async def test_slices_asked_out_of_order_are_refused() -> None:

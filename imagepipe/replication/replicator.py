@@ -49,6 +49,9 @@ CLAIM_BLOCK_MS = 1000
 GAUGE_REFRESH_S = 5.0
 RECLAIM_EVERY_S = 10.0
 SMALL_COPY_BYTES = 8 * 2**20  # copies up to this size are read whole (times the concurrency)
+# removals waiting out a backoff (backup down) give up their slot, so the removals behind
+# them still clear primary; at most this many times the concurrency wait at once
+WAITING_REMOVALS_PER_SLOT = 15
 
 
 class VerificationFailed(StorageError):
@@ -93,6 +96,8 @@ class Replicator:
         self.primary, self.backup = primary, backup
         self.consumer = consumer or consumer_name()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.waiting_removals = 0  # removal tasks sleeping out a backoff
+        self.slot_freed = asyncio.Event()
         self.next_reclaim = 0.0
         # set (and replaced) when a copy succeeds after failing: backup is back, so every
         # entry sleeping out its backoff retries now instead of up to a backoff cap later
@@ -121,9 +126,10 @@ class Replicator:
                 )
             )
             self.next_reclaim = loop.time() + RECLAIM_EVERY_S
-        free = self.settings.replication_concurrency - len(self.tasks)
+        free = self._free_slots()
         if free <= 0:
-            await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
+            self.slot_freed.clear()
+            await self.slot_freed.wait()
             return
         await self._start_all(await self.log.claim(self.consumer, free, CLAIM_BLOCK_MS))
 
@@ -136,7 +142,17 @@ class Replicator:
         for entry in entries:
             task = asyncio.create_task(self.replicate(entry))
             self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.slot_freed.set()
+
+    def _free_slots(self) -> int:
+        """Copy slots free: a removal sleeping out its backoff holds none (up to a bound)."""
+        slots = self.settings.replication_concurrency
+        waiting = min(self.waiting_removals, slots * WAITING_REMOVALS_PER_SLOT)
+        return slots - len(self.tasks) + waiting
 
     async def replicate(self, entry: Entry) -> None:
         """Copy one entry until it is verified, or fails permanently (or remove it, for a
@@ -204,12 +220,13 @@ class Replicator:
     async def remove(self, entry: Entry) -> None:
         """Remove one object of a deleted photo from primary, then backup, until both are
         gone, or one copy fails permanently (`failed(reason)`, for the audit to retry)."""
-        attempt = 0
+        attempt, left = 0, [("primary", self.primary), ("backup", self.backup)]
         while True:
             attempt += 1
             try:
-                for copy, store in (("primary", self.primary), ("backup", self.backup)):
-                    await self._remove_from(copy, store, entry.key)
+                while left:
+                    await self._remove_from(*left[0], entry.key)
+                    left.pop(0)
                 await self.log.finish_removal(entry)
                 await self.removals.finish_if_removed(keys.photo_of(entry.key))
             except StoragePermissionDenied:
@@ -219,12 +236,21 @@ class Replicator:
                 return
             except (StorageError, RedisError, CatalogUnavailable) as exc:
                 metrics.DELETION_REMOVALS.labels("retry").inc()
-                await self._wait_and_retry(entry, attempt, f"{type(exc).__name__}: {exc}")
+                await self._removal_backoff(entry, attempt, f"{type(exc).__name__}: {exc}")
                 continue
             metrics.DELETION_REMOVALS.labels("completed").inc()
             log.info("removed", extra={"key": entry.key, "attempt": attempt})
             self._recovered(attempt)
             return
+
+    async def _removal_backoff(self, entry: Entry, attempt: int, reason: str) -> None:
+        """`_wait_and_retry`, its slot lent to the next entry meanwhile."""
+        self.waiting_removals += 1
+        self.slot_freed.set()
+        try:
+            await self._wait_and_retry(entry, attempt, reason)
+        finally:
+            self.waiting_removals -= 1
 
     async def _remove_from(self, copy: str, store: Storage, key: str) -> None:
         """One copy of one object removed, and its state recorded (failed for good on a
