@@ -44,13 +44,32 @@ class Plan:
     audit_changed: int
     user_batch: int  # row 13
     user_samples: int  # row 14
+    deletion_s: float  # row 16: the window of uploads and deletes
+    deletion_victims: int
 
 
 FULL = Plan(
-    7, 24, 15, 8.0, 40, 3.0, 30.0, 60.0, 200 * 2**20, 10_000, 1_000_000, 2000, 10_000, 100, 48, 16
+    7,
+    24,
+    15,
+    8.0,
+    40,
+    3.0,
+    30.0,
+    60.0,
+    200 * 2**20,
+    10_000,
+    1_000_000,
+    2000,
+    10_000,
+    100,
+    48,
+    16,
+    30.0,
+    30,
 )
-QUICK = Plan(3, 6, 3, 1.5, 8, 0.75, 2.0, 3.0, 16 * 2**20, 300, 5_000, 200, 500, 10, 4, 2)
-ALL_ROWS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+QUICK = Plan(3, 6, 3, 1.5, 8, 0.75, 2.0, 3.0, 16 * 2**20, 300, 5_000, 200, 500, 10, 4, 2, 3.0, 3)
+ALL_ROWS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)
 
 
 def _photos(quick: bool) -> dict[str, inputs.Photo]:
@@ -84,7 +103,17 @@ def run(rows: tuple[int, ...], quick: bool) -> list[Row]:
 def _stack_rows(
     rows: tuple[int, ...], stack: Stack, plan: Plan, photos: dict[str, inputs.Photo]
 ) -> Iterator[Row]:
-    from bench import accept, catalog, defaults, latency, memory, polling, replication, throughput
+    from bench import (
+        accept,
+        catalog,
+        defaults,
+        deletion,
+        latency,
+        memory,
+        polling,
+        replication,
+        throughput,
+    )
 
     user = defaults.user_photos(plan is QUICK)
 
@@ -102,6 +131,10 @@ def _stack_rows(
         ((13,), lambda: defaults.throughput_row(stack, user, plan.user_batch)),
         ((14,), lambda: defaults.latency_row(stack, user, plan.user_samples)),
         ((15,), lambda: defaults.accept_row(stack, user, plan.accept_s)),
+        (
+            (16,),
+            lambda: deletion.row(stack, photos["small"], plan.deletion_s, plan.deletion_victims),
+        ),
     ]
     for numbers, step in steps:
         if set(numbers) & set(rows):
