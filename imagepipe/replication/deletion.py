@@ -25,17 +25,17 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from redis.asyncio import Redis
-from redis.exceptions import LockError
+from redis.exceptions import LockError, RedisError
 
 from imagepipe import keys
 from imagepipe.catalog.closures import ClosureCatalog
 from imagepipe.catalog.deletions import TRASHED, Deletion, DeletionCatalog, tombstone_body
 from imagepipe.config import Settings
-from imagepipe.errors import Conflict, NotFound, ServiceUnavailable
+from imagepipe.errors import CatalogUnavailable, Conflict, NotFound, ServiceUnavailable
 from imagepipe.ids import is_photo_id, new_ticket_id
 from imagepipe.models import StoredFile
 from imagepipe.replication import log as replication
-from imagepipe.storage import ObjectExists, Storage
+from imagepipe.storage import ObjectExists, Storage, StorageError
 
 log = logging.getLogger(__name__)
 NO_SUCH_PHOTO = "no such photo (or it is still processing)"
@@ -64,12 +64,25 @@ class Deletions:
                 raise NotFound(NO_SUCH_PHOTO)
             await self._forget_upload(photo_id)
         if found.started_at is None and (found.due(_now()) or not trash):
-            found = await self.proceed(found)
+            found = await self._proceed_or_leave(found)
         return found
+
+    async def _proceed_or_leave(self, deletion: Deletion) -> Deletion:
+        """`proceed` now; on a fault, leave it to the sweeper (the photo is hidden already)."""
+        try:
+            return await self.proceed(deletion)
+        except (StorageError, RedisError, CatalogUnavailable, ServiceUnavailable) as exc:
+            log.warning(
+                "deletion left to the sweeper: %s", exc, extra={"photo_id": deletion.photo_id}
+            )
+            return deletion
 
     async def undo(self, owner: str, photo_id: str) -> Deletion:
         """Take ``owner``'s photo out of the trash; 409 once its removal is under way."""
-        found = await self.catalog.undo(photo_id, owner) if is_photo_id(photo_id) else None
+        if not is_photo_id(photo_id):
+            raise NotFound("no deletion of such a photo")
+        async with self._locked(photo_id):  # never while its removal is being started
+            found = await self.catalog.undo(photo_id, owner)
         if found is None:
             raise NotFound("no deletion of such a photo")
         if found.state != TRASHED:
@@ -80,9 +93,18 @@ class Deletions:
         return found
 
     async def proceed(self, deletion: Deletion) -> Deletion:
-        """Start removing: the tombstone first, then every object from primary and backup."""
-        if deletion.started_at is not None:
-            return deletion
+        """Start removing: the tombstone first, then every object from primary and backup.
+
+        Under the photo's lock, reading the deletion again: an undo that came first wins (no
+        tombstone is written for a photo taken out of the trash).
+        """
+        async with self._locked(deletion.photo_id):
+            current = await self.catalog.get(deletion.photo_id)
+            if current is None or current.started_at is not None:
+                return current or deletion
+            return await self._start(current)
+
+    async def _start(self, deletion: Deletion) -> Deletion:
         planned = await self.catalog.plan(deletion.photo_id)
         every = sorted(set(planned) | self._possible_keys(deletion.photo_id))
         tomb = await self.write_tombstone(deletion, every)

@@ -35,7 +35,7 @@ from imagepipe.catalog.migrate import require_current_schema
 from imagepipe.catalog.photos import PhotoCatalog
 from imagepipe.config import Settings
 from imagepipe.connections import check_redis_policy, connect
-from imagepipe.errors import CatalogUnavailable
+from imagepipe.errors import CatalogUnavailable, ImagepipeError
 from imagepipe.models import BackupState
 from imagepipe.replication.audit import Auditor
 from imagepipe.replication.deletion import Deletions, Sweeper
@@ -304,7 +304,7 @@ async def audit_periodically(
             if await redis.set(keys.AUDIT_LOCK, consumer_name(), nx=True, ex=max(1, lease)):
                 report = await Auditor(settings, redis, catalog, primary, backup).run()
                 log.info("audit finished: %s", report.counts() or "nothing to repair")
-        except (StorageError, RedisError, CatalogUnavailable) as exc:
+        except (StorageError, RedisError, ImagepipeError) as exc:
             log.warning(
                 "audit pass failed (%s); next one in %.0f s", exc, settings.audit_interval_s
             )
@@ -321,7 +321,7 @@ async def sweep_periodically(settings: Settings, redis: ArqRedis, sweeper: Sweep
                     await sweeper.sweep()
                 finally:
                     await redis.delete(keys.DELETION_SWEEP)
-        except (StorageError, RedisError, CatalogUnavailable) as exc:
+        except (StorageError, RedisError, ImagepipeError) as exc:
             log.warning("deletion sweep failed (%s); next one soon", exc)
 
 
