@@ -173,8 +173,10 @@ class Sweeper:
     def __init__(self, deletions: Deletions, closures: ClosureCatalog) -> None:
         self.deletions, self.closures = deletions, closures
         settings = deletions.settings
-        # at most this many photos per round: the closure's rate, whatever the library
-        self.batch = max(1, int(settings.owner_deletion_rate * settings.deletion_sweep_s))
+        # photos a round may delete: the closures' rate over a round, saved up across rounds
+        # when it is below one (at most one round's worth, or one photo)
+        self.per_round = settings.owner_deletion_rate * settings.deletion_sweep_s
+        self.credit = 0.0
 
     async def sweep(self) -> int:
         """One round; how many deletions it started."""
@@ -182,10 +184,13 @@ class Sweeper:
         for due in await self.deletions.catalog.due(_now(), DUE_PER_SWEEP):
             await self.deletions.proceed(due)
             started += 1
-        budget = self.batch
+        self.credit = min(self.credit + self.per_round, max(1.0, self.per_round))
+        budget = int(self.credit)
+        if budget <= 0:
+            return started
         for closure in await self.closures.running(CLOSURES_PER_SWEEP):
             done = await self.close_some(closure.owner, budget)
-            started, budget = started + done, budget - done
+            started, budget, self.credit = started + done, budget - done, self.credit - done
             if budget <= 0:
                 break
         return started
