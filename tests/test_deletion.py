@@ -211,6 +211,23 @@ async def test_a_photo_deleted_before_it_is_processed_is_never_processed(
     assert await stored_bytes(settings) == 0
 
 
+async def test_an_event_stream_of_a_deleted_photo_s_ticket_ends(
+    http: httpx.AsyncClient,
+) -> None:
+    accepted = await upload(http)
+    async with http.stream("GET", f"/tickets/{accepted['id']}/events") as stream:
+        lines = stream.aiter_lines()
+        while not (await anext(lines)).startswith("data:"):  # the ticket as it is now
+            pass
+        await delete(http, accepted["photo_id"])
+        rest = await asyncio.wait_for(_drain(lines), 20)  # the stream ends: no hang
+    assert not [line for line in rest if line.startswith("data:")]
+
+
+async def _drain(lines: AsyncIterator[str]) -> list[str]:
+    return [line async for line in lines]
+
+
 async def test_a_callback_that_read_its_ticket_before_the_delete_indexes_nothing(
     http: httpx.AsyncClient, settings: Settings, redis: Redis, stores: tuple[Storage, Storage]
 ) -> None:

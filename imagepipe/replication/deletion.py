@@ -146,14 +146,17 @@ class Deletions:
     async def _forget_upload(self, photo_id: str) -> None:
         """The upload's ticket (and a reprocess's), its view and backup states: gone, so
         its URLs answer 404 and a job or callback that comes later finds no ticket."""
-        upload = await self.catalog.upload_ticket(photo_id)
         latest = await self.redis.get(keys.photo_ticket(photo_id))
-        tickets = {upload, latest.decode() if isinstance(latest, bytes) else latest} - {None}
+        found = [await self.catalog.upload_ticket(photo_id), latest]
+        tickets = {t.decode() if isinstance(t, bytes) else t for t in found if t}
         doomed = [keys.photo_ticket(photo_id), keys.photo_backup(photo_id)]
         for ticket_id in tickets:
-            assert ticket_id is not None
             doomed += [keys.ticket(ticket_id), keys.ticket_view(ticket_id)]
-        await self.redis.delete(*doomed)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*doomed)
+            for ticket_id in tickets:  # its event streams wake, find no ticket and end
+                pipe.publish(keys.ticket_channel(ticket_id), "deleted")
+            await pipe.execute()
 
     @asynccontextmanager
     async def _locked(self, photo_id: str) -> AsyncIterator[None]:

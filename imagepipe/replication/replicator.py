@@ -21,9 +21,12 @@ import os
 import random
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from typing import TypeVar
 
 from arq.connections import ArqRedis
+from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -45,6 +48,8 @@ from imagepipe.storage import ObjectNotFound, Storage, StorageError, StoragePerm
 from imagepipe.storage.factory import backup_storage, primary_storage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+Wait = Callable[[Entry, int, str], Awaitable[None]]  # (entry, attempt, reason): back off
 CLAIM_BLOCK_MS = 1000
 GAUGE_REFRESH_S = 5.0
 RECLAIM_EVERY_S = 10.0
@@ -160,26 +165,39 @@ class Replicator:
         if entry.op == DELETE:
             await self.remove(entry)
             return
+        try:
+            copied, attempt = await self._until_done(
+                entry, lambda: self._copy(entry), metrics.REPLICATION_COPIES, self._wait_and_retry
+            )
+        except ObjectNotFound:
+            await self._source_missing(entry)
+            return
+        except StoragePermissionDenied as exc:
+            await self._fail(entry, f"access_denied: {exc}")
+            return
+        metrics.REPLICATION_BYTES.inc(copied)
+        log.info("replicated", extra={"key": entry.key, "attempt": attempt})
+
+    async def _until_done(
+        self, entry: Entry, once: Callable[[], Awaitable[T]], outcomes: Counter, wait: Wait
+    ) -> tuple[T, int]:
+        """Run ``once`` until it succeeds: transient failures wait (``wait``) and retry, for
+        as long as it takes; a missing source or refused credentials are raised. Its result
+        and the attempts it took."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                copied = await self._copy(entry)
-            except ObjectNotFound:
-                await self._source_missing(entry)
-                return
-            except StoragePermissionDenied as exc:
-                await self._fail(entry, f"access_denied: {exc}")
-                return
+                done = await once()
+            except (ObjectNotFound, StoragePermissionDenied):
+                raise
             except (StorageError, RedisError, CatalogUnavailable) as exc:
-                metrics.REPLICATION_COPIES.labels("retry").inc()
-                await self._wait_and_retry(entry, attempt, f"{type(exc).__name__}: {exc}")
+                outcomes.labels("retry").inc()
+                await wait(entry, attempt, f"{type(exc).__name__}: {exc}")
                 continue
-            metrics.REPLICATION_COPIES.labels("completed").inc()
-            metrics.REPLICATION_BYTES.inc(copied)
-            log.info("replicated", extra={"key": entry.key, "attempt": attempt})
+            outcomes.labels("completed").inc()
             self._recovered(attempt)
-            return
+            return done, attempt
 
     async def _copy(self, entry: Entry) -> int:
         """Copy, verify, record; a copy of a deleted photo's object is taken back."""
@@ -220,28 +238,25 @@ class Replicator:
     async def remove(self, entry: Entry) -> None:
         """Remove one object of a deleted photo from primary, then backup, until both are
         gone, or one copy fails permanently (`failed(reason)`, for the audit to retry)."""
-        attempt, left = 0, [("primary", self.primary), ("backup", self.backup)]
-        while True:
-            attempt += 1
-            try:
-                while left:
-                    await self._remove_from(*left[0], entry.key)
-                    left.pop(0)
+        left = [("primary", self.primary), ("backup", self.backup)]
+
+        async def once() -> None:
+            while left:
+                await self._remove_from(*left[0], entry.key)
+                left.pop(0)
+            await self.log.finish_removal(entry)
+            await self.removals.finish_if_removed(keys.photo_of(entry.key))
+
+        try:
+            _, attempt = await self._until_done(
+                entry, once, metrics.DELETION_REMOVALS, self._removal_backoff
+            )
+        except StoragePermissionDenied:
+            metrics.DELETION_REMOVALS.labels("failed").inc()
+            with suppress(RedisError):  # else left claimed: reclaimed and tried again
                 await self.log.finish_removal(entry)
-                await self.removals.finish_if_removed(keys.photo_of(entry.key))
-            except StoragePermissionDenied:
-                metrics.DELETION_REMOVALS.labels("failed").inc()
-                with suppress(RedisError):  # else left claimed: reclaimed and tried again
-                    await self.log.finish_removal(entry)
-                return
-            except (StorageError, RedisError, CatalogUnavailable) as exc:
-                metrics.DELETION_REMOVALS.labels("retry").inc()
-                await self._removal_backoff(entry, attempt, f"{type(exc).__name__}: {exc}")
-                continue
-            metrics.DELETION_REMOVALS.labels("completed").inc()
-            log.info("removed", extra={"key": entry.key, "attempt": attempt})
-            self._recovered(attempt)
             return
+        log.info("removed", extra={"key": entry.key, "attempt": attempt})
 
     async def _removal_backoff(self, entry: Entry, attempt: int, reason: str) -> None:
         """`_wait_and_retry`, its slot lent to the next entry meanwhile."""
