@@ -292,6 +292,7 @@ async def test_the_audit_removes_what_reappeared_and_what_a_lost_log_forgot(
     thumb = keys.derivative(gone, "t", "jpg")
     await backup.put_bytes(thumb, b"a copy that came back")  # e.g. a backup restored
     await primary.put_bytes(keys.manifest(gone), b"{}")
+    await primary.delete(keys.tombstone(gone))  # e.g. primary restored from an older copy
     second = await delete(http, lost)
     lost_log = (keys.REPLICATION_STREAM, keys.DELETION_PENDING, keys.REPLICATION_PENDING)
     await redis.delete(*lost_log)  # Redis lost the log
@@ -301,6 +302,9 @@ async def test_the_audit_removes_what_reappeared_and_what_a_lost_log_forgot(
     assert set(report.findings["deleted_objects_reappeared"]) == {thumb, keys.manifest(gone)}
     assert {thumb, keys.manifest(gone)} < set(report.findings["deletion_requeued"])
     assert keys.original(lost, "jpg") in report.findings["deletion_requeued"]
+    assert report.findings["tombstones_rewritten"] == [keys.tombstone(gone)]
+    same = await primary.read(keys.tombstone(gone)) == await backup.read(keys.tombstone(gone))
+    assert same  # written again word for word
     assert not report.findings.get("orphan_objects") and not report.findings.get(
         "orphans_in_backup"
     )

@@ -56,7 +56,7 @@ class DeletionProof:
             await self.catalog.confirm_removed(photo_id)  # gone, though no removal said so
             if await self.catalog.finish_if_removed(photo_id):
                 self.found("deletions_proven", photo_id)
-        await self._tombstone_kept(deletion)
+        await self._tombstone_kept(deletion, on_primary)
 
     async def _left(
         self, object_keys: list[str], on_primary: Listed, in_backup: Listed
@@ -95,9 +95,9 @@ class DeletionProof:
             replication.append_removals(pipe, object_keys, since.timestamp())
             await pipe.execute()
 
-    async def _tombstone_kept(self, deletion: Deletion) -> None:
+    async def _tombstone_kept(self, deletion: Deletion, on_primary: Listed) -> None:
         """The tombstone is on primary: written again (the same body) when it is not."""
-        if not await self.primary.exists(keys.tombstone(deletion.photo_id)):
+        if not await _holds(self.primary, keys.tombstone(deletion.photo_id), on_primary):
             await self.deletions.write_tombstone(deletion, deletion.objects or [])
             self.found("tombstones_rewritten", keys.tombstone(deletion.photo_id))
 
