@@ -12,8 +12,10 @@ from typing import Any
 import httpx
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import text
 
 from imagepipe import keys, webhooks
+from imagepipe.catalog.closures import next_photos_query
 from imagepipe.catalog.engine import create_engine
 from imagepipe.catalog.photos import PhotoCatalog
 from imagepipe.catalog.usage import OwnerUsage
@@ -348,6 +350,17 @@ async def test_an_account_is_deleted_at_a_bounded_rate_with_progress(
     for photo_id in photos:
         assert await keys_of(backup, photo_id) == {keys.tombstone(photo_id)}
     assert (await http.get("/photos")).json()["photos"] == []
+
+
+async def test_an_account_closure_reads_its_index(catalog: PhotoCatalog) -> None:
+    statement = next_photos_query(OWNER, 20).compile(
+        dialect=catalog.engine.dialect, compile_kwargs={"literal_binds": True}
+    )
+    async with catalog.engine.connect() as db:
+        for plan_kind in ("seqscan", "bitmapscan", "sort"):  # a scan would show as disabled
+            await db.execute(text(f"SET enable_{plan_kind} = off"))
+        plan = "\n".join(row[0] for row in await db.execute(text(f"EXPLAIN {statement}")))
+    assert "Scan using photos_live_owner" in plan and "Sort" not in plan, plan  # (index only)
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -63,6 +63,13 @@ Index(
     photos.c.id.desc(),
     postgresql_where=(photos.c.state == "completed") & (photos.c.visibility == "public"),
 )
+# an account closure's next photos, and how many are left (`catalog.closures`)
+Index(
+    "photos_live_owner",
+    photos.c.owner,
+    photos.c.id,
+    postgresql_where=photos.c.deleted_at.is_(None),
+)
 Index("photos_changed", photos.c.updated_at)  # what changed since the audit's watermark
 Index("photos_verified", photos.c.verified_at.asc().nulls_first(), photos.c.id)
 

@@ -24,12 +24,15 @@ branch_labels = None
 depends_on = None
 
 OPEN = sa.text("state <> 'deleted'")
+LIVE = sa.text("deleted_at IS NULL")
 STAMP = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
     """The column and the three tables."""
     op.add_column("photos", sa.Column("deleted_at", STAMP, nullable=True))
+    # an account closure's next photos, and how many are left
+    op.create_index("photos_live_owner", "photos", ["owner", "id"], postgresql_where=LIVE)
     op.create_table(
         "deletions",
         sa.Column("photo_id", sa.Text, primary_key=True),
@@ -71,4 +74,5 @@ def downgrade() -> None:
     op.drop_table("owner_deletions")
     op.drop_table("removals")
     op.drop_table("deletions")
+    op.drop_index("photos_live_owner", "photos")
     op.drop_column("photos", "deleted_at")
