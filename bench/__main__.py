@@ -44,6 +44,8 @@ class Plan:
     audit_changed: int
     user_batch: int  # row 13
     user_samples: int  # row 14
+    deletion_s: float  # row 16: the window of uploads and deletes
+    deletion_victims: int
     resumable_mb: int  # row 17: the file's size
     resumable_rounds: int
     restore_photos: int  # row 18
@@ -66,12 +68,16 @@ FULL = Plan(
     100,
     48,
     16,
+    30.0,
+    30,
     40,
     5,
     48,
 )
-QUICK = Plan(3, 6, 3, 1.5, 8, 0.75, 2.0, 3.0, 16 * 2**20, 300, 5_000, 200, 500, 10, 4, 2, 12, 2, 4)
-ALL_ROWS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17, 18)
+QUICK = Plan(
+    3, 6, 3, 1.5, 8, 0.75, 2.0, 3.0, 16 * 2**20, 300, 5_000, 200, 500, 10, 4, 2, 3.0, 3, 12, 2, 4
+)
+ALL_ROWS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
 
 
 def _photos(quick: bool) -> dict[str, inputs.Photo]:
@@ -109,6 +115,7 @@ def _stack_rows(
         accept,
         catalog,
         defaults,
+        deletion,
         latency,
         memory,
         polling,
@@ -134,6 +141,10 @@ def _stack_rows(
         ((13,), lambda: defaults.throughput_row(stack, user, plan.user_batch)),
         ((14,), lambda: defaults.latency_row(stack, user, plan.user_samples)),
         ((15,), lambda: defaults.accept_row(stack, user, plan.accept_s)),
+        (
+            (16,),
+            lambda: deletion.row(stack, photos["small"], plan.deletion_s, plan.deletion_victims),
+        ),
         ((17,), lambda: resumable.row(stack, plan.resumable_mb, plan.resumable_rounds)),
         ((18,), lambda: restore.row(stack, photos["photo"], plan.restore_photos)),
     ]

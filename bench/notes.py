@@ -242,6 +242,21 @@ being received waits in the single event loop. Hashing no longer runs on the eve
 `IMAGEPIPE_LOOP_STALL_MS` are logged, so a long tail can be traced to its cause. **Still
 open:** one API process per usable core (the many-process API is not built yet).
 """,
+    16: """
+**How.** The whole stack with bench settings. Photos are uploaded and backed up first; then
+uploads arrive at a steady rate (an open loop) while those photos are deleted one at a time,
+spread over the same window. Both sides come from the catalog once the run is over: a
+copy's lag from its object row (made, then confirmed in backup, as in row 7), a deletion's
+propagation from its request to the last removal of its objects, which is the backup copy.
+
+**Reading.** A deletion is a copy run backwards on the same replication log and the same
+replicator slots: the tombstone is written in the request, every object is removed from
+primary and then from backup, each removal a log entry of its own. So its propagation is
+the time its entries wait behind the copies queued before them, plus two deletes per object
+instead of one verified PUT; a deletion that waits longer than its copies points at the
+removals being claimed late, not at slow deletes. **Still open:** a lane of its own for
+removals, so a copy backlog after an outage never holds up a deletion.
+""",
     17: """
 **How.** The API alone with default settings, filesystem primary. Rounds alternate one
 `POST /photos` of a large PNG and a tus upload of the same bytes through `/uploads/`

@@ -303,6 +303,6 @@ async def _empty_catalog(settings: Settings) -> None:
     engine = create_engine(settings)
     try:
         async with engine.begin() as db:
-            await db.execute(text("TRUNCATE objects, photos, marks"))
+            await db.execute(text("TRUNCATE objects, photos, marks, deletions, removals"))
     finally:
         await engine.dispose()

@@ -231,6 +231,18 @@ class Settings(BaseSettings):
     grant_secret: SecretStr = SecretStr("")
     grant_previous_secret: SecretStr | None = None  # still accepted during rotation
     signed_url_ttl_s: int = Field(default=3600, gt=0, le=7 * 24 * 3600)  # private derivatives
+    # how long shared caches may keep a public photo's size: a deleted (or made private)
+    # photo can be served from a CDN or proxy for this long at most (revalidation is cheap:
+    # every answer has an ETag)
+    public_max_age_s: int = Field(default=3600, gt=0, le=365 * 24 * 3600)
+
+    # -- deletion (`replication.deletion`) ----------------------------------------------
+    # a deleted photo stays in the trash this long (hidden; its owner may undo) before its
+    # objects are removed; 0 = removed at once
+    trash_s: int = Field(default=0, ge=0)
+    # how often a replicator empties the trash that is due and advances account deletions
+    deletion_sweep_s: float = Field(default=2.0, gt=0)
+    owner_deletion_rate: float = Field(default=20.0, gt=0)  # photos/s of an account's deletion
 
     # -- fair use, per owner (`api.fairuse`); a grant's claim of the same name overrides ------
     # 0 = unlimited. Uploads: a burst of this many, refilling evenly over the minute (GCRA)

@@ -6,7 +6,8 @@ exactly as given (its UTF-8 bytes), so any JWT library in any language can mint 
 
     sub         the owner id (any string the web tier uses, at most 128 characters)
     exp         required; more than 24 h ahead is refused
-    scope       space-separated: photos:write photos:read photos:delete (unknown ones ignored)
+    scope       space-separated: photos:write photos:read photos:delete, and photos:admin
+                (an operator's: account-wide deletion); unknown ones ignored
     max_bytes   optional: the largest upload this owner may send
     visibility  optional: what an upload is when it names none (private or public)
     uploads_per_minute, bytes_per_day, storage_bytes   optional: this owner's fair-use limits
@@ -30,7 +31,9 @@ MAX_TTL_S = 24 * 3600
 MAX_OWNER_CHARS = 128
 LEEWAY_S = 30  # clocks of the web tier and this host may disagree a little
 WRITE, READ, DELETE = "photos:write", "photos:read", "photos:delete"
-SCOPES = (WRITE, READ, DELETE)
+ADMIN = "photos:admin"  # never minted by default: an operator's scope, not an owner's
+SCOPES = (WRITE, READ, DELETE)  # an owner's
+KNOWN_SCOPES = (*SCOPES, ADMIN)
 LIMIT_CLAIMS = ("max_bytes", "uploads_per_minute", "bytes_per_day", "storage_bytes")
 
 
@@ -126,7 +129,7 @@ def _grant(claims: dict[str, Any]) -> Grant:
         raise GrantRefused(f"the grant's visibility is {visibility!r}, not private or public")
     return Grant(
         owner=owner,
-        scopes=frozenset(scope.split()) & frozenset(SCOPES),
+        scopes=frozenset(scope.split()) & frozenset(KNOWN_SCOPES),
         expires_at=float(claims["exp"]),
         visibility=visibility,
         limits=_limits(claims),

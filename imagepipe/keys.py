@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
+
+from imagepipe import formats
 
 PREFIX = "imagepipe:"
 
@@ -15,6 +18,10 @@ REPLICATION_STREAM = PREFIX + "replication:log"
 REPLICATION_GROUP = "replicators"
 REPLICATION_PENDING = PREFIX + "replication:pending"  # zset: storage key -> first enqueued at
 REPLICATION_PENDING_BYTES = PREFIX + "replication:pending-bytes"  # hash: storage key -> size
+
+# -- deletion (removals travel on the replication log, op "delete") --------------------------
+DELETION_PENDING = PREFIX + "deletion:pending"  # zset: storage key -> deletion started at
+DELETION_SWEEP = PREFIX + "deletion:sweep"  # one trash/account sweep at a time
 
 # -- the audit -------------------------------------------------------------------------------
 AUDIT_LAST = PREFIX + "audit:last"  # hash: finding kind -> count, finished_at -> timestamp
@@ -123,6 +130,13 @@ def derivative(photo_id: str, size: str, ext: str) -> str:
     return f"{DERIVATIVES}{photo_id}/{size}.{ext}"
 
 
+def every_derivative(photo_id: str, ladder: Iterable[tuple[str, Iterable[str]]]) -> set[str]:
+    """Every derivative a ladder of (size name, its formats) makes of a photo."""
+    return {
+        derivative(photo_id, name, formats.extension(fmt)) for name, fmts in ladder for fmt in fmts
+    }
+
+
 def manifest(photo_id: str) -> str:
     """The photo's record, written by the web tier when the photo is indexed."""
     return f"{MANIFESTS}{photo_id}.json"
@@ -142,16 +156,22 @@ def partial_upload(upload_id: str) -> str:
     return f"{PARTIAL_UPLOADS}{upload_id}"
 
 
-OBJECT_KINDS = {ORIGINALS: "original", DERIVATIVES: "derivative", MANIFESTS: "manifest"}
+OBJECT_KINDS = {
+    ORIGINALS: "original",
+    DERIVATIVES: "derivative",
+    MANIFESTS: "manifest",
+    TOMBSTONES: "tombstone",
+}
 
 
 def kind_of(key: str) -> str | None:
-    """``original``, ``derivative`` or ``manifest``; None for a key imagepipe never makes."""
+    """``original``, ``derivative``, ``manifest`` or ``tombstone``; None for a key imagepipe
+    never makes."""
     return next((kind for prefix, kind in OBJECT_KINDS.items() if key.startswith(prefix)), None)
 
 
 def photo_of(key: str) -> str:
-    """The photo id in an original's, derivative's or manifest's key."""
+    """The photo id in an original's, derivative's, manifest's or tombstone's key."""
     return key.split("/", 2)[1].split(".", 1)[0]
 
 

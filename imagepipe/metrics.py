@@ -33,6 +33,11 @@ CALLBACK_ATTEMPTS = Counter(
 REPLICATION_COPIES = Counter(
     "imagepipe_replication_copies_total", "Backup copies attempted, by outcome", ["outcome"]
 )
+DELETION_REMOVALS = Counter(
+    "imagepipe_deletion_removals_total",
+    "Removals of a deleted photo's objects (primary and backup), by outcome",
+    ["outcome"],
+)
 REPLICATION_BYTES = Counter("imagepipe_replication_bytes_total", "Bytes copied to backup")
 LOOP_STALLS = Counter(
     "imagepipe_event_loop_stalls_total", "Event loop blocked past the threshold", ["role"]
@@ -49,6 +54,15 @@ REPLICATION_LAG = Gauge(
 )
 REPLICATION_PAST_TARGET = Gauge(
     "imagepipe_replication_past_target", "Objects pending for longer than 15 minutes"
+)
+DELETION_PENDING = Gauge(
+    "imagepipe_deletion_pending", "Objects of deleted photos not yet removed from every copy"
+)
+DELETION_OLDEST = Gauge(
+    "imagepipe_deletion_oldest_age_seconds", "Age of the oldest deletion not yet complete"
+)
+DELETION_PAST_TARGET = Gauge(
+    "imagepipe_deletion_past_target", "Objects pending removal for longer than 15 minutes"
 )
 AUDIT_FINDINGS = Gauge("imagepipe_audit_findings", "Findings of the last audit", ["kind"])
 AUDIT_LAST_RUN = Gauge("imagepipe_audit_last_run_timestamp_seconds", "When the audit last ran")

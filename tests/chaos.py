@@ -1,7 +1,11 @@
-"""`make chaos`: uploads while roles are killed and restarted at random and backup flaps.
+"""`make chaos`: uploads and deletes while roles are killed and restarted at random and
+backup flaps.
 
-    python -m tests.chaos --uploads 200 --seed 7
+    python -m tests.chaos --uploads 200 --deletes 0.2 --seed 7
 
+A share of the accepted photos is deleted as the load runs (some still processing, some
+with their copies in flight). Both invariants are checked at the end: every kept photo is
+whole on primary and in backup; of every deleted one nothing is left but its tombstone.
 Prints the invariant table and exits non-zero on any violation. Every loop is bounded in
 count and time, and all traffic stays on loopback.
 """
@@ -63,6 +67,41 @@ async def upload_all(
     return sum(await asyncio.gather(*(one(i) for i in range(n))))
 
 
+async def delete_with_retries(
+    cluster: Cluster, client: httpx.AsyncClient, photo_id: str, deadline: float
+) -> bool:
+    """DELETE until answered 202 (a second DELETE gets the same ticket: safe to repeat)."""
+    while time.monotonic() < deadline:
+        try:
+            response = await client.delete(f"{cluster.url}/photos/{photo_id}")
+        except httpx.TransportError:
+            response = None  # the API is down right now
+        if response is not None and response.status_code == 202:
+            cluster.deleted[photo_id] = response.json()["id"]
+            return True
+        await asyncio.sleep(0.3)
+    return False
+
+
+async def delete_some(
+    cluster: Cluster,
+    client: httpx.AsyncClient,
+    share: float,
+    stop: asyncio.Event,
+    rng: random.Random,
+) -> int:
+    """Delete a random ``share`` of the photos accepted so far, as the uploads go on."""
+    asked, seen = 0, 0
+    while not stop.is_set() or seen < len(cluster.uploads):
+        await asyncio.sleep(0.2)
+        fresh, seen = cluster.uploads[seen:], len(cluster.uploads)
+        for upload in fresh:
+            if rng.random() < share:
+                deadline = time.monotonic() + 120
+                asked += await delete_with_retries(cluster, client, upload.photo_id, deadline)
+    return asked
+
+
 async def monkey(
     cluster: Cluster, rng: random.Random, stop: asyncio.Event, tally: Counter[str]
 ) -> None:
@@ -87,7 +126,7 @@ def restart_backup(cluster: Cluster) -> None:
     cluster.s3.start()
 
 
-async def run(uploads: int, seconds: float, seed: int, root: Path) -> int:
+async def run(uploads: int, seconds: float, seed: int, root: Path, deletes: float = 0.2) -> int:
     rng, tally = random.Random(seed), Counter[str]()
     cluster = Cluster(root, env_overrides=CHAOS_ENV)
     cluster.start()
@@ -96,7 +135,11 @@ async def run(uploads: int, seconds: float, seed: int, root: Path) -> int:
         async with httpx.AsyncClient(headers=bearer(), timeout=30) as client:
             stop = asyncio.Event()
             chaos = asyncio.create_task(monkey(cluster, rng, stop, tally))
+            done = asyncio.Event()
+            deleter = asyncio.create_task(delete_some(cluster, client, deletes, done, rng))
             accepted = await upload_all(cluster, client, uploads, seconds, rng)
+            done.set()
+            tally["deletes asked"] = await deleter
             stop.set()
             await chaos
             await cluster.wait_ready()
@@ -106,17 +149,19 @@ async def run(uploads: int, seconds: float, seed: int, root: Path) -> int:
             tickets = await cluster.tickets(client)
     finally:
         cluster.stop()
-    report(uploads, accepted, tickets, tally, violations)
+    report(uploads, accepted, tickets, tally, violations, cluster.deleted)
     return 1 if violations or accepted < uploads else 0
 
 
 async def settle(cluster: Cluster, client: httpx.AsyncClient, timeout_s: float = 180) -> None:
-    """Audit now and then until every ticket is backed up: repairs what the kills left."""
+    """Audit now and then until every ticket is backed up and every deletion done: repairs
+    what the kills left."""
     deadline = time.monotonic() + timeout_s
     while True:
         await cluster.audit()
         try:
             await cluster.wait_for(client, "backup", timeout_s=AUDIT_STUCK_AFTER_S)
+            await cluster.wait_deleted(client, timeout_s=AUDIT_STUCK_AFTER_S)
             return
         except AssertionError:
             if time.monotonic() > deadline:
@@ -124,8 +169,13 @@ async def settle(cluster: Cluster, client: httpx.AsyncClient, timeout_s: float =
 
 
 def report(
-    uploads: int, accepted: int, tickets: dict, tally: Counter[str], violations: list[str]
-) -> None:  # type: ignore[type-arg]
+    uploads: int,
+    accepted: int,
+    tickets: dict,  # type: ignore[type-arg]
+    tally: Counter[str],
+    violations: list[str],
+    deleted: dict[str, str],
+) -> None:
     statuses = Counter(t["status"] for t in tickets.values())
     backups = Counter(t["backup"] for t in tickets.values())
     rows = [
@@ -134,6 +184,7 @@ def report(
         ("tickets completed", statuses["completed"]),
         ("tickets failed", statuses["failed"]),
         ("backed up", backups["completed"]),
+        ("photos deleted", len(deleted)),
         *sorted(tally.items()),
         ("invariant violations", len(violations)),
     ]
@@ -153,9 +204,10 @@ def main() -> int:
     parser.add_argument("--uploads", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=60, help="spread uploads over this")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--deletes", type=float, default=0.2, help="share of photos deleted")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="imagepipe-chaos-") as root:
-        return asyncio.run(run(args.uploads, args.seconds, args.seed, Path(root)))
+        return asyncio.run(run(args.uploads, args.seconds, args.seed, Path(root), args.deletes))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """A whole imagepipe deployment on loopback, for fault injection: every role a real process,
 its own Valkey (with AOF) and its own backup S3 (`rclone serve s3`), each killable and
-restartable, and the invariants every fault must leave true."""
+restartable, and the invariants every fault must leave true: of every upload kept, and of
+every photo deleted (nothing of it left on any copy but its tombstone; 404 to readers)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from imagepipe.stack.net import free_port
 from imagepipe.stack.processes import RoleProcess, stop_roles, wait_ready
 from imagepipe.stack.roles import migrate_catalog, role_argv, role_commands, role_env
 from imagepipe.stack.servers import EmbeddedS3, EmbeddedValkey
-from tests.owners import GRANT_SECRET
+from tests.owners import GRANT_SECRET, OWNER
 
 BUCKET = "backup"
 ACCESS, SECRET = "faults-key", "faults-secret"
@@ -60,6 +61,7 @@ class Upload:
     photo_id: str
     sha256: str
     key: str | None = None
+    owner: str = OWNER  # whose grant uploaded it (the gallery checked is OWNER's)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Cluster:
     procs: dict[str, RoleProcess] = field(default_factory=dict)
     uploads: list[Upload] = field(default_factory=list)
     killed: set[str] = field(default_factory=set)
+    deleted: dict[str, str] = field(default_factory=dict)  # photo id -> its deletion ticket
 
     def __post_init__(self) -> None:
         self.servers = LocalServers(
@@ -237,21 +240,53 @@ class Cluster:
             raise AssertionError(f"the API never became ready:\n{self.log('api')[-3000:]}") from exc
 
     async def upload(
-        self, client: httpx.AsyncClient, data: bytes, key: str | None = None
+        self, client: httpx.AsyncClient, data: bytes, key: str | None = None, owner: str = OWNER
     ) -> Upload | None:
-        """POST one photo; remember it when accepted."""
+        """POST one photo (``client`` carries ``owner``'s grant); remember it when accepted."""
         headers = {"content-type": "image/jpeg", **({"idempotency-key": key} if key else {})}
         response = await client.post(f"{self.url}/photos", content=data, headers=headers)
         if response.status_code >= 300:
             return None
         body = response.json()
-        accepted = Upload(body["id"], body["photo_id"], hashlib.sha256(data).hexdigest(), key)
+        digest = hashlib.sha256(data).hexdigest()
+        accepted = Upload(body["id"], body["photo_id"], digest, key, owner)
         self.uploads.append(accepted)
         return accepted
 
+    @property
+    def kept(self) -> list[Upload]:
+        """The uploads not deleted."""
+        return [u for u in self.uploads if u.photo_id not in self.deleted]
+
+    async def delete(self, client: httpx.AsyncClient, photo_id: str) -> dict[str, Any]:
+        """DELETE one photo; remember its deletion ticket."""
+        response = await client.delete(f"{self.url}/photos/{photo_id}")
+        assert response.status_code == 202, response.text
+        self.deleted[photo_id] = response.json()["id"]
+        return response.json()  # type: ignore[no-any-return]
+
+    async def deletions(self, client: httpx.AsyncClient) -> dict[str, Any]:
+        """Every deletion's ticket, by photo id."""
+        found = {}
+        for photo_id, ticket_id in self.deleted.items():
+            found[photo_id] = (await client.get(f"{self.url}/deletions/{ticket_id}")).json()
+        return found
+
+    async def wait_deleted(self, client: httpx.AsyncClient, timeout_s: float = 60) -> None:
+        """Until every deletion's ticket says `deleted`."""
+
+        async def done() -> bool:
+            try:
+                found = await self.deletions(client)
+            except httpx.TransportError:
+                return False
+            return all(d.get("status") == "deleted" for d in found.values())
+
+        await until(done, "every deletion deleted", timeout_s)
+
     async def tickets(self, client: httpx.AsyncClient) -> dict[str, Any]:
-        """Every accepted upload's ticket (None where unknown), asked a batch at a time."""
-        ids = [u.ticket_id for u in self.uploads]
+        """Every kept upload's ticket (None where unknown), asked a batch at a time."""
+        ids = [u.ticket_id for u in self.kept]
         found: dict[str, Any] = {}
         for start in range(0, len(ids), MAX_BATCH):  # the server answers at most this many
             batch = ",".join(ids[start : start + MAX_BATCH])
@@ -292,12 +327,13 @@ class Cluster:
         """Every invariant of issue 3, checked; an empty list means all hold."""
         tickets, gallery = await self.tickets(client), await self.gallery(client)
         found: list[str] = []
-        for upload in self.uploads:
+        for upload in self.kept:
             ticket = tickets.get(upload.ticket_id)
             found += self._original_intact(upload)
             found += _ticket_sound(upload, ticket, self.primary)
             found += _in_gallery(upload, ticket, gallery)
         found += self._backup_matches_primary()
+        found += await self._deletions_sound(client)
         found += _one_photo_per_key(self.uploads)
         found += [f"temp file left: {p}" for p in self.primary.rglob(".*.tmp")]
         found += [f"{role} died" for role in self.dead_roles()]
@@ -311,14 +347,44 @@ class Cluster:
             return [f"{upload.photo_id}: original differs from what was uploaded"]
         return []
 
-    def _backup_matches_primary(self) -> list[str]:
-        s3 = boto3.client(
+    def _s3(self) -> Any:
+        return boto3.client(
             "s3",
             endpoint_url=self.s3.url,
             region_name="us-east-1",
             aws_access_key_id=ACCESS,
             aws_secret_access_key=SECRET,
         )
+
+    def backup_keys(self) -> set[str]:
+        """Every key backup holds."""
+        pages = self._s3().get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+        return {item["Key"] for page in pages for item in page.get("Contents", [])}
+
+    def primary_keys(self) -> set[str]:
+        """Every key primary holds."""
+        files = (p for p in self.primary.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return {path.relative_to(self.primary).as_posix() for path in files}
+
+    async def _deletions_sound(self, client: httpx.AsyncClient) -> list[str]:
+        """Of each deleted photo only its tombstone is left, on both copies; readers get 404."""
+        found: list[str] = []
+        held = {"primary": self.primary_keys(), "backup": self.backup_keys()}
+        deletions = await self.deletions(client)
+        for photo_id in self.deleted:
+            tomb = keys.tombstone(photo_id)
+            for copy, stored in held.items():
+                left = {k for k in stored if keys.photo_of(k) == photo_id} - {tomb}
+                found += [f"{key}: deleted, still on {copy}" for key in sorted(left)]
+                found += [] if tomb in stored else [f"{tomb}: not on {copy}"]
+            status = deletions[photo_id].get("status")
+            found += [] if status == "deleted" else [f"{photo_id}: deletion still {status}"]
+            seen = await client.get(f"{self.url}/photos/{photo_id}")
+            found += [] if seen.status_code == 404 else [f"{photo_id}: deleted, still served"]
+        return found
+
+    def _backup_matches_primary(self) -> list[str]:
+        s3 = self._s3()
         wrong = []
         for path in (p for p in self.primary.rglob("*") if p.is_file()):
             key = path.relative_to(self.primary).as_posix()
@@ -367,6 +433,8 @@ def _ticket_sound(upload: Upload, ticket: dict[str, Any] | None, primary: Path) 
 def _in_gallery(upload: Upload, ticket: dict[str, Any] | None, gallery: set[str]) -> list[str]:
     if ticket is None or ticket["status"] != "completed" or upload.photo_id in gallery:
         return []
+    if upload.owner != OWNER:
+        return []  # in its own owner's gallery, which the checks do not list
     return [f"{upload.photo_id}: completed but not in the gallery"]
 
 

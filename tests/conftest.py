@@ -27,7 +27,7 @@ from imagepipe.config import Settings
 from imagepipe.stack.postgres import EmbeddedPostgres
 from tests.owners import GRANT_SECRET, bearer
 
-CATALOG_TABLES = "objects, photos, marks, owners"
+CATALOG_TABLES = "objects, photos, marks, owners, deletions, removals, owner_deletions"
 
 # tests run under production rules, as every role does: a callback secret of real strength
 CALLBACK_SECRET = "test-callback-secret-of-32-characters-at-least"

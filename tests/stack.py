@@ -59,7 +59,7 @@ async def run_worker_burst(settings: Settings, queue: str = keys.UPLOADS_QUEUE) 
 
 
 async def replicate_all(settings: Settings, redis: Redis, timeout_s: float = 30) -> None:
-    """Run a replicator until nothing is pending on the log."""
+    """Run a replicator until nothing is pending on the log (no copy, no removal)."""
     primary, backup = primary_storage(settings), backup_storage(settings)
     engine = create_engine(settings)
     catalog = PhotoCatalog(engine)
@@ -67,7 +67,7 @@ async def replicate_all(settings: Settings, redis: Redis, timeout_s: float = 30)
     runner = asyncio.create_task(replicator.run())
     try:
         async with asyncio.timeout(timeout_s):
-            while await redis.zcard(keys.REPLICATION_PENDING):  # noqa: ASYNC110 (polls Redis)
+            while await _pending(redis):  # noqa: ASYNC110 (polls Redis)
                 await asyncio.sleep(0.05)
     finally:
         runner.cancel()
@@ -76,3 +76,10 @@ async def replicate_all(settings: Settings, redis: Redis, timeout_s: float = 30)
         await backup.close()
         await primary.close()
         await engine.dispose()
+
+
+async def _pending(redis: Redis) -> int:
+    """Copies and removals still on the replication log."""
+    return int(await redis.zcard(keys.REPLICATION_PENDING)) + int(
+        await redis.zcard(keys.DELETION_PENDING)
+    )

@@ -38,7 +38,7 @@ async def test_upload_is_resized_called_back_served_and_backed_up(
     served = await http.get(sizes["sq"]["url"])
     assert served.headers["content-type"] == "image/jpeg"
     assert served.headers["x-content-type-options"] == "nosniff"
-    assert "immutable" in served.headers["cache-control"]
+    assert served.headers["cache-control"] == "max-age=3600"  # IMAGEPIPE_PUBLIC_MAX_AGE_S
     assert Image.open(io.BytesIO(served.content)).size == (75, 75)
     again = await http.get(sizes["sq"]["url"], headers={"if-none-match": served.headers["etag"]})
     assert again.status_code == 304

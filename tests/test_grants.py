@@ -49,6 +49,12 @@ def test_unknown_scopes_are_dropped() -> None:
     assert verify(token, [GRANT_SECRET]).scopes == {"photos:read"}
 
 
+def test_the_admin_scope_is_known_but_never_minted_by_default() -> None:
+    token = signed({"sub": "ops", "exp": int(time.time()) + 60, "scope": "photos:admin"})
+    assert verify(token, [GRANT_SECRET]).allows("photos:admin")
+    assert "photos:admin" not in verify(mint(GRANT_SECRET, "a"), [GRANT_SECRET]).scopes
+
+
 @pytest.mark.parametrize(
     ("claims", "reason"),
     [

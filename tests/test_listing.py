@@ -9,7 +9,7 @@ import pytest
 
 from imagepipe import keys
 from imagepipe.replication.audit import all_slices
-from imagepipe.replication.listing import SliceListing
+from imagepipe.replication.listing import TREES, SliceListing
 from imagepipe.storage import ObjectInfo
 from imagepipe.storage.memory import MemoryStorage
 
@@ -44,7 +44,7 @@ async def test_a_full_pass_lists_each_tree_once_and_finds_what_each_slice_holds(
     listing = SliceListing(store, in_order=True)
     found = {prefix: await listing.take(prefix) for prefix in all_slices()}
     await listing.close()
-    assert sorted(store.lists) == sorted([keys.ORIGINALS, keys.DERIVATIVES, keys.MANIFESTS])
+    assert sorted(store.lists) == sorted(TREES)
     one_by_one = SliceListing(store, in_order=False)
     for prefix in ("000", "0a0", "7ff", "fff", "123"):
         assert found[prefix] == await one_by_one.take(prefix)
@@ -61,9 +61,7 @@ async def test_a_rolling_pass_lists_only_its_slices() -> None:
         keys.derivative(IDS[3], "t", "jpg"),
         keys.manifest(IDS[3]),
     }
-    assert store.lists == [
-        tree + "7ff" for tree in (keys.ORIGINALS, keys.DERIVATIVES, keys.MANIFESTS)
-    ]
+    assert store.lists == [tree + "7ff" for tree in TREES]
 
 
 async def test_slices_asked_out_of_order_are_refused() -> None:

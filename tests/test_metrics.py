@@ -16,6 +16,7 @@ from imagepipe.stack.processes import RoleProcess, stop_roles
 from imagepipe.stack.roles import role_argv, role_env
 from tests import images
 from tests.conftest import free_port
+from tests.stack import replicate_all
 
 
 def sample(text: str, name: str) -> float:
@@ -55,6 +56,24 @@ async def test_readyz_details_backlog_and_last_audit(
     assert ready["last_audit"]["backup_missing"] == 0
     text = (await http.get("/metrics")).text
     assert sample(text, "imagepipe_audit_last_run_timestamp_seconds") > 0
+
+
+async def test_a_deletion_s_removals_are_counted_until_done(
+    http: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    accepted = await http.post(
+        "/photos", content=images.jpeg(300, 200), headers={"content-type": "image/jpeg"}
+    )
+    assert (await http.delete(f"/photos/{accepted.json()['photo_id']}")).status_code == 202
+    objects = 2 + len(settings.sizes)  # the original, every size the ladder may make, manifest
+    text = (await http.get("/metrics")).text
+    assert sample(text, "imagepipe_deletion_pending") == objects
+    assert sample(text, "imagepipe_deletion_past_target") == 0
+    assert sample(text, "imagepipe_deletion_oldest_age_seconds") >= 0
+    ready = (await http.get("/readyz")).json()
+    assert ready["deletion_pending"] == objects and ready["deletion_oldest_s"] >= 0
+    await replicate_all(settings, redis)
+    assert sample((await http.get("/metrics")).text, "imagepipe_deletion_pending") == 0
 
 
 def listening_on(port: int) -> set[str]:

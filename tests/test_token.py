@@ -15,7 +15,7 @@ import pytest
 
 from imagepipe import cli
 from imagepipe.catalog.photos import PhotoCatalog
-from imagepipe.grants import READ, SCOPES, WRITE, verify
+from imagepipe.grants import KNOWN_SCOPES, READ, SCOPES, WRITE, verify
 from imagepipe.stack.credentials import dev_secrets
 from imagepipe.stack.tokens import parse_ttl
 from tests import images
@@ -155,8 +155,9 @@ def test_an_owner_the_api_would_refuse_mints_nothing(
 def test_every_scope_can_be_asked_for(
     secret_in_env: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = mint_here(capsys, "--owner", "ops", "--scope", " ".join(SCOPES))
-    assert code == 0 and verify(out.strip(), [secret_in_env]).scopes == set(SCOPES)
+    code, out, _ = mint_here(capsys, "--owner", "ops", "--scope", " ".join(KNOWN_SCOPES))
+    assert code == 0 and verify(out.strip(), [secret_in_env]).scopes == set(KNOWN_SCOPES)
+    assert "photos:admin" in KNOWN_SCOPES and "photos:admin" not in SCOPES  # asked for only
 
 
 async def test_a_minted_grant_uploads_through_the_client_as_its_owner(

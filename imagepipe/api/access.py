@@ -4,6 +4,7 @@
     Writer    a grant with photos:write, else 401 (none, or untrusted) / 403 (no scope)
     Reader    a grant with photos:read
     Deleter   a grant with photos:delete
+    Admin     a grant with photos:admin (an operator's: account-wide deletion)
     Granted   a grant with any of them
 
 `imagepipe dev` (development only) treats a request without credentials as the owner
@@ -21,7 +22,17 @@ from fastapi import Depends, Request
 from imagepipe.api.deps import ServicesDep
 from imagepipe.config import Settings
 from imagepipe.errors import Forbidden, InvalidGrant
-from imagepipe.grants import DELETE, READ, SCOPES, WRITE, Grant, GrantRefused, verify
+from imagepipe.grants import (
+    ADMIN,
+    DELETE,
+    KNOWN_SCOPES,
+    READ,
+    SCOPES,
+    WRITE,
+    Grant,
+    GrantRefused,
+    verify,
+)
 
 DEV_OWNER = "local"
 DEV_GRANT = Grant(owner=DEV_OWNER, scopes=frozenset(SCOPES))
@@ -68,4 +79,5 @@ Caller = Annotated[Grant | None, Depends(optional_grant)]
 Writer = Annotated[Grant, Depends(needs(WRITE))]
 Reader = Annotated[Grant, Depends(needs(READ))]
 Deleter = Annotated[Grant, Depends(needs(DELETE))]
-Granted = Annotated[Grant, Depends(needs(*SCOPES))]  # any scope: e.g. to ask about its limits
+Admin = Annotated[Grant, Depends(needs(ADMIN))]
+Granted = Annotated[Grant, Depends(needs(*KNOWN_SCOPES))]  # any scope: e.g. to ask its limits

@@ -23,13 +23,23 @@ from imagepipe.api import problems
 from imagepipe.api.edges import HeadAsGet, ResponseDefaults
 from imagepipe.api.limits import ConcurrencyLimit
 from imagepipe.api.polls import TicketPolls
-from imagepipe.api.routes import callbacks, docs, limits, page, photos, polling, probes, uploads
+from imagepipe.api.routes import (
+    callbacks,
+    deletions,
+    docs,
+    limits,
+    page,
+    photos,
+    polling,
+    probes,
+    uploads,
+)
 from imagepipe.api.services import Services
 from imagepipe.api.tus import TusEdge
 from imagepipe.config import Settings
 
-PUBLIC_ROUTES = (photos, uploads, polling, probes, page, limits)
-ROUTES = (photos, uploads, polling, callbacks, probes, page, limits)
+PUBLIC_ROUTES = (photos, uploads, deletions, polling, probes, page, limits)
+ROUTES = (photos, uploads, deletions, polling, callbacks, probes, page, limits)
 
 
 class SharedServices:

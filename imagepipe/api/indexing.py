@@ -11,6 +11,10 @@ page(before, limit, owner)     an owner's photos, or the public stream, newest f
 The catalog is written before the ticket changes: a completed or failed ticket always has
 its photo indexed, and a callback retried after a failure in between finds the catalog
 already right (every catalog write is idempotent).
+
+A completion indexes under the photo's lock, the one a DELETE takes: a photo deleted first
+is never indexed (the callback is answered 404, and its worker gives up), and a photo indexed
+first has every object in the catalog when its deletion lists what to remove.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ import logging
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import LockError
 
 from imagepipe import keys, metrics
-from imagepipe.api.visibility import NO_SUCH_PHOTO, Visibilities, write_manifest
+from imagepipe.api.visibility import LOCK_S, NO_SUCH_PHOTO, Visibilities, write_manifest
 from imagepipe.catalog.photos import Cursor, GalleryRow, PhotoCatalog
-from imagepipe.errors import Conflict, NotFound
+from imagepipe.errors import Conflict, NotFound, ServiceUnavailable
 from imagepipe.ids import is_photo_id
 from imagepipe.models import CallbackEvent, PhotoManifest, Ticket, TicketStatus, now
 from imagepipe.replication import log as replication
@@ -85,7 +90,8 @@ class PhotoIndex:
         if event.type == "processing.failed":
             await self.catalog.failed(ticket.photo_id, event.error)
             return await self.tickets.apply(event)
-        new_objects = await self._index(ticket, event)
+        manifest, new_objects = await self._index_unless_deleted(ticket, event)
+        await self.visibilities.indexed(manifest)  # a PATCH while it was processing
 
         def log_for_backup(pipe: Pipeline, updated: Ticket) -> None:
             if updated.status is TicketStatus.COMPLETED:
@@ -93,15 +99,30 @@ class PhotoIndex:
 
         return await self.tickets.apply(event, log_for_backup)
 
-    async def _index(self, ticket: Ticket, event: CallbackEvent) -> dict[str, int]:
+    async def _index_unless_deleted(
+        self, ticket: Ticket, event: CallbackEvent
+    ) -> tuple[PhotoManifest, dict[str, int]]:
+        """`_index`, under the photo's lock; 404 once its owner deleted it."""
+        try:
+            async with self.redis.lock(
+                keys.photo_lock(ticket.photo_id), timeout=LOCK_S, blocking_timeout=LOCK_S
+            ):
+                if await self.catalog.deleted(ticket.photo_id):
+                    raise NotFound(f"{NO_SUCH_PHOTO}: deleted")
+                return await self._index(ticket, event)
+        except LockError:
+            raise ServiceUnavailable("the photo is being changed; retry", retry_after=1) from None
+
+    async def _index(
+        self, ticket: Ticket, event: CallbackEvent
+    ) -> tuple[PhotoManifest, dict[str, int]]:
         """Write the manifest, then the catalog; the new objects (key -> bytes) to back up."""
         manifest = manifest_of(ticket, event)
         written = await write_manifest(self.primary, manifest)
         await self.catalog.completed(manifest, written)
-        await self.visibilities.indexed(manifest)  # a PATCH while it was processing
         new_objects = {f.key: f.bytes for d in event.sizes.values() for f in d.files}
         new_objects[written.key] = written.bytes
-        return new_objects
+        return manifest, new_objects
 
     async def manifest(self, photo_id: str) -> PhotoManifest:
         """The indexed photo's record, or 404 (also while it is still processing)."""

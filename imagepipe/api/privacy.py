@@ -9,6 +9,9 @@
     derivatives
         a signed URL is checked (403 when tampered or expired) and cached privately until it
         expires; without one, only a public photo's sizes are served (else 404)
+    deleted photos
+        404 to everyone, owner included, from the moment of the DELETE: the photo, every
+        size (signed URLs too), the listings
 
 Tickets stay capability URLs and keep plain size URLs: the owner follows `links.photo`.
 """
@@ -101,14 +104,15 @@ class PhotoReads:
     async def derivative(
         self, photo_id: str, size: str, method: str, exp: str | None, sig: str | None
     ) -> Served:
-        """Whether this request may have the size: a valid signature, or a public photo."""
-        if exp is not None or sig is not None:
-            path = f"/photos/{photo_id}/{size}"
-            return Served(self.signer.check(method, path, exp or "", sig or ""))
+        """Whether this request may have the size: a valid signature, or a public photo;
+        never a deleted photo's (a signed URL handed out before the DELETE included)."""
+        signed = exp is not None or sig is not None
+        path = f"/photos/{photo_id}/{size}"
+        served = Served(self.signer.check(method, path, exp or "", sig or "") if signed else None)
         found = await self.access.access(photo_id) if is_photo_id(photo_id) else None
-        if found is None or not found.public:
+        if found is None or found.deleted or not (signed or found.public):
             raise NotFound(NO_SUCH_SIZE)
-        return Served(None)
+        return served
 
     def _signed(self, sizes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         return {

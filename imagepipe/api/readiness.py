@@ -13,6 +13,7 @@ from redis.exceptions import TimeoutError as RedisTimeout
 from imagepipe import keys
 from imagepipe.api.services import Services
 from imagepipe.errors import CatalogUnavailable
+from imagepipe.replication.log import deletion_backlog
 from imagepipe.storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ async def readiness(services: Services) -> tuple[bool, dict[str, Any]]:
         checks["replication_pending_bytes"] = backlog.pending_bytes
         checks["replication_lag_s"] = round(backlog.oldest_age_s, 3)
         checks["replication_past_target"] = backlog.past_target
+        removals = await deletion_backlog(services.redis)
+        checks["deletion_pending"] = removals.pending
+        checks["deletion_oldest_s"] = round(removals.oldest_age_s, 3)
         checks["last_audit"] = await last_audit(services)
     except (RedisError, OSError) as exc:
         checks["redis"] = failed("redis", exc)

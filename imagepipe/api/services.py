@@ -11,6 +11,7 @@ from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagepipe import keys
+from imagepipe.api.deletions import DeletionReads
 from imagepipe.api.events import TicketEvents
 from imagepipe.api.fairuse import FairUse
 from imagepipe.api.idempotency import IdempotencyKeys
@@ -20,6 +21,8 @@ from imagepipe.api.privacy import PhotoReads
 from imagepipe.api.ratelimit import RateLimiter
 from imagepipe.api.signing import UrlSigner
 from imagepipe.api.visibility import Visibilities
+from imagepipe.catalog.closures import ClosureCatalog
+from imagepipe.catalog.deletions import DeletionCatalog
 from imagepipe.catalog.engine import create_engine
 from imagepipe.catalog.migrate import require_current_schema
 from imagepipe.catalog.photos import PhotoCatalog
@@ -28,6 +31,7 @@ from imagepipe.catalog.visibility import VisibilityCatalog
 from imagepipe.config import Settings
 from imagepipe.connections import check_redis_policy, connect
 from imagepipe.errors import ServiceOverloaded
+from imagepipe.replication.deletion import Deletions
 from imagepipe.replication.log import ReplicationLog
 from imagepipe.resumable import ResumableStore
 from imagepipe.storage import Storage
@@ -57,6 +61,9 @@ class Services:
     fair_use: FairUse
     resumables: ResumableStore
     partials: PartialUploads
+    deletions: Deletions
+    closures: ClosureCatalog
+    deletion_reads: DeletionReads
     # (read at, depth): pollers' Retry-After may be this old; it only paces their next poll
     _polled_depth: tuple[float, int] = field(default=(-math.inf, 0), repr=False)
 
@@ -80,6 +87,7 @@ class Services:
         visibilities = Visibilities(redis, primary, tickets, access)
         index = PhotoIndex(redis, primary, tickets, catalog, visibilities)
         resumables = ResumableStore(redis)
+        removals, closures = DeletionCatalog(engine), ClosureCatalog(engine)
         return cls(
             settings=settings,
             redis=redis,
@@ -106,6 +114,9 @@ class Services:
             ),
             resumables=resumables,
             partials=partial_uploads(settings, primary),
+            deletions=Deletions(settings, redis, primary, removals),
+            closures=closures,
+            deletion_reads=DeletionReads(removals, closures),
         )
 
     async def stop(self) -> None:

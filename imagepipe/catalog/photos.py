@@ -167,7 +167,7 @@ def page_query(before: Cursor | None, limit: int, owner: str | None) -> Select[A
     mine = photos.c.owner == owner if owner is not None else photos.c.visibility == "public"
     query = (
         select(photos.c.id, photos.c.completed_at, photos.c.visibility)
-        .where(photos.c.state == COMPLETED, mine)
+        .where(photos.c.state == COMPLETED, mine, photos.c.deleted_at.is_(None))
         .order_by(photos.c.completed_at.desc(), photos.c.id.desc())
         .limit(limit)
     )
@@ -268,6 +268,13 @@ class PhotoCatalog:
         return [GalleryRow(*row) for row in found]
 
     @reconnecting
+    async def deleted(self, photo_id: str) -> bool:
+        """Whether the photo's owner deleted it (a callback then indexes nothing)."""
+        query = select(photos.c.deleted_at).where(photos.c.id == photo_id)
+        async with session(self.engine) as db:
+            return (await db.execute(query)).scalar_one_or_none() is not None
+
+    @reconnecting
     async def photo(self, photo_id: str) -> dict[str, Any] | None:
         """A photo's row, or None."""
         async with session(self.engine) as db:
@@ -277,8 +284,11 @@ class PhotoCatalog:
 
     @reconnecting
     async def manifest(self, photo_id: str) -> PhotoManifest | None:
-        """A completed photo's record (as its manifest on primary says it), or None."""
-        query = select(photos).where(photos.c.id == photo_id, photos.c.state == COMPLETED)
+        """A completed photo's record (as its manifest on primary says it), or None (also once
+        deleted)."""
+        query = select(photos).where(
+            photos.c.id == photo_id, photos.c.state == COMPLETED, photos.c.deleted_at.is_(None)
+        )
         async with session(self.engine) as db:
             row = (await db.execute(query)).mappings().first()
         return PhotoRow.of(row).manifest() if row is not None else None

@@ -31,6 +31,7 @@ class PhotoRow:
     completed_at: datetime | None
     owner: str = ""
     visibility: str = "private"
+    deleted_at: datetime | None = None  # its owner deleted it: `catalog.deletions`
 
     @classmethod
     def of(cls, row: Any) -> PhotoRow:

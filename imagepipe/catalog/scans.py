@@ -41,8 +41,11 @@ class CatalogScans:
             yield row
 
     async def stuck(self, before: datetime) -> AsyncIterator[PhotoRow]:
-        """Photos still `accepted` whose row has not changed since ``before``."""
-        query = select(photos).where(photos.c.state == ACCEPTED, photos.c.updated_at < before)
+        """Photos still `accepted` whose row has not changed since ``before`` (not deleted:
+        a deleted photo is never processed, and the audit proves its deletion apart)."""
+        query = select(photos).where(
+            photos.c.state == ACCEPTED, photos.c.updated_at < before, photos.c.deleted_at.is_(None)
+        )
         async for row in self._batched(query, photos.c.updated_at):
             yield row
 

@@ -3,6 +3,7 @@
     counting(new_objects, owners)   the last step of `PhotoCatalog.accepted` / `completed`:
                                     adds the bytes of the objects that statement inserted
     bytes_per_owner, adding         the same for a bulk load, in its transaction
+    counting(..., sign=-1)          a deletion's: takes off the bytes of the objects it dropped
     OwnerUsage.stored_bytes(owner)  one row read, never a SUM over a big owner's objects
     OwnerUsage.recount()            the counters made again from the objects (`reindex`)
 
@@ -39,12 +40,13 @@ from imagepipe.catalog.schema import objects, owners, photos
 COUNTED = ("original", "derivative")
 
 
-def counting(new_objects: CTE, owner_of: dict[str, str]) -> Insert:
+def counting(new_objects: CTE, owner_of: dict[str, str], sign: int = 1) -> Insert:
     """Add to each owner's counter the bytes of ``new_objects`` (RETURNING photo_id, kind,
-    bytes of the objects this statement inserted); ``owner_of``: photo id -> owner."""
+    bytes of the objects this statement inserted, or with ``sign`` -1 deleted);
+    ``owner_of``: photo id -> owner."""
     owned = _owned(owner_of)
     on = owned.c.photo_id == new_objects.c.photo_id
-    return _into_counters(_per_owner(owned.c.owner, new_objects, owned, on), add=True)
+    return _into_counters(_per_owner(owned.c.owner, new_objects, owned, on, sign), add=True)
 
 
 def _owned(owner_of: dict[str, str]) -> FromClause:
@@ -60,11 +62,15 @@ def _owned(owner_of: dict[str, str]) -> FromClause:
 
 
 def _per_owner(
-    owner: ColumnElement[str], sized: FromClause, owned: FromClause, on: ColumnElement[bool]
+    owner: ColumnElement[str],
+    sized: FromClause,
+    owned: FromClause,
+    on: ColumnElement[bool],
+    sign: int = 1,
 ) -> Select[str, Any]:
     """Each owner's bytes of the counted objects in ``sized`` (joined to ``owned`` ``on``)."""
     return (
-        select(owner, func.sum(sized.c.bytes))
+        select(owner, func.sum(sized.c.bytes) * sign)
         .join_from(sized, owned, on)
         .where(sized.c.kind.in_(COUNTED))
         .group_by(owner)

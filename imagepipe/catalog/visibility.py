@@ -29,14 +29,27 @@ class Access:
     visibility: Visibility
     state: str
     ticket_id: str
+    deleted_at: datetime | None = None
 
     @property
     def public(self) -> bool:
-        """Whether anyone may see it (once it is processed)."""
-        return self.visibility == "public" and self.state == COMPLETED
+        """Whether anyone may see it (once it is processed, until it is deleted)."""
+        return self.visibility == "public" and self.state == COMPLETED and not self.deleted
+
+    @property
+    def deleted(self) -> bool:
+        """Whether its owner deleted it: no one sees it any more."""
+        return self.deleted_at is not None
 
 
-COLUMNS = (photos.c.id, photos.c.owner, photos.c.visibility, photos.c.state, photos.c.ticket_id)
+COLUMNS = (
+    photos.c.id,
+    photos.c.owner,
+    photos.c.visibility,
+    photos.c.state,
+    photos.c.ticket_id,
+    photos.c.deleted_at,
+)
 
 
 class VisibilityCatalog:
@@ -54,10 +67,11 @@ class VisibilityCatalog:
 
     @reconnecting
     async def change(self, photo_id: str, owner: str, visibility: Visibility) -> Access | None:
-        """Set the visibility of ``owner``'s photo; None when it is not theirs (or absent)."""
+        """Set the visibility of ``owner``'s photo; None when it is not theirs (or absent, or
+        deleted)."""
         statement = (
             update(photos)
-            .where(photos.c.id == photo_id, photos.c.owner == owner)
+            .where(photos.c.id == photo_id, photos.c.owner == owner, photos.c.deleted_at.is_(None))
             .values(visibility=visibility, updated_at=datetime.now(tz=UTC))
             .returning(*COLUMNS)
         )

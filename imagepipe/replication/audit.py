@@ -7,14 +7,17 @@ flight. A periodic pass costs what changed, not what the library holds:
     stuck      photos accepted long ago and still unprocessed
     backup     objects whose backup copy is not confirmed yet (pending, failed)
     uploads    resumable uploads' bytes whose upload expired or was accepted: removed
+    deletions  deletions under way (or due out of the trash): every copy proven gone, or
+               the removal queued again (`replication.proof`)
     slices     a rolling few of the library's 4096 id-prefix slices, checked three ways
                (catalog, primary, backup listings): every photo is re-verified within
                `IMAGEPIPE_AUDIT_VERIFY_PERIOD_S`, at a bounded cost per pass
 
 `imagepipe audit --full` checks every slice, listing each store's trees once, in key order
 (`replication.listing`: one page and one slice in memory at a time).
-What each check repairs is in `replication.checks`; orphans found in a slice (an original
-with no row, anything else with no row, a copy only backup holds) are repaired or reported.
+What each check repairs is in `replication.checks` (a deleted photo's: `replication.proof`);
+orphans found in a slice (an original with no row, anything else with no row, a copy only
+backup holds) are repaired or reported; objects a tombstone marks deleted are removed.
 Repairs go to the backfill lane and the replication log, so an audit never starves uploads.
 """
 
@@ -30,12 +33,15 @@ from datetime import UTC, datetime, timedelta
 from arq.connections import ArqRedis
 
 from imagepipe import keys
+from imagepipe.catalog.deletions import DeletionCatalog
 from imagepipe.catalog.photos import PhotoCatalog
-from imagepipe.catalog.rows import PhotoRow
+from imagepipe.catalog.rows import ObjectRow, PhotoRow
 from imagepipe.catalog.scans import CatalogScans
 from imagepipe.config import Settings
 from imagepipe.replication.checks import PhotoChecks, derivative_keys, epoch
+from imagepipe.replication.deletion import Deletions
 from imagepipe.replication.listing import SliceListing
+from imagepipe.replication.proof import DeletionProof
 from imagepipe.resumable import ResumableStore
 from imagepipe.storage import ObjectInfo, ObjectNotFound, Storage
 from imagepipe.storage.factory import partial_uploads
@@ -48,6 +54,7 @@ WATERMARK = "audit"
 WATERMARK_OVERLAP = timedelta(seconds=60)
 UNCONFIRMED_GRACE = timedelta(minutes=15)  # the replication target: younger ones are in flight
 UNCONFIRMED_PER_PASS = 1000
+DELETIONS_PER_PASS = 1000
 
 
 @dataclass
@@ -119,6 +126,8 @@ class Auditor:
         self.progress = progress or (lambda done, total: None)
         self.report = AuditReport()
         self.checks = PhotoChecks(settings, redis, catalog, primary, backup, self.report.add)
+        deletions = Deletions(settings, redis, primary, DeletionCatalog(catalog.engine))
+        self.proof = DeletionProof(deletions, redis, backup, self.report.add)
         self.seen: set[str] = set()  # photos checked in this pass
         self.partials = partial_uploads(settings, primary)
 
@@ -132,6 +141,7 @@ class Auditor:
             ("stuck", lambda: self.stuck(started)),
             ("unconfirmed", lambda: self.unconfirmed(started)),
             ("uploads", self.expired_uploads),
+            ("deletions", self.deletions),
             ("slices", lambda: self.slices(all_slices() if full else self._rolling(), full)),
         ]
         if full:
@@ -164,11 +174,37 @@ class Auditor:
     async def _photo_on_primary(self, row: PhotoRow) -> None:
         """One photo, its objects looked up one by one (a listing would cost the library)."""
         stored = (await self.scans.objects_of([row.id]))[row.id]
+        if row.deleted_at is not None:
+            await self._deleted(row.id, stored)
+            return
         expected = {row.original_key, keys.manifest(row.id), *(o.key for o in stored)}
         expected |= derivative_keys(row.id, self.settings)
         on_primary = {key: info for key in expected if (info := await self._head(key))}
         await self.checks.photo(row, stored, on_primary)
         self._count(row.id, len(stored))
+
+    async def deletions(self) -> None:
+        """Deletions under way or due: each proven, or its removal queued again."""
+        due = await self.proof.catalog.due(datetime.now(tz=UTC), DELETIONS_PER_PASS)
+        under_way = await self.proof.catalog.unfinished(DELETIONS_PER_PASS)
+        for photo_id in dict.fromkeys(d.photo_id for d in [*due, *under_way]):
+            if photo_id not in self.seen:
+                await self._deleted(photo_id, (await self.scans.objects_of([photo_id]))[photo_id])
+
+    async def _deleted(
+        self,
+        photo_id: str,
+        stored: list[ObjectRow],
+        on_primary: dict[str, ObjectInfo] | None = None,
+        in_backup: dict[str, ObjectInfo] | None = None,
+    ) -> None:
+        """A deleted photo: nothing of it left anywhere; its tombstone in backup."""
+        await self.proof.photo(photo_id, on_primary, in_backup)
+        for obj in stored:  # the tombstone's row: backed up and verified like any object
+            info = on_primary.get(obj.key) if on_primary is not None else await self._head(obj.key)
+            if info is not None:
+                await self.checks.object_backup(obj, info, in_backup)
+        self._count(photo_id, len(stored))
 
     async def _head(self, key: str) -> ObjectInfo | None:
         try:
@@ -202,9 +238,13 @@ class Auditor:
         stored = await self.scans.objects_of(list(rows))
         on_primary, in_backup = await primary.take(prefix), await backup.take(prefix)
         for photo_id, row in rows.items():
-            if photo_id not in self.seen:
-                await self.checks.photo(row, stored[photo_id], on_primary, in_backup)
-                self._count(photo_id, len(stored[photo_id]))
+            if photo_id in self.seen:
+                continue
+            if row.deleted_at is not None:
+                await self._deleted(photo_id, stored[photo_id], on_primary, in_backup)
+                continue
+            await self.checks.photo(row, stored[photo_id], on_primary, in_backup)
+            self._count(photo_id, len(stored[photo_id]))
         await self.orphans(rows.keys(), on_primary, in_backup)
 
     async def orphans(
@@ -213,16 +253,26 @@ class Auditor:
         on_primary: dict[str, ObjectInfo],
         in_backup: dict[str, ObjectInfo],
     ) -> None:
-        """Objects whose photo the catalog has no row for: originals are accepted, the rest
-        reported."""
-        for key, info in on_primary.items():
-            if keys.photo_of(key) not in indexed:
-                if keys.kind_of(key) == "original":
-                    await self.checks.unindexed(info)
-                else:
-                    self.report.add("orphan_objects", key)
-        for key in in_backup.keys() - on_primary.keys():
-            if keys.photo_of(key) not in indexed:
+        """Objects whose photo the catalog has no row for: a tombstoned photo's are removed,
+        originals are accepted, the rest reported; a tombstone is never an orphan."""
+        unindexed = {k: i for k, i in on_primary.items() if keys.photo_of(k) not in indexed}
+        only_backup = {
+            k: i
+            for k, i in in_backup.items()
+            if k not in on_primary and keys.photo_of(k) not in indexed
+        }
+        await self.proof.leftovers(unindexed, only_backup)
+        listed = unindexed.keys() | only_backup.keys()
+        deleted = {keys.photo_of(k) for k in listed if keys.kind_of(k) == "tombstone"}
+        for key, info in unindexed.items():
+            if keys.photo_of(key) in deleted:
+                continue
+            if keys.kind_of(key) == "original":
+                await self.checks.unindexed(info)
+            else:
+                self.report.add("orphan_objects", key)
+        for key in only_backup:
+            if keys.photo_of(key) not in deleted:
                 self.report.add("orphans_in_backup", key)
 
     def _count(self, photo_id: str, objects: int) -> None:
@@ -287,6 +337,11 @@ FINDING_KINDS = (
     "orphan_objects",
     "orphans_in_backup",
     "unprocessable_originals",
+    "deletions_started",
+    "deletion_requeued",
+    "deleted_objects_reappeared",
+    "deletions_proven",
+    "tombstones_rewritten",
 )
 
 

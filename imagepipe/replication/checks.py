@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
 
-from imagepipe import formats, keys, queue
+from imagepipe import keys, queue
 from imagepipe.api.accept import accept
 from imagepipe.api.ingest import StoredOriginal
 from imagepipe.catalog.photos import PhotoCatalog
@@ -50,11 +50,7 @@ def derivative_keys(photo_id: str, settings: Settings) -> set[str]:
 
     So a format added to a size later is made for the photos already processed, too.
     """
-    return {
-        keys.derivative(photo_id, size.name, formats.extension(fmt))
-        for size in settings.sizes
-        for fmt in size.encodings
-    }
+    return keys.every_derivative(photo_id, ((s.name, s.encodings) for s in settings.sizes))
 
 
 def restored_ticket(row: PhotoRow) -> Ticket:

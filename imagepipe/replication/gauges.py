@@ -1,4 +1,5 @@
-"""The system-wide gauges (queue depth, replication backlog, audit findings), read from Redis.
+"""The system-wide gauges (queue depth, replication and deletion backlogs, audit findings), read
+from Redis.
 
 Any role refreshes them: the API when /metrics is scraped, the replicator every few seconds.
 """
@@ -15,6 +16,9 @@ from imagepipe import keys
 from imagepipe.metrics import (
     AUDIT_FINDINGS,
     AUDIT_LAST_RUN,
+    DELETION_OLDEST,
+    DELETION_PAST_TARGET,
+    DELETION_PENDING,
     LANES,
     QUEUE_DEPTH,
     QUEUE_OLDEST,
@@ -24,6 +28,7 @@ from imagepipe.metrics import (
     REPLICATION_PENDING_BYTES,
 )
 from imagepipe.replication.log import backlog as read_backlog
+from imagepipe.replication.log import deletion_backlog
 
 
 async def refresh_system_gauges(redis: Redis) -> None:
@@ -39,6 +44,10 @@ async def refresh_system_gauges(redis: Redis) -> None:
     REPLICATION_PENDING_BYTES.set(backlog.pending_bytes)
     REPLICATION_LAG.set(backlog.oldest_age_s)
     REPLICATION_PAST_TARGET.set(backlog.past_target)
+    removals = await deletion_backlog(redis)
+    DELETION_PENDING.set(removals.pending)
+    DELETION_OLDEST.set(removals.oldest_age_s)
+    DELETION_PAST_TARGET.set(removals.past_target)
     findings = await cast(Awaitable[dict[bytes, bytes]], redis.hgetall(keys.AUDIT_LAST))
     for kind, value in findings.items():
         name = kind.decode()

@@ -1,10 +1,10 @@
 """A store's objects cut into the audit's id-prefix slices.
 
-A rolling pass asks for a few slices: each is listed on its own (three LISTs per slice).
+A rolling pass asks for a few slices: each is listed on its own (four LISTs per slice).
 A full pass asks for every slice in order: then each tree (originals, derivatives,
-manifests) is listed once, from the start, and handed out slice by slice as the listing
-goes by, so a full pass costs the library's pages, not 4096 x 3 requests, and holds one
-page and one slice in memory. Both rely on `Storage.list` returning keys in key order.
+manifests, tombstones) is listed once, from the start, and handed out slice by slice as the
+listing goes by, so a full pass costs the library's pages, not 4096 x 4 requests, and holds
+one page and one slice in memory. Both rely on `Storage.list` returning keys in key order.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from imagepipe import keys
 from imagepipe.storage import ObjectInfo, Storage
 
-TREES = (keys.ORIGINALS, keys.DERIVATIVES, keys.MANIFESTS)
+TREES = (keys.ORIGINALS, keys.DERIVATIVES, keys.MANIFESTS, keys.TOMBSTONES)
 
 
 class _Cursor:

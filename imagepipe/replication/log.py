@@ -1,5 +1,8 @@
 """(4) The replication log: append at upload and at indexing; claim, ack, fail in the replicator.
 
+Removals of a deleted photo's objects travel on the same log (entries with ``op`` delete,
+their own pending set `keys.DELETION_PENDING`): claimed, retried and reclaimed like copies.
+
 A Redis stream with one consumer group (every replicator process is a consumer), a sorted
 set of what is still pending (its oldest score is the replication lag) and, per photo, a
 hash of its objects' backup states that lives as long as its ticket (polls read it). The
@@ -22,14 +25,16 @@ from imagepipe import keys
 from imagepipe.models import BackupState, Ticket
 
 REPLICATION_TARGET_S = 15 * 60  # S3 Replication Time Control's promise: 99.99 % within this
+COPY, DELETE = "copy", "delete"
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One claimed log entry: copy this storage key to backup."""
+    """One claimed log entry: copy this storage key to backup, or remove it from both."""
 
     entry_id: str
     key: str
+    op: str = COPY
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,16 @@ def append(pipe: Pipeline, objects: Mapping[str, int], retention_s: int) -> None
     for photo_id, photo_keys in _by_photo(objects).items():
         pending = dict.fromkeys(photo_keys, BackupState.PENDING.value)
         note_backup(pipe, photo_id, pending, retention_s)
+
+
+def append_removals(pipe: Pipeline, object_keys: Iterable[str], since: float) -> None:
+    """Queue the removal of these objects from primary and backup (a deletion under way
+    since ``since``: what the oldest-pending gauge measures from)."""
+    listed = list(object_keys)
+    for key in listed:
+        pipe.xadd(keys.REPLICATION_STREAM, {"key": key, "op": DELETE})
+    if listed:
+        pipe.zadd(keys.DELETION_PENDING, dict.fromkeys(listed, since), nx=True)
 
 
 def _by_photo(object_keys: Iterable[str]) -> dict[str, list[str]]:
@@ -134,6 +149,14 @@ class ReplicationLog:
         """A permanent failure: acknowledge and leave `failed(reason)` for the audit to retry."""
         await self._finish(entry, BackupState.FAILED, reason)
 
+    async def finish_removal(self, entry: Entry) -> None:
+        """A removal is done (or failed for good, for the audit to retry): acknowledge it."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.DELETION_PENDING, entry.key)
+            pipe.xack(keys.REPLICATION_STREAM, keys.REPLICATION_GROUP, entry.entry_id)
+            pipe.xdel(keys.REPLICATION_STREAM, entry.entry_id)
+            await pipe.execute()
+
     async def _finish(self, entry: Entry, outcome: BackupState, reason: str | None) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             photo_id = keys.photo_of(entry.key)
@@ -170,6 +193,18 @@ class ReplicationLog:
         return await backlog(self.redis)
 
 
+async def deletion_backlog(redis: Redis) -> Backlog:
+    """Removals not done yet: how many, the oldest deletion's age, how many past target."""
+    now = time.time()
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(keys.DELETION_PENDING)
+        pipe.zrange(keys.DELETION_PENDING, 0, 0, withscores=True)
+        pipe.zcount(keys.DELETION_PENDING, "-inf", now - REPLICATION_TARGET_S)
+        pending, oldest, past = await pipe.execute()
+    age = now - oldest[0][1] if oldest else 0.0
+    return Backlog(pending, 0, max(0.0, age), past)
+
+
 async def backlog(redis: Redis) -> Backlog:
     """How far behind backup is: pending count and bytes, the oldest pending object's age."""
     now = time.time()
@@ -185,4 +220,5 @@ async def backlog(redis: Redis) -> Backlog:
 
 def _entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
     ident = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return Entry(entry_id=ident, key=fields[b"key"].decode())
+    op = fields.get(b"op", COPY.encode()).decode()
+    return Entry(entry_id=ident, key=fields[b"key"].decode(), op=op)

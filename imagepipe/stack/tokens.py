@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from imagepipe.grants import LIMIT_CLAIMS, MAX_TTL_S, READ, SCOPES, WRITE, mint
+from imagepipe.grants import KNOWN_SCOPES, LIMIT_CLAIMS, MAX_TTL_S, READ, WRITE, mint
 from imagepipe.models import VISIBILITIES
 
 SECRET_VARIABLE = "IMAGEPIPE_GRANT_SECRET"  # noqa: S105 (a name, not a secret)
@@ -49,9 +49,9 @@ def parse_ttl(text: str) -> int:
 def parse_scopes(text: str) -> tuple[str, ...]:
     """Space-separated scopes, each one the API knows."""
     scopes = tuple(dict.fromkeys(text.split()))
-    unknown = [scope for scope in scopes if scope not in SCOPES]
+    unknown = [scope for scope in scopes if scope not in KNOWN_SCOPES]
     if unknown or not scopes:
-        raise argparse.ArgumentTypeError(f"scopes are among {' '.join(SCOPES)}; got {text!r}")
+        raise argparse.ArgumentTypeError(f"scopes are among {' '.join(KNOWN_SCOPES)}; got {text!r}")
     return scopes
 
 

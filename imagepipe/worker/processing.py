@@ -6,6 +6,10 @@
 A derivative is never rewritten: a re-run of a job (a worker killed mid-job; arq runs a job
 at least once) keeps the sizes already written and reports those files, not its own bytes.
 
+A photo deleted while it renders: once the sizes are written the worker looks for its
+tombstone and, if the deletion began meanwhile, takes them back (its removal may have passed
+them already); the audit removes anything a crash leaves.
+
 A permanent fault (an image the decoder refuses, a decode past its deadline) fails the
 ticket at once with a reason. A transient one (storage, Redis, a crashed or out-of-memory
 child) is retried with backoff, a bounded number of times, then fails the ticket.
@@ -28,7 +32,7 @@ from imagepipe import backoff, formats, keys, metrics
 from imagepipe.errors import NotFound
 from imagepipe.imaging.decoding import ImageRejected
 from imagepipe.imaging.render import Rendered, Rendition, render
-from imagepipe.models import Derivative, StoredFile, Ticket
+from imagepipe.models import Derivative, StoredFile, Ticket, sizes_keys
 from imagepipe.storage import ObjectExists, ObjectInfo, ObjectNotFound, Storage, StorageError
 from imagepipe.worker import notify
 from imagepipe.worker.deps import WorkerDeps, deps
@@ -119,6 +123,10 @@ async def render_photo(d: WorkerDeps, ticket: Ticket) -> tuple[dict[str, Derivat
     )
     rendered = await _in_sandbox(d, job)
     sizes = await write_sizes(d.primary, ticket.photo_id, rendered)
+    if await d.primary.exists(keys.tombstone(ticket.photo_id)):
+        for key in sizes_keys(sizes):
+            await d.primary.delete(key)
+        raise PermanentFailure("the photo was deleted while it was processed")
     return sizes, (rendered.width, rendered.height)
 
 

@@ -37,9 +37,9 @@ from imagepipe.grants import READ
 from imagepipe.models import Ticket, Visibility
 
 router = APIRouter(tags=["photos"])
-# `public` is implied (no Authorization); every cache may keep a derivative
-IMMUTABLE = "max-age=31536000, immutable"
-STAND_IN = "max-age=300"
+# `public` is implied (no Authorization); every cache may keep a public photo's derivative,
+# for `IMAGEPIPE_PUBLIC_MAX_AGE_S`: not a year, so a deleted photo leaves shared caches soon
+STAND_IN_S = 300
 # The route streams the body itself; this documents it (and lets schema fuzzers send one).
 UPLOAD_BODY = {
     "required": True,
@@ -150,6 +150,12 @@ async def change_photo(
     return {"id": photo_id, "visibility": change.visibility}
 
 
+def _public_ages(services: Services) -> tuple[str, str]:
+    """Cache-Control of a public size: its preferred format, and a stand-in for it."""
+    max_age = services.settings.public_max_age_s
+    return f"max-age={max_age}", f"max-age={min(max_age, STAND_IN_S)}"
+
+
 @router.get("/photos/{photo_id}/{size}")
 async def get_photo_size(
     photo_id: str,
@@ -159,15 +165,16 @@ async def get_photo_size(
     exp: Annotated[str | None, Query(description="a signed URL's expiry")] = None,
     sig: Annotated[str | None, Query(description="a signed URL's signature")] = None,
 ) -> Response:
-    """One derivative, in the best of its formats for `Accept`: a public photo's cacheable
-    forever, a private one's only through the signed URL its owner was given."""
+    """One derivative, in the best of its formats for `Accept`: a public photo's cacheable for
+    `IMAGEPIPE_PUBLIC_MAX_AGE_S`, a private one's only through the signed URL its owner was
+    given; a deleted photo's: 404."""
     served = await services.reads.derivative(photo_id, size, request.method, exp, sig)
     files = Derivatives(services.primary)
     found = await files.find(photo_id, services.settings.size(size), request.headers.get("accept"))
     headers = {
         "ETag": found.etag,
         # a stand-in for the preferred format is cached briefly: the audit will make that one
-        "Cache-Control": served.cache_control(found.preferred, IMMUTABLE, STAND_IN),
+        "Cache-Control": served.cache_control(found.preferred, *_public_ages(services)),
         "Vary": "Accept",  # the same URL is JPEG, WebP or AVIF depending on the request
         "X-Content-Type-Options": "nosniff",
     }

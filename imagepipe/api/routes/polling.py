@@ -15,7 +15,7 @@ from imagepipe.api.deps import ServicesDep
 from imagepipe.api.polls import poll_many
 from imagepipe.api.services import Services
 from imagepipe.api.views import cached_content, json_bytes, ticket_json, ticket_view, versioned_json
-from imagepipe.errors import BadRequest
+from imagepipe.errors import BadRequest, NotFound
 
 router = APIRouter(tags=["tickets"])
 MAX_BATCH = 100
@@ -68,7 +68,11 @@ async def _changes(services: Services, ticket_id: str, seen: int) -> AsyncIterat
     with services.events.watch(ticket_id) as changed:
         while True:
             changed.clear()  # clear before reading: a change after this read still wakes us
-            ticket = await services.tickets.get(ticket_id)
+            try:
+                ticket = await services.tickets.get(ticket_id)
+            except NotFound:
+                return  # its photo was deleted (or the ticket expired): the stream ends
+
             if ticket.version > seen:
                 seen = ticket.version
                 body = json_bytes(await ticket_json(services.replication, ticket)).decode()
