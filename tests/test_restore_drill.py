@@ -15,7 +15,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from imagepipe import keys
 from imagepipe.config import Settings
+from imagepipe.storage.factory import backup_storage, primary_storage
 from tests import images
 from tests.owners import bearer
 from tests.stack import api_server, replicate_all, run_worker_burst
@@ -62,29 +64,78 @@ async def test_wiping_primary_valkey_and_the_catalog_then_restore_brings_back_ev
 ) -> None:
     settings = droppable
     with api_server(settings) as url:
-        tickets = await upload_and_back_up(settings, redis, url, 3)
+        tickets = await upload_and_back_up(settings, redis, url, 4)
         ids = [t["photo_id"] for t in tickets]
         before = await served(url, ids)
-    assert all(isinstance(before[i], tuple) and before[i][0]["backup"] == "completed" for i in ids)
+        gone, dying = await delete_two(settings, redis, url, ids[2], ids[3])
+    kept = ids[:2]
+    assert all(before[i][0]["backup"] == "completed" for i in kept)
+    assert len(await held(settings, dying)) > 1  # backup still holds more than its tombstone
 
-    shutil.rmtree(settings.primary_root)
-    await redis.flushall()
-    await drop_and_create(settings)
-    assert imagepipe(settings, "migrate").returncode == 0  # an empty catalog, to look at
+    await lose_everything(settings, redis)
     with api_server(settings) as url:  # the loss is real: nothing is served
         assert set((await served(url, ids)).values()) == {404}
 
     restored = imagepipe(settings, "restore")
     assert restored.returncode == 0, restored.stderr.decode()[-2000:]
-    assert "restore: 3 photos" in restored.stdout.decode()
+    assert "restore: 2 photos" in restored.stdout.decode()
     with api_server(settings) as url:
-        assert await served(url, ids) == before  # JSON, sizes byte for byte, backup state
+        after = await served(url, ids)
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             polls = [(await http.get(f"/tickets/{t['id']}")).status_code for t in tickets]
-    assert polls == [404] * 3  # Valkey forgot the tickets: said plainly, never a wrong state
+    assert {i: after[i] for i in kept} == {i: before[i] for i in kept}  # JSON, bytes, backup
+    assert (after[gone], after[dying]) == (404, 404)  # deleted, and deleted they stay
+    assert polls == [404] * 4  # Valkey forgot the tickets: said plainly, never a wrong state
+    for photo_id in (gone, dying):  # nothing of them on primary but their tombstones
+        assert on_primary(settings, photo_id) == {keys.tombstone(photo_id)}
 
     again = imagepipe(settings, "restore")  # resumable: a second run finds everything there
-    assert again.returncode == 0 and "restore: 3 photos" in again.stdout.decode()
+    assert again.returncode == 0 and "restore: 2 photos" in again.stdout.decode()
+    audited = imagepipe(settings, "audit", "--full")  # the deletion reaches backup after all
+    assert audited.returncode == 1 and "deletion requeued" in audited.stdout.decode()
+    await replicate_all(settings, redis)  # the removals the audit queued
+    assert await held(settings, dying) == {keys.tombstone(dying)}
+
+
+async def delete_two(
+    settings: Settings, redis: Redis, url: str, gone: str, dying: str
+) -> tuple[str, str]:
+    """Delete ``gone`` all the way; delete ``dying`` only as far as its tombstone reaching
+    backup (as if the replicator copied it and died before removing anything)."""
+    async with httpx.AsyncClient(headers=bearer(), base_url=url, timeout=30) as http:
+        assert (await http.delete(f"/photos/{gone}")).status_code == 202
+        await replicate_all(settings, redis)
+        assert (await http.delete(f"/photos/{dying}")).status_code == 202
+    primary, backup = primary_storage(settings), backup_storage(settings)
+    tomb = keys.tombstone(dying)
+    await backup.put(tomb, primary.open(tomb))
+    await primary.close()
+    await backup.close()
+    return gone, dying
+
+
+async def held(settings: Settings, photo_id: str) -> set[str]:
+    """Every key backup holds of one photo."""
+    backup = backup_storage(settings)
+    trees = (keys.ORIGINALS, keys.DERIVATIVES, keys.MANIFESTS, keys.TOMBSTONES)
+    found = {info.key for tree in trees async for info in backup.list(tree + photo_id)}
+    await backup.close()
+    return found
+
+
+def on_primary(settings: Settings, photo_id: str) -> set[str]:
+    """Every key primary holds of one photo."""
+    root = settings.primary_root
+    files = (p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return {key for p in files if photo_id in (key := p.relative_to(root).as_posix())}
+
+
+async def lose_everything(settings: Settings, redis: Redis) -> None:
+    """Primary storage, Valkey and the catalog, all gone (an empty catalog left to look at)."""
+    shutil.rmtree(settings.primary_root)
+    await redis.flushall()
+    await drop_and_create(settings)
+    assert imagepipe(settings, "migrate").returncode == 0
 
 
 async def test_a_restore_that_cannot_verify_an_object_exits_non_zero(
