@@ -7,10 +7,12 @@ Jobs are registered by the names in `imagepipe.queue`; what each does is in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
 
+from arq.constants import in_progress_key_prefix
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
@@ -99,7 +101,21 @@ def finish_cancelled_jobs(worker: Worker) -> None:
     ]
     if pending:
         worker.loop.run_until_complete(asyncio.wait(pending, timeout=10))
+    worker.loop.run_until_complete(release_unstarted(worker))
     worker.loop.run_until_complete(shutdown(worker.ctx))
+
+
+async def release_unstarted(worker: Worker) -> list[str]:
+    """Jobs this worker claimed whose task the stop cancelled before arq's run_job reached its
+    own handling (a task cancelled before it began, or while it read its job): arq never put
+    them back, so their in-progress key would hold them for the whole lease (job timeout +
+    10 s). The job is still queued: without the key, any worker runs it again at once."""
+    unstarted = [job_id for job_id, task in worker.tasks.items() if task.cancelled()]
+    if unstarted:
+        with contextlib.suppress(RedisError):
+            await worker.pool.delete(*(in_progress_key_prefix + job_id for job_id in unstarted))
+            log.info("released %d jobs cancelled before they began", len(unstarted))
+    return unstarted
 
 
 def run_worker(
