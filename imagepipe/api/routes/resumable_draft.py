@@ -35,6 +35,7 @@ from imagepipe.grants import Grant
 from imagepipe.resumable import ResumableUpload
 
 router = APIRouter(tags=["resumable uploads (IETF draft)"])
+GONE = (413, 415)  # refusals of the image itself: its upload was removed
 
 
 def _speaks_draft(request: Request) -> None:
@@ -126,7 +127,7 @@ async def create_upload(
             upload = await uploads.patch(grant, upload.id, 0, body, None)
             _ends(upload, complete)
     except ImagepipeError as exc:
-        if upload is not None:
+        if upload is not None and exc.status not in GONE:  # the upload lives on: resume it
             exc.headers.setdefault("Location", f"/resumable/{upload.id}")
         return refusal(request, with_problem_type(exc, 0), received, services.settings)
     location = {"Location": f"/resumable/{upload.id}"}
