@@ -260,3 +260,19 @@ async def test_discovery_and_limits(http: httpx.AsyncClient, settings: Settings)
     assert wrong_type.status_code == 415
     asking = await http.head(url, headers={**DRAFT, "Upload-Offset": "0"})
     assert asking.status_code == 400
+
+
+async def test_an_upload_begun_with_tus_is_finished_with_the_draft(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    data = big_jpeg()
+    upload_id = (await create(http, len(data))).headers["location"].rsplit("/", 1)[1]
+    assert (await patch(http, f"/uploads/{upload_id}", 0, data[:7000])).status_code == 204
+    url = f"/resumable/{upload_id}"
+    assert (await http.head(url, headers=DRAFT)).headers["upload-offset"] == "7000"
+    last = await append(http, url, 7000, data[7000:], complete=True)
+    assert last.status_code == 201, last.text
+    tus_head = await http.head(f"/uploads/{upload_id}", headers=TUS)
+    assert ticket_of(tus_head) == ticket_of(last)
+    [original] = originals(settings)
+    assert hashlib.sha256(original.read_bytes()).digest() == hashlib.sha256(data).digest()
