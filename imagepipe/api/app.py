@@ -32,14 +32,15 @@ from imagepipe.api.routes import (
     photos,
     polling,
     probes,
+    resumable_draft,
     uploads,
 )
 from imagepipe.api.services import Services
 from imagepipe.api.tus import TusEdge
 from imagepipe.config import Settings
 
-PUBLIC_ROUTES = (photos, uploads, deletions, polling, probes, page, limits)
-ROUTES = (photos, uploads, deletions, polling, callbacks, probes, page, limits)
+PUBLIC_ROUTES = (photos, uploads, resumable_draft, deletions, polling, probes, page, limits)
+ROUTES = (photos, uploads, resumable_draft, deletions, polling, callbacks, probes, page, limits)
 
 
 class SharedServices:

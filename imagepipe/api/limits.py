@@ -39,7 +39,9 @@ def bounds(settings: Settings) -> list[Bound]:
     """The bounds the settings ask for."""
     uploads = re.compile(r"/photos/?")
     streams = re.compile(r"/tickets/[^/]+/events")
-    creations, resumable = re.compile(r"/uploads/?"), re.compile(r"/uploads/[^/]+")
+    # tus under /uploads/, the IETF draft under /resumable/
+    creations = re.compile(r"/(uploads|resumable)/?")
+    resumable = re.compile(r"/(uploads|resumable)/[^/]+")
     return [
         Bound("uploads", "POST", uploads, settings.max_concurrent_uploads),
         Bound("resumable uploads", "PATCH", resumable, settings.max_concurrent_uploads),

@@ -54,15 +54,16 @@ def discovery(max_size: int) -> dict[str, str]:
 
 def length_of(headers: Headers) -> int:
     """Upload-Length (400 without one: Upload-Defer-Length is not offered)."""
-    return _number(headers, "upload-length")
+    return number(headers, "upload-length")
 
 
 def offset_of(headers: Headers) -> int:
     """Upload-Offset of a PATCH."""
-    return _number(headers, "upload-offset")
+    return number(headers, "upload-offset")
 
 
-def _number(headers: Headers, name: str) -> int:
+def number(headers: Headers, name: str) -> int:
+    """A header field holding a non-negative integer (400 if missing or malformed)."""
     value = headers.get(name)
     if value is None or not (value.isascii() and value.isdigit()) or len(value) > 18:
         raise BadRequest(f"{name} must be a non-negative integer")

@@ -49,7 +49,7 @@ def _headers(upload: ResumableUpload) -> dict[str, str]:
     return headers
 
 
-def _refused(request: Request, exc: ImagepipeError, received: Received) -> Response:
+def refused(request: Request, exc: ImagepipeError, received: Received) -> Response:
     """A refusal; one that says where the upload stands (409 offset, 423 locked, 404) closes
     at once instead of reading the body: its client asks HEAD next, not sends it all again."""
     settings = request.app.state.services.settings
@@ -62,7 +62,7 @@ def _refused(request: Request, exc: ImagepipeError, received: Received) -> Respo
     return refusal(request, exc, received, settings)
 
 
-def _visibility(grant: Grant, pairs: dict[str, str]) -> Visibility:
+def visibility_of(grant: Grant, pairs: dict[str, str]) -> Visibility:
     """Upload-Metadata's ``visibility``, else the grant's."""
     value = pairs.get("visibility", grant.visibility)
     if value not in VISIBILITIES:
@@ -70,7 +70,7 @@ def _visibility(grant: Grant, pairs: dict[str, str]) -> Visibility:
     return value
 
 
-def _bodies(request: Request, received: Received) -> Body:
+def bodies(request: Request, received: Received) -> Body:
     """The request's body, given the bytes the upload has room for."""
     settings = request.app.state.services.settings
 
@@ -102,9 +102,9 @@ async def create_upload(request: Request, services: ServicesDep, grant: Writer) 
         first = tus.carries_bytes(headers)
         if first:
             tus.require_patch_type(headers)
-        upload, limits = await uploads.create(grant, length, raw, _visibility(grant, pairs))
+        upload, limits = await uploads.create(grant, length, raw, visibility_of(grant, pairs))
         if first:
-            body = _bodies(request, received)
+            body = bodies(request, received)
             upload = await uploads.patch(grant, upload.id, 0, body, tus.checksum_of(headers))
     except ImagepipeError as exc:
         return refusal(request, exc, received, services.settings)
@@ -138,10 +138,10 @@ async def append(
     try:
         tus.require_patch_type(headers)
         offset, checksum = tus.offset_of(headers), tus.checksum_of(headers)
-        body = _bodies(request, received)
+        body = bodies(request, received)
         upload = await ResumableUploads(services).patch(grant, upload_id, offset, body, checksum)
     except ImagepipeError as exc:
-        return _refused(request, exc, received)
+        return refused(request, exc, received)
     return Response(status_code=204, headers=_headers(upload))
 
 
