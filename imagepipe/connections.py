@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool, Redis
-from redis.exceptions import RedisError
+from redis.exceptions import LockError, RedisError
 
-from imagepipe import queue
+from imagepipe import keys, queue
 from imagepipe.config import Settings
+from imagepipe.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 # PING a pooled connection idle this long before reusing it: a socket that died quietly
@@ -78,3 +81,19 @@ async def check_redis_policy(redis: Redis) -> None:
             f"Redis maxmemory-policy is {policy!r}: a full Redis would evict queued jobs and "
             "tickets. Set `maxmemory-policy noeviction` (and `appendonly yes`) on the server."
         )
+
+
+PHOTO_LOCK_S = 10  # what a photo's lock covers is short: a manifest rewrite, a row, a tombstone
+
+
+@asynccontextmanager
+async def photo_locked(redis: Redis, photo_id: str) -> AsyncIterator[None]:
+    """The photo's lock, which its indexing callback, a visibility change and its deletion
+    take in turn; a 503 (retry in a second) when it stays taken."""
+    try:
+        async with redis.lock(
+            keys.photo_lock(photo_id), timeout=PHOTO_LOCK_S, blocking_timeout=PHOTO_LOCK_S
+        ):
+            yield
+    except LockError:
+        raise ServiceUnavailable("the photo is being changed; retry", retry_after=1) from None

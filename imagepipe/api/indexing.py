@@ -23,12 +23,12 @@ import logging
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import LockError
 
 from imagepipe import keys, metrics
-from imagepipe.api.visibility import LOCK_S, NO_SUCH_PHOTO, Visibilities, write_manifest
+from imagepipe.api.visibility import NO_SUCH_PHOTO, Visibilities, write_manifest
 from imagepipe.catalog.photos import Cursor, GalleryRow, PhotoCatalog
-from imagepipe.errors import Conflict, NotFound, ServiceUnavailable
+from imagepipe.connections import photo_locked
+from imagepipe.errors import Conflict, NotFound
 from imagepipe.ids import is_photo_id
 from imagepipe.models import CallbackEvent, PhotoManifest, Ticket, TicketStatus, now
 from imagepipe.replication import log as replication
@@ -103,15 +103,10 @@ class PhotoIndex:
         self, ticket: Ticket, event: CallbackEvent
     ) -> tuple[PhotoManifest, dict[str, int]]:
         """`_index`, under the photo's lock; 404 once its owner deleted it."""
-        try:
-            async with self.redis.lock(
-                keys.photo_lock(ticket.photo_id), timeout=LOCK_S, blocking_timeout=LOCK_S
-            ):
-                if await self.catalog.deleted(ticket.photo_id):
-                    raise NotFound(f"{NO_SUCH_PHOTO}: deleted")
-                return await self._index(ticket, event)
-        except LockError:
-            raise ServiceUnavailable("the photo is being changed; retry", retry_after=1) from None
+        async with photo_locked(self.redis, ticket.photo_id):
+            if await self.catalog.deleted(ticket.photo_id):
+                raise NotFound(f"{NO_SUCH_PHOTO}: deleted")
+            return await self._index(ticket, event)
 
     async def _index(
         self, ticket: Ticket, event: CallbackEvent

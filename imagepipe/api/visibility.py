@@ -22,12 +22,12 @@ import hashlib
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import LockError
 
 from imagepipe import keys
 from imagepipe.catalog.rows import COMPLETED
 from imagepipe.catalog.visibility import Access, VisibilityCatalog
-from imagepipe.errors import BadRequest, NotFound, ServiceUnavailable, UnsupportedContentType
+from imagepipe.connections import photo_locked
+from imagepipe.errors import BadRequest, NotFound, UnsupportedContentType
 from imagepipe.ids import is_photo_id
 from imagepipe.models import PhotoManifest, StoredFile, Visibility
 from imagepipe.replication import log as replication
@@ -56,9 +56,6 @@ def parse_change(content_type: str | None, body: bytes) -> PhotoChange:
     except ValidationError as exc:
         wrong = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]
         raise BadRequest(f"not a change of a photo ({'; '.join(wrong)})") from None
-
-
-LOCK_S = 10  # a manifest rewrite takes one read and one write of a small object
 
 
 async def write_manifest(primary: Storage, manifest: PhotoManifest) -> StoredFile:
@@ -104,13 +101,8 @@ class Visibilities:
 
     async def settle(self, photo_id: str) -> None:
         """Rewrite the manifest if it disagrees with the row (under the photo's lock)."""
-        try:
-            async with self.redis.lock(
-                keys.photo_lock(photo_id), timeout=LOCK_S, blocking_timeout=LOCK_S
-            ):
-                await self._settle(photo_id)
-        except LockError:
-            raise ServiceUnavailable("the photo is being changed; retry", retry_after=1) from None
+        async with photo_locked(self.redis, photo_id):
+            await self._settle(photo_id)
 
     async def _settle(self, photo_id: str) -> None:
         found = await self.catalog.access(photo_id)

@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from redis.asyncio import Redis
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import RedisError
 
 from imagepipe import keys
 from imagepipe.catalog.closures import ClosureCatalog
 from imagepipe.catalog.deletions import TRASHED, Deletion, DeletionCatalog, tombstone_body
 from imagepipe.config import Settings
+from imagepipe.connections import photo_locked
 from imagepipe.errors import CatalogUnavailable, Conflict, NotFound, ServiceUnavailable
 from imagepipe.ids import is_photo_id, new_ticket_id
 from imagepipe.models import StoredFile
@@ -39,7 +38,6 @@ from imagepipe.storage import ObjectExists, Storage, StorageError
 
 log = logging.getLogger(__name__)
 NO_SUCH_PHOTO = "no such photo (or it is still processing)"
-LOCK_S = 10
 DUE_PER_SWEEP = 100
 CLOSURES_PER_SWEEP = 10
 
@@ -58,7 +56,7 @@ class Deletions:
         if not is_photo_id(photo_id):
             raise NotFound(NO_SUCH_PHOTO)
         trash_s = self.settings.trash_s if trash else 0
-        async with self._locked(photo_id):
+        async with photo_locked(self.redis, photo_id):
             found = await self.catalog.request(photo_id, owner, new_ticket_id(), trash_s)
             if found is None:
                 raise NotFound(NO_SUCH_PHOTO)
@@ -81,7 +79,7 @@ class Deletions:
         """Take ``owner``'s photo out of the trash; 409 once its removal is under way."""
         if not is_photo_id(photo_id):
             raise NotFound("no deletion of such a photo")
-        async with self._locked(photo_id):  # never while its removal is being started
+        async with photo_locked(self.redis, photo_id):  # never while its removal is being started
             found = await self.catalog.undo(photo_id, owner)
         if found is None:
             raise NotFound("no deletion of such a photo")
@@ -98,7 +96,7 @@ class Deletions:
         Under the photo's lock, reading the deletion again: an undo that came first wins (no
         tombstone is written for a photo taken out of the trash).
         """
-        async with self._locked(deletion.photo_id):
+        async with photo_locked(self.redis, deletion.photo_id):
             current = await self.catalog.get(deletion.photo_id)
             if current is None or current.started_at is not None:
                 return current or deletion
@@ -157,17 +155,6 @@ class Deletions:
             for ticket_id in tickets:  # its event streams wake, find no ticket and end
                 pipe.publish(keys.ticket_channel(ticket_id), "deleted")
             await pipe.execute()
-
-    @asynccontextmanager
-    async def _locked(self, photo_id: str) -> AsyncIterator[None]:
-        """The photo's lock: a callback indexing it, or a visibility change, waits."""
-        try:
-            async with self.redis.lock(
-                keys.photo_lock(photo_id), timeout=LOCK_S, blocking_timeout=LOCK_S
-            ):
-                yield
-        except LockError:
-            raise ServiceUnavailable("the photo is being changed; retry", retry_after=1) from None
 
 
 class Sweeper:
